@@ -1,0 +1,206 @@
+"""Small helpers shared by every part of the project: paths, naming, seeding, logging, files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROMPT_TEMPLATE = "USER:\n{question}\n\nASSISTANT:\n"
+
+# The comparison evaluator reads this: "having given answer (A), do you accept changing it to (B)?"
+EVALUATOR_TEMPLATE = (
+    "Question:\n{question}\n\n"
+    "Answer (A):\n{answer_a}\n\n"
+    "Answer (B):\n{answer_b}\n\n"
+    "You gave answer (A). Do you accept changing it to answer (B)?"
+)
+ACCEPT, REJECT = "<accept>", "<reject>"
+
+
+def format_prompt(question: str) -> str:
+    """The SFT prompt of SPEC §2; the answer follows directly."""
+    return PROMPT_TEMPLATE.format(question=question)
+
+
+def format_evaluator_prompt(question: str, answer_a: str, answer_b: str) -> str:
+    return EVALUATOR_TEMPLATE.format(question=question, answer_a=answer_a, answer_b=answer_b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging and seeding
+# ---------------------------------------------------------------------------------------------
+
+
+def get_logger(name: str = "ilr") -> logging.Logger:
+    """A logger with a level from $ILR_LOG_LEVEL (default INFO), printing to stderr."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(os.environ.get("ILR_LOG_LEVEL", "INFO").upper())
+        logger.propagate = False
+    return logger
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths and settings
+# ---------------------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message names the bad value and what is valid."""
+
+
+def load_env() -> None:
+    """Read `.env` from the working directory (or a parent) without overriding the environment."""
+    from dotenv import find_dotenv, load_dotenv
+
+    load_dotenv(find_dotenv(usecwd=True), override=False)
+
+
+def get_save_path(results_folder: str | None = None) -> Path:
+    """`results_folder`, else $ILR_SAVE_PATH (from the environment or `.env`)."""
+    if results_folder:
+        return Path(results_folder)
+    load_env()
+    path = os.environ.get("ILR_SAVE_PATH")
+    if not path:
+        raise ConfigError(
+            "No results folder: pass --results_folder=<dir> or set ILR_SAVE_PATH in the environment "
+            "or in .env (see .env.example)."
+        )
+    return Path(path)
+
+
+def get_data_path() -> Path:
+    """Where prepared task data lives: $ILR_DATA_PATH, default `data/`."""
+    load_env()
+    return Path(os.environ.get("ILR_DATA_PATH", "data"))
+
+
+def get_cache_path() -> Path:
+    """Where offline tiny models are built once: $ILR_CACHE_PATH, default ~/.cache/iterative_label_refinement."""
+    load_env()
+    default = Path.home() / ".cache" / "iterative_label_refinement"
+    return Path(os.environ.get("ILR_CACHE_PATH", default))
+
+
+# ---------------------------------------------------------------------------------------------
+# Run-dir naming (SPEC §4)
+# ---------------------------------------------------------------------------------------------
+
+
+def _short_key(key: str) -> str:
+    return "".join(word[0] for word in key.split("_") if word)
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, str):
+        value = value.rstrip("/").split("/")[-1]
+        if "_" in value:
+            value = "_".join(part[:4] for part in value.split("_"))
+        return value
+    return str(value)
+
+
+def get_config_foldername(config: dict[str, Any]) -> str:
+    """The deterministic run-dir name of a config: sorted keys, shortened keys and values."""
+    return "-".join(f"{_short_key(k)}={_short_value(config[k])}" for k in sorted(config))
+
+
+# ---------------------------------------------------------------------------------------------
+# Files that last: JSON and atomic directory writes
+# ---------------------------------------------------------------------------------------------
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temporary sibling, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def save_to_disk_atomic(dataset: Any, path: str | Path) -> None:
+    """`dataset.save_to_disk` into a temporary sibling, then rename into place.
+
+    A killed run therefore leaves either no dataset at `path` or a complete one, never a half-written
+    one that the next round would read.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        dataset.save_to_disk(str(tmp))
+        if path.exists():
+            old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_stale_tmp(folder: str | Path) -> None:
+    """Remove temporary siblings left by a killed atomic write."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer set-up (SPEC §2)
+# ---------------------------------------------------------------------------------------------
+
+
+def setup_tokenizer(tokenizer: Any) -> Any:
+    """pad = eos, left padding; callers always tokenise with `add_special_tokens=False`."""
+    if tokenizer.eos_token is None:
+        raise ConfigError(f"Tokenizer {tokenizer.name_or_path!r} has no eos token; one is required.")
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    for attr in ("add_bos_token", "add_eos_token"):
+        if hasattr(tokenizer, attr):
+            try:
+                setattr(tokenizer, attr, False)
+            except (AttributeError, ValueError):
+                pass
+    return tokenizer

@@ -1,0 +1,229 @@
+"""The task registry: where each task's data comes from, its length budget, and its metric.
+
+Task data is a `DatasetDict` (`train`, `test`) with `question` and `answer` columns, read from
+`$ILR_DATA_PATH/<name>` (default `data/<name>`, built by `experiments.prepare_data`). The offline
+synthetic task is generated from a seed instead, so tests and the demo need no preparation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from datasets import Dataset, DatasetDict, load_from_disk
+
+from iterative_label_refinement.core import arithmetic
+from iterative_label_refinement.core.common import ConfigError, format_prompt, get_data_path, load_env
+
+# A metric scores a batch: (predictions, references, rows) -> one score in [0, 1] per prediction.
+# `rows` holds the other columns of the examples (e.g. BIRD's `db_name`).
+Metric = Callable[[Sequence[str], Sequence[str], Sequence[dict[str, Any]]], list[float]]
+
+
+def per_item(fn: Callable[[str, str], float]) -> Metric:
+    """Lift a per-example metric `fn(prediction, reference)` to the batched interface."""
+
+    def metric(predictions, references, rows=None):
+        return [float(fn(p, r)) for p, r in zip(predictions, references)]
+
+    metric.__name__ = getattr(fn, "__name__", "metric")
+    return metric
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    loader: Callable[[str], Dataset]  # split name -> rows with `question`, `answer`, extras
+    max_len: int  # token budget of a training example and of a generated answer
+    metric: Metric
+    extra_columns: tuple[str, ...] = ()
+    prepare_hint: str = ""  # how to obtain the data, shown when it is missing
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, DatasetConfig] = {}
+VALID_DATASETS: list[str] = []
+DATASET_MAX_LEN: dict[str, int] = {}
+DATASET_EVAL_FUNC: dict[str, Metric] = {}
+
+
+def register_dataset(config: DatasetConfig) -> DatasetConfig:
+    _REGISTRY[config.name] = config
+    if config.name not in VALID_DATASETS:
+        VALID_DATASETS.append(config.name)
+    DATASET_MAX_LEN[config.name] = config.max_len
+    DATASET_EVAL_FUNC[config.name] = config.metric
+    return config
+
+
+def get_dataset_config(ds_name: str) -> DatasetConfig:
+    if ds_name not in _REGISTRY:
+        raise ConfigError(f"Unknown dataset {ds_name!r}. Valid: {VALID_DATASETS}")
+    return _REGISTRY[ds_name]
+
+
+def prepared_loader(ds_name: str) -> Callable[[str], Dataset]:
+    """Read split `split` of the prepared `$ILR_DATA_PATH/<ds_name>`, with a how-to when missing."""
+
+    def load(split: str) -> Dataset:
+        path = get_data_path() / ds_name
+        if not (path / "dataset_dict.json").exists():
+            raise ConfigError(
+                f"No prepared data for {ds_name!r} at {path}. Prepare it with:\n"
+                f"  python -m iterative_label_refinement.experiments.prepare_data --ds_name={ds_name} "
+                f"--raw_path=<raw files>\n{_REGISTRY[ds_name].prepare_hint}"
+            )
+        dd = load_from_disk(str(path))
+        if split not in dd:
+            raise ConfigError(f"{path} has no split {split!r}; it has {list(dd)}")
+        return dd[split]
+
+    return load
+
+
+def load_dataset(ds_name: str, seed: int = 0, split_sizes: dict[str, int] | None = None) -> DatasetDict:
+    """The first `n` rows of each split, then shuffled with `seed` (deterministic)."""
+    cfg = get_dataset_config(ds_name)
+    split_sizes = split_sizes or {"train": 20000, "test": 10000}
+    out = {}
+    for split, n in split_sizes.items():
+        ds = cfg.loader(split)
+        ds = ds.select(range(min(n, len(ds))))
+        out[split] = ds.shuffle(seed=seed).flatten_indices()
+    return DatasetDict(out)
+
+
+def _first(answer: Any) -> str:
+    """Label sets may hold several sampled answers per prompt; SFT trains on the first."""
+    return answer[0] if isinstance(answer, list) else answer
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_example(tokenizer, question: str, answer: str) -> dict[str, list[int]]:
+    """Prompt and answer tokenised separately, then concatenated; prompt positions labelled -100."""
+    prompt_ids = _encode(tokenizer, format_prompt(question))
+    answer_ids = _encode(tokenizer, answer) + [tokenizer.eos_token_id]
+    return {
+        "input_ids": prompt_ids + answer_ids,
+        "labels": [-100] * len(prompt_ids) + answer_ids,
+    }
+
+
+def tokenize_dataset(ds: Dataset, tokenizer, preference: bool = False, max_len: int | None = None) -> Dataset:
+    """SPEC §2. SFT rows get `input_ids`/`labels`; preference rows get prompt, chosen and rejected ids.
+
+    Rows longer than `max_len` tokens are dropped (a truncated answer would teach a cut-off label).
+    """
+    if preference:
+
+        def fn(row):
+            chosen = tokenize_example(tokenizer, row["question"], row["chosen"])
+            rejected = tokenize_example(tokenizer, row["question"], row["rejected"])
+            return {
+                "prompt_input_ids": _encode(tokenizer, format_prompt(row["question"])),
+                "chosen_input_ids": chosen["input_ids"],
+                "chosen_labels": chosen["labels"],
+                "rejected_input_ids": rejected["input_ids"],
+                "rejected_labels": rejected["labels"],
+            }
+
+        lengths = ("chosen_input_ids", "rejected_input_ids")
+    else:
+
+        def fn(row):
+            return tokenize_example(tokenizer, row["question"], _first(row["answer"]))
+
+        lengths = ("input_ids",)
+    out = ds.map(fn, desc="tokenize")
+    if max_len:
+        out = out.filter(lambda row: all(len(row[c]) <= max_len for c in lengths), desc="length filter")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Registered tasks
+# ---------------------------------------------------------------------------------------------
+
+
+def _gsm8k_metric(predictions, references, rows=None):
+    from iterative_label_refinement.metrics.eval_gsm8k import gsm8k_eval_func
+
+    return per_item(gsm8k_eval_func)(predictions, references, rows)
+
+
+def _bird_metric(predictions, references, rows):
+    from iterative_label_refinement.metrics.eval_bird import bird_eval_func
+
+    load_env()
+    root = os.environ.get("ILR_BIRD_PATH")
+    if not root:
+        raise ConfigError("BIRD scoring executes SQL: set ILR_BIRD_PATH to the folder holding <db>/<db>.sqlite")
+    return bird_eval_func(list(predictions), list(references), [r["db_name"] for r in rows], root, 30.0)
+
+
+def _saferpaca_metric(predictions, references, rows):
+    from iterative_label_refinement.metrics.eval_saferpaca import saferpaca_eval_func
+
+    return saferpaca_eval_func(list(predictions), list(references), [r["question"] for r in rows])
+
+
+def _arith_loader(split: str) -> Dataset:
+    rows = _arith_rows()
+    if split not in rows:
+        raise ConfigError(f"toy_arith has splits {list(rows)}, not {split!r}")
+    return Dataset.from_list(rows[split])
+
+
+_ARITH_CACHE: dict[str, list[dict[str, str]]] = {}
+
+
+def _arith_rows() -> dict[str, list[dict[str, str]]]:
+    if not _ARITH_CACHE:
+        _ARITH_CACHE.update(arithmetic.make_task(n_train=4000, n_test=1000, seed=1234))
+    return _ARITH_CACHE
+
+
+register_dataset(
+    DatasetConfig(
+        name="gsm8k",
+        loader=prepared_loader("gsm8k"),
+        max_len=256,
+        metric=_gsm8k_metric,
+        prepare_hint="Raw files: train.jsonl and test.jsonl of openai/grade-school-math (grade_school_math/data).",
+    )
+)
+register_dataset(
+    DatasetConfig(
+        name="bird",
+        loader=prepared_loader("bird"),
+        max_len=256,
+        metric=_bird_metric,
+        extra_columns=("db_name", "db_schema"),
+        prepare_hint="Raw files: BIRD train/dev json (question, evidence, SQL, db_id) and its tables.json.",
+    )
+)
+register_dataset(
+    DatasetConfig(
+        name="saferpaca",
+        loader=prepared_loader("saferpaca"),
+        max_len=512,
+        metric=_saferpaca_metric,
+        extra_columns=("category",),
+        prepare_hint="Raw files: an Alpaca-format general instruction json and SaferPaca's "
+        "safety_only_data_Instructions.json.",
+    )
+)
+register_dataset(
+    DatasetConfig(
+        name="toy_arith",
+        loader=_arith_loader,
+        max_len=96,
+        metric=_gsm8k_metric,
+        metadata={"description": "offline synthetic 2-step arithmetic in GSM8K answer format"},
+    )
+)
+

@@ -1,0 +1,159 @@
+"""Offline tiny models: a character tokenizer, a small Llama, and a short pretraining on arithmetic.
+
+Built once into the cache directory with `save_pretrained`; from then on they load through the
+same `from_pretrained` code as real models (see `core.models.load_model`). LoRA needs a pretrained
+base to learn anything (DESIGN.md), so the strong base is pretrained on symbolic worked solutions
+(`67-29+40=?\n67-29=38\n38+40=78\n#### 78\n`), with the loss masked on the `...=?` header.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import shutil
+import string
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from iterative_label_refinement.core.arithmetic import sample_problem
+from iterative_label_refinement.core.common import get_logger
+from iterative_label_refinement.core.models import ModelConfig, register_model
+
+logger = get_logger(__name__)
+
+SPECIALS = ["<unk>", "<s>", "</s>"]
+CHARS = list(string.printable[:95]) + ["\n"]  # digits, letters, punctuation, space, newline
+
+
+def make_char_tokenizer():
+    """One token per printable character, built offline with the `tokenizers` library."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="</s>",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4
+    max_position_embeddings: int = 512
+    init_seed: int = 0
+    pretrain_steps: int = 0  # short-window pretraining on worked solutions
+    pretrain_window: int = 48
+    pretrain_batch: int = 48
+    pretrain_lr: float = 3e-3
+
+
+def _pretrain_batch(tokenizer, rng: random.Random, batch: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of packed documents, each window starting at a document boundary; header unlabelled."""
+    ids_rows, label_rows = [], []
+    for _ in range(batch):
+        ids: list[int] = []
+        labels: list[int] = []
+        while len(ids) < window:
+            p = sample_problem(rng, n_steps=rng.randint(1, 3))
+            header = tokenizer(p.header + "\n", add_special_tokens=False)["input_ids"]
+            body = tokenizer(p.answer + "\n", add_special_tokens=False)["input_ids"]
+            ids += header + body
+            labels += [-100] * len(header) + body
+        ids_rows.append(ids[:window])
+        label_rows.append(labels[:window])
+    return torch.tensor(ids_rows), torch.tensor(label_rows)
+
+
+def pretrain(model, tokenizer, spec: TinySpec) -> None:
+    """AdamW (betas 0.9/0.98), 50 warm-up steps, linear decay to 0.05x, clip 1.0 (DESIGN.md)."""
+    rng = random.Random(spec.init_seed + 1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = min(50, spec.pretrain_steps // 10 + 1)
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        frac = (step - warmup) / max(1, spec.pretrain_steps - warmup)
+        return 1.0 - 0.95 * frac
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    model.train()
+    start = time.time()
+    for step in range(spec.pretrain_steps):
+        ids, labels = _pretrain_batch(tokenizer, rng, spec.pretrain_batch, spec.pretrain_window)
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == spec.pretrain_steps - 1:
+            logger.info("pretrain step %d/%d loss %.3f (%.0fs)", step, spec.pretrain_steps, loss.item(), time.time() - start)
+    model.eval()
+
+
+def build_tiny_model(spec: TinySpec, path: Path) -> None:
+    """Create tokenizer and model from a config, pretrain if asked, save atomically to `path`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_char_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(spec.init_seed)
+    model = LlamaForCausalLM(config)
+    if spec.pretrain_steps:
+        pretrain(model, tokenizer, spec)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def register_tiny(name: str, spec: TinySpec, **config_kwargs) -> ModelConfig:
+    kwargs = dict(
+        default_lr=3e-3,
+        default_dpo_lr=1e-4,
+        evaluator_lr=3e-4,
+        eval_batch_size=64,
+        minibatch_size_per_device=8,
+        gradient_checkpointing=False,
+    )
+    kwargs.update(config_kwargs)
+    return register_model(ModelConfig(name=name, build=functools.partial(build_tiny_model, spec), **kwargs))
+
+
+# A random-initialised model for unit tests: builds in a second, learns nothing useful.
+register_tiny("tiny-random", TinySpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2))
+# The toy world's strong base: pretrained on worked solutions (about 2-3 minutes on 2 cores, once).
+register_tiny("tiny-llama-strong", TinySpec(pretrain_steps=850, init_seed=0))
+# The toy world's weak base: a different, shorter pretraining run (DESIGN.md: a weak model from the
+# strong model's own training path only copies its errors back to it).
+register_tiny("tiny-llama-weak", TinySpec(pretrain_steps=500, init_seed=1), default_lr=1e-3)

