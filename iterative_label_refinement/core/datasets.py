@@ -8,8 +8,9 @@ synthetic task is generated from a seed instead, so tests and the demo need no p
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
@@ -226,4 +227,3 @@ register_dataset(
         metadata={"description": "offline synthetic 2-step arithmetic in GSM8K answer format"},
     )
 )
-

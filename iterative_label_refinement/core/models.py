@@ -7,9 +7,10 @@ tiny model, built once into the cache directory and then loaded by exactly the s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -52,9 +53,7 @@ def register_model(config: ModelConfig) -> ModelConfig:
 
 
 register_model(ModelConfig(name="google/gemma-2b", default_lr=5e-4, default_dpo_lr=5e-6, evaluator_lr=1e-6))
-register_model(
-    ModelConfig(name="mistralai/Mistral-7B-v0.1", default_lr=1e-4, default_dpo_lr=1e-6, evaluator_lr=1e-6)
-)
+register_model(ModelConfig(name="mistralai/Mistral-7B-v0.1", default_lr=1e-4, default_dpo_lr=1e-6, evaluator_lr=1e-6))
 register_model(
     ModelConfig(
         name="meta-llama/Meta-Llama-3-70B",
@@ -80,8 +79,7 @@ def get_model_config(model_name: str) -> ModelConfig:
                 return cfg
         return ModelConfig(name=str(path), default_lr=1e-4, default_dpo_lr=1e-6, gradient_checkpointing=False)
     raise ConfigError(
-        f"Unknown model {model_name!r}. Valid: {sorted(MODELS_DICT)} or a local model directory "
-        "containing config.json."
+        f"Unknown model {model_name!r}. Valid: {sorted(MODELS_DICT)} or a local model directory containing config.json."
     )
 
 
@@ -161,7 +159,7 @@ def load_model(
         model.to(device or default_device())
     use_gc = cfg.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     if use_gc:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
 

@@ -103,7 +103,9 @@ def pretrain(model, tokenizer, spec: TinySpec) -> None:
         sched.step()
         opt.zero_grad(set_to_none=True)
         if step % 100 == 0 or step == spec.pretrain_steps - 1:
-            logger.info("pretrain step %d/%d loss %.3f (%.0fs)", step, spec.pretrain_steps, loss.item(), time.time() - start)
+            logger.info(
+                "pretrain step %d/%d loss %.3f (%.0fs)", step, spec.pretrain_steps, loss.item(), time.time() - start
+            )
     model.eval()
 
 

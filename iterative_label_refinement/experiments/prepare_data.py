@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import fire
 from datasets import Dataset, DatasetDict
 
 from iterative_label_refinement.core.common import ConfigError, get_data_path, get_logger, save_to_disk_atomic

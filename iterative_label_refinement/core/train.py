@@ -1,0 +1,342 @@
+"""LoRA (or full) supervised fine-tuning, and LoRA DPO, on the Hugging Face `Trainer` machinery.
+
+The same code runs on one CPU, one GPU, `torchrun --nproc_per_node N` (DDP) and `accelerate launch`
+with FSDP/DeepSpeed configs: the effective batch `batch_size` is reached by gradient accumulation
+over minibatches of `minibatch_size_per_device` on each process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+
+from iterative_label_refinement.core.common import ConfigError, get_logger
+
+logger = get_logger(__name__)
+
+OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "rmsprop": "rmsprop"}
+# name -> (transformers scheduler, whether warmup applies)
+LR_SCHEDULES = {
+    "cosine_warmup": ("cosine", True),
+    "cosine_anneal_warmup": ("cosine_with_min_lr", True),
+    "cosine": ("cosine", False),
+    "linear": ("linear", True),
+    "constant": ("constant_with_warmup", True),
+}
+
+
+def validate_optimizer(optim: str) -> None:
+    if optim not in OPTIMIZERS:
+        raise ConfigError(f"Unknown optimizer {optim!r}. Valid: {sorted(OPTIMIZERS)}")
+
+
+def validate_schedule(lr_schedule: str) -> None:
+    if lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"Unknown lr_schedule {lr_schedule!r}. Valid: {sorted(LR_SCHEDULES)}")
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the model and data."""
+
+    output_dir: str
+    lr: float
+    epochs: float = 2
+    batch_size: int = 32
+    minibatch_size_per_device: int = 1
+    optim: str = "adamw"
+    lr_schedule: str = "cosine_warmup"
+    warmup_ratio: float = 0.05
+    save_frequency: float = 0  # in (0, 1): save a checkpoint every that fraction of the steps
+    seed: int = 0
+    use_wandb: bool = False
+    gradient_checkpointing: bool = False
+    run_name: str | None = None
+
+    def training_arguments(self, **overrides: Any):
+        from transformers import TrainingArguments
+
+        validate_optimizer(self.optim)
+        validate_schedule(self.lr_schedule)
+        per_step = self.minibatch_size_per_device * world_size()
+        if self.batch_size % per_step:
+            raise ConfigError(
+                f"batch_size={self.batch_size} is not a multiple of minibatch_size_per_device x processes = {per_step}"
+            )
+        scheduler, warmup = LR_SCHEDULES[self.lr_schedule]
+        kwargs: dict[str, Any] = dict(
+            output_dir=self.output_dir,
+            learning_rate=self.lr,
+            num_train_epochs=self.epochs,
+            per_device_train_batch_size=self.minibatch_size_per_device,
+            per_device_eval_batch_size=self.minibatch_size_per_device,
+            gradient_accumulation_steps=self.batch_size // per_step,
+            optim=OPTIMIZERS[self.optim],
+            lr_scheduler_type=scheduler,
+            warmup_steps=self.warmup_ratio if warmup else 0,
+            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            activation_checkpointing=self.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False} if self.gradient_checkpointing else None,
+            dataloader_pin_memory=torch.cuda.is_available(),
+            logging_steps=1,
+            logging_first_step=True,
+            save_strategy="steps" if 0 < self.save_frequency < 1 else "no",
+            save_steps=self.save_frequency if 0 < self.save_frequency < 1 else 500,
+            save_only_model=True,
+            report_to=["wandb"] if self.use_wandb else [],
+            run_name=self.run_name,
+            seed=self.seed,
+            data_seed=self.seed,
+            remove_unused_columns=False,
+            train_sampling_strategy="group_by_length" if self.minibatch_size_per_device > 1 else "random",
+            length_column_name="length",
+            disable_tqdm=False,
+            ddp_find_unused_parameters=False,
+        )
+        if scheduler == "cosine_with_min_lr":
+            kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": 0.1}
+        kwargs.update(overrides)
+        return TrainingArguments(**kwargs)
+
+
+def pad_right(sequences: list[list[int]], value: int) -> torch.Tensor:
+    """Right padding keeps every real token at its true position, so padding changes no loss."""
+    width = max(len(s) for s in sequences)
+    return torch.tensor([s + [value] * (width - len(s)) for s in sequences], dtype=torch.long)
+
+
+def sft_collate(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    ids = [r["input_ids"] for r in rows]
+    return {
+        "input_ids": pad_right(ids, pad_token_id),
+        "attention_mask": pad_right([[1] * len(s) for s in ids], 0),
+        "labels": pad_right([r["labels"] for r in rows], -100),
+    }
+
+
+def add_lora(model: torch.nn.Module, lora_rank: int, target_modules: str | list[str] = "all-linear"):
+    """LoRA with r=lora_rank, alpha=2r on all linear layers; lora_rank=0 keeps full fine-tuning."""
+    if lora_rank == 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora_rank,
+        lora_alpha=2 * lora_rank,
+        lora_dropout=0.0,
+        target_modules=target_modules,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, config)
+    if getattr(model, "is_activation_checkpointing", False):
+        model.enable_input_require_grads()  # checkpointed layers need inputs that require grad
+    return model
+
+
+def train_sft(model: torch.nn.Module, tokenizer, train_ds: Dataset, cfg: TrainConfig) -> dict[str, float]:
+    """Train `model` (already LoRA-wrapped or full) on a tokenized dataset; returns train metrics."""
+    from transformers import Trainer
+
+    if len(train_ds) == 0:
+        raise ConfigError("No training examples left (all filtered out or too long for max_len)")
+    train_ds = train_ds.map(lambda r: {"length": len(r["input_ids"])})
+    keep = ["input_ids", "labels", "length"]
+    train_ds = train_ds.remove_columns([c for c in train_ds.column_names if c not in keep])
+    args = cfg.training_arguments()
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        data_collator=lambda rows: sft_collate(rows, tokenizer.pad_token_id),
+    )
+    result = trainer.train()
+    return dict(result.metrics)
+
+
+def save_trained(model: torch.nn.Module, tokenizer, path: str | Path) -> None:
+    """Save the LoRA adapter (or the full model) with its tokenizer, on the main process only."""
+    if is_main_process():
+        # Only the trained adapter: a DPO policy carries a frozen reference adapter beside it.
+        kwargs = {"selected_adapters": ["default"]} if hasattr(model, "peft_config") else {}
+        model.save_pretrained(str(path), **kwargs)
+        tokenizer.save_pretrained(str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# DPO
+# ---------------------------------------------------------------------------------------------
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+POLICY, REFERENCE = "default", "reference"  # PEFT saves the "default" adapter at the folder's root
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of log-probabilities of the labelled tokens (labels != -100), one value per sequence."""
+    logits = logits[:, :-1].float()
+    labels = labels[:, 1:]
+    mask = labels != -100
+    token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token_logps * mask).sum(-1)
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example DPO losses and the implicit rewards of the chosen and rejected answers.
+
+    sigmoid: -log sigmoid(beta * h) (Rafailov et al.); ipo: (h - 1/(2 beta))^2 (Azar et al.);
+    hinge: max(0, 1 - beta * h) (SLiC), where h is the policy's log-ratio margin over the reference.
+    """
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ConfigError(f"Unknown dpo_loss_type {loss_type!r}. Valid: {list(DPO_LOSS_TYPES)}")
+    h = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    if loss_type == "sigmoid":
+        losses = -torch.nn.functional.logsigmoid(beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:
+        losses = torch.relu(1 - beta * h)
+    chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps).detach()
+    rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps).detach()
+    return losses, chosen_rewards, rejected_rewards
+
+
+def load_dpo_policy(model_size: str, adapter_path: str, dropout: bool = False):
+    """The base model with `adapter_path` loaded twice: a trainable policy and a frozen reference."""
+    from peft import PeftModel
+
+    from iterative_label_refinement.core.models import get_model_config, load_model
+
+    base = load_model(model_size, dropout=dropout)
+    model = PeftModel.from_pretrained(base, adapter_path, adapter_name=POLICY, is_trainable=True)
+    model.load_adapter(adapter_path, adapter_name=REFERENCE, is_trainable=False)
+    model.set_adapter(POLICY)
+    if get_model_config(model_size).gradient_checkpointing:
+        model.enable_input_require_grads()
+    assert_reference_frozen(model)
+    return model
+
+
+def assert_reference_frozen(model) -> None:
+    leaked = [n for n, p in model.named_parameters() if f".{REFERENCE}." in n and p.requires_grad]
+    if leaked:
+        raise RuntimeError(f"reference adapter parameters became trainable: {leaked[:3]}")
+
+
+def _pair_batch(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Chosen then rejected sequences in one right-padded batch (one forward pass for both)."""
+    ids = [r["chosen_input_ids"] for r in rows] + [r["rejected_input_ids"] for r in rows]
+    labels = [r["chosen_labels"] for r in rows] + [r["rejected_labels"] for r in rows]
+    batch = {
+        "input_ids": pad_right(ids, pad_token_id),
+        "attention_mask": pad_right([[1] * len(s) for s in ids], 0),
+        "labels": pad_right(labels, -100),
+    }
+    if "reference_chosen_logps" in rows[0]:
+        batch["reference_chosen_logps"] = torch.tensor([r["reference_chosen_logps"] for r in rows])
+        batch["reference_rejected_logps"] = torch.tensor([r["reference_rejected_logps"] for r in rows])
+    return batch
+
+
+def _pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps = sequence_logps(logits, batch["labels"])
+    n = logps.shape[0] // 2
+    return logps[:n], logps[n:]
+
+
+@torch.no_grad()
+def add_reference_logps(model, ds: Dataset, pad_token_id: int, batch_size: int = 16) -> Dataset:
+    """The frozen reference never changes, so its log-probs are computed once, before training."""
+    model.set_adapter(REFERENCE)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    chosen, rejected = [], []
+    try:
+        for start in range(0, len(ds), batch_size):
+            rows = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+            batch = {k: v.to(device) for k, v in _pair_batch(rows, pad_token_id).items()}
+            c, r = _pair_logps(model, batch)
+            chosen += c.tolist()
+            rejected += r.tolist()
+    finally:
+        model.set_adapter(POLICY)  # PEFT makes the active adapter trainable and the others frozen
+        model.train(was_training)
+    assert_reference_frozen(model)
+    return ds.add_column("reference_chosen_logps", chosen).add_column("reference_rejected_logps", rejected)
+
+
+def _dpo_trainer_class():
+    from transformers import Trainer
+
+    class DPOTrainer(Trainer):
+        """`Trainer` with the DPO loss; logs loss and rewards/{chosen,rejected,accuracies,margins}."""
+
+        def __init__(self, *args, beta: float, loss_type: str, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.beta, self.loss_type = beta, loss_type
+            self.model_accepts_loss_kwargs = False  # the loss is a mean over pairs, scaled per micro-step
+            self._stored: dict[str, list[float]] = {}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            chosen, rejected = _pair_logps(model, inputs)
+            losses, chosen_r, rejected_r = dpo_loss(chosen, rejected, inputs["reference_chosen_logps"],
+                                                    inputs["reference_rejected_logps"], self.beta, self.loss_type)  # fmt: skip
+            for key, value in {
+                "rewards/chosen": chosen_r.mean(),
+                "rewards/rejected": rejected_r.mean(),
+                "rewards/accuracies": (chosen_r > rejected_r).float().mean(),
+                "rewards/margins": (chosen_r - rejected_r).mean(),
+            }.items():
+                self._stored.setdefault(key, []).append(value.item())
+            loss = losses.mean()
+            return (loss, {"chosen_logps": chosen}) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+            for key, values in self._stored.items():
+                logs[key] = sum(values) / len(values)
+            self._stored = {}
+            super().log(logs, *args, **kwargs)
+
+    return DPOTrainer
+
+
+def train_dpo(model, tokenizer, train_ds: Dataset, cfg: TrainConfig, beta: float = 0.1,
+              loss_type: str = "sigmoid") -> list[dict[str, float]]:  # fmt: skip
+    """DPO of the policy adapter against the frozen reference adapter; returns the log history."""
+    if len(train_ds) == 0:
+        raise ConfigError("No preference pairs left to train DPO on (all filtered out or too long for max_len)")
+    keep = ["chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"]
+    train_ds = train_ds.remove_columns([c for c in train_ds.column_names if c not in keep])
+    train_ds = add_reference_logps(model, train_ds, tokenizer.pad_token_id, 4 * cfg.minibatch_size_per_device)
+    train_ds = train_ds.map(lambda r: {"length": len(r["chosen_input_ids"]) + len(r["rejected_input_ids"])})
+    trainer = _dpo_trainer_class()(
+        model=model,
+        args=cfg.training_arguments(),
+        train_dataset=train_ds,
+        data_collator=lambda rows: _pair_batch(rows, tokenizer.pad_token_id),
+        beta=beta,
+        loss_type=loss_type,
+    )
+    trainer.train()
+    assert_reference_frozen(model)
+    return trainer.state.log_history
