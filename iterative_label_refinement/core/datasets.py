@@ -16,10 +16,13 @@ from datasets import Dataset, DatasetDict, load_from_disk
 
 from iterative_label_refinement.core import arithmetic
 from iterative_label_refinement.core.common import ConfigError, format_prompt, get_data_path, load_env
+from iterative_label_refinement.core.label_sets import first
 
 # A metric scores a batch: (predictions, references, rows) -> one score in [0, 1] per prediction.
 # `rows` holds the other columns of the examples (e.g. BIRD's `db_name`).
 Metric = Callable[[Sequence[str], Sequence[str], Sequence[dict[str, Any]]], list[float]]
+# ILR's agreement check: (current labels, proposals, rows) -> whether each pair says the same thing.
+Agreement = Callable[[Sequence[str], Sequence[str], Sequence[dict[str, Any]]], list[bool]]
 
 
 def per_item(fn: Callable[[str, str], float]) -> Metric:
@@ -38,6 +41,7 @@ class DatasetConfig:
     loader: Callable[[str], Dataset]  # split name -> rows with `question`, `answer`, extras
     max_len: int  # token budget of a training example and of a generated answer
     metric: Metric
+    agreement: Agreement
     extra_columns: tuple[str, ...] = ()
     prepare_hint: str = ""  # how to obtain the data, shown when it is missing
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -95,11 +99,6 @@ def load_dataset(ds_name: str, seed: int = 0, split_sizes: dict[str, int] | None
     return DatasetDict(out)
 
 
-def _first(answer: Any) -> str:
-    """Label sets may hold several sampled answers per prompt; SFT trains on the first."""
-    return answer[0] if isinstance(answer, list) else answer
-
-
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -136,7 +135,7 @@ def tokenize_dataset(ds: Dataset, tokenizer, preference: bool = False, max_len: 
     else:
 
         def fn(row):
-            return tokenize_example(tokenizer, row["question"], _first(row["answer"]))
+            return tokenize_example(tokenizer, row["question"], first(row["answer"]))
 
         lengths = ("input_ids",)
     out = ds.map(fn, desc="tokenize")
@@ -172,6 +171,28 @@ def _saferpaca_metric(predictions, references, rows):
     return saferpaca_eval_func(list(predictions), list(references), [r["question"] for r in rows])
 
 
+def _same_final_answer(current, proposals, rows=None):
+    from iterative_label_refinement.metrics.eval_gsm8k import same_final_answer
+
+    return [same_final_answer(a, b) for a, b in zip(current, proposals)]
+
+
+def _same_execution_result(current, proposals, rows):
+    """BIRD: two queries agree when they return the same set of rows (the metric's own rule)."""
+    return [score == 1 for score in _bird_metric(proposals, current, rows)]
+
+
+def _similar_embedding(current, proposals, rows=None):
+    """SaferPaca: cosine similarity of the two answers above the median of this batch (SPEC §5)."""
+    import numpy as np
+
+    from iterative_label_refinement.core.embedder import get_embedder
+
+    embedder = get_embedder()
+    sims = (embedder.embed(list(current)) * embedder.embed(list(proposals))).sum(-1)
+    return list(sims > np.median(sims)) if len(sims) else []
+
+
 def _arith_loader(split: str) -> Dataset:
     rows = _arith_rows()
     if split not in rows:
@@ -194,6 +215,7 @@ register_dataset(
         loader=prepared_loader("gsm8k"),
         max_len=256,
         metric=_gsm8k_metric,
+        agreement=_same_final_answer,
         prepare_hint="Raw files: train.jsonl and test.jsonl of openai/grade-school-math (grade_school_math/data).",
     )
 )
@@ -203,6 +225,7 @@ register_dataset(
         loader=prepared_loader("bird"),
         max_len=256,
         metric=_bird_metric,
+        agreement=_same_execution_result,
         extra_columns=("db_name", "db_schema"),
         prepare_hint="Raw files: BIRD train/dev json (question, evidence, SQL, db_id) and its tables.json.",
     )
@@ -213,6 +236,7 @@ register_dataset(
         loader=prepared_loader("saferpaca"),
         max_len=512,
         metric=_saferpaca_metric,
+        agreement=_similar_embedding,
         extra_columns=("category",),
         prepare_hint="Raw files: an Alpaca-format general instruction json and SaferPaca's "
         "safety_only_data_Instructions.json.",
@@ -224,6 +248,7 @@ register_dataset(
         loader=_arith_loader,
         max_len=96,
         metric=_gsm8k_metric,
+        agreement=_same_final_answer,
         metadata={"description": "offline synthetic 2-step arithmetic in GSM8K answer format"},
     )
 )

@@ -38,6 +38,7 @@ class ModelConfig:
     custom_kwargs: dict[str, Any] = field(default_factory=dict)  # extra from_pretrained kwargs
     trust_remote_code: bool = False  # off unless a model explicitly needs it (SPEC §12)
     build: Callable[[Path], None] | None = None  # offline tiny models: writes a model dir
+    build_id: str = ""  # changes whenever the build recipe changes, so stale caches are not reused
 
     @property
     def is_tiny(self) -> bool:
@@ -88,7 +89,7 @@ def resolve_model_path(model_name: str) -> str:
     cfg = get_model_config(model_name)
     if not cfg.is_tiny:
         return cfg.name
-    path = get_cache_path() / "tiny" / cfg.name
+    path = get_cache_path() / "tiny" / f"{cfg.name}-{cfg.build_id}"
     if not (path / "config.json").exists():
         from filelock import FileLock
 

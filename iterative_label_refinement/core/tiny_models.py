@@ -9,6 +9,7 @@ base to learn anything (DESIGN.md), so the strong base is pretrained on symbolic
 from __future__ import annotations
 
 import functools
+import hashlib
 import random
 import shutil
 import string
@@ -149,7 +150,9 @@ def register_tiny(name: str, spec: TinySpec, **config_kwargs) -> ModelConfig:
         gradient_checkpointing=False,
     )
     kwargs.update(config_kwargs)
-    return register_model(ModelConfig(name=name, build=functools.partial(build_tiny_model, spec), **kwargs))
+    build_id = hashlib.sha1(repr(spec).encode()).hexdigest()[:8]
+    build = functools.partial(build_tiny_model, spec)
+    return register_model(ModelConfig(name=name, build=build, build_id=build_id, **kwargs))
 
 
 # A random-initialised model for unit tests: builds in a second, learns nothing useful.

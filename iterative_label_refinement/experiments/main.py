@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
 
 from iterative_label_refinement.core.common import (
     ConfigError,
@@ -29,13 +29,19 @@ from iterative_label_refinement.core.common import (
     write_jsonl,
 )
 from iterative_label_refinement.core.datasets import DATASET_MAX_LEN, get_dataset_config, load_dataset
+from iterative_label_refinement.core.label_sets import (
+    LABEL_COLUMNS,
+    PREFERENCE_COLUMNS,
+    current_labels_path,
+    first,
+    is_label_set,
+    load_label_set,
+)
 from iterative_label_refinement.core.models import get_model_config
 from iterative_label_refinement.core.train import validate_optimizer, validate_schedule
 
 logger = get_logger(__name__)
 
-LABEL_COLUMNS = ("question", "answer", "gt_answer")
-PREFERENCE_COLUMNS = ("question", "chosen", "rejected")
 DPO_NUM_SAMPLES = 6
 
 
@@ -44,21 +50,12 @@ DPO_NUM_SAMPLES = 6
 # ---------------------------------------------------------------------------------------------
 
 
-def is_label_set(path: Path) -> bool:
-    return (path / "dataset_info.json").exists() or (path / "state.json").exists()
-
-
 def label_set_path(weak_labels_path: str | Path, method: str | None, round_id: int) -> tuple[Path, Path]:
-    """(weak run dir, label set) for a run on labels: `<dir>/weak_labels` in round 0, else
-    `<dir>/<method>_<round-1>_weak_labels`. A path that is itself a label set is used as it is."""
+    """(weak run dir, label set) for a run on labels (SPEC §4). A label set path is used as it is."""
     path = Path(weak_labels_path)
     if is_label_set(path):
         return path.parent, path
-    if round_id == 0:
-        return path, path / "weak_labels"
-    if not method:
-        raise ConfigError(f"round_id={round_id} on labels needs --method to find <method>_{round_id - 1}_weak_labels")
-    return path, path / f"{method}_{round_id - 1}_weak_labels"
+    return path, current_labels_path(path, method, round_id)
 
 
 def weak_label_type(method: str, round_id: int) -> str:
@@ -99,29 +96,15 @@ def filter_rows(ds: Dataset, ds_name: str, method: str | None, round_id: int, sa
             keep = "general" if saferpaca_mode == 1 else "safety"
             ds = ds.filter(lambda r: r["category"] == keep)
     if method and preference and "oradpo" in method:
-        ds = ds.filter(lambda r: _first_acc(r["acc"]) == 1)
+        ds = ds.filter(lambda r: first(r["acc"]) == 1)
     if method and not preference and "cor" in method and round_id == 0 and "acc" in ds.column_names:
-        ds = ds.filter(lambda r: _first_acc(r["acc"]) == 1)
+        ds = ds.filter(lambda r: first(r["acc"]) == 1)
     if ds_name == "gsm8k":
         column = "chosen" if preference else "answer"
-        ds = ds.filter(lambda r: "####" in _first(r[column]))
+        ds = ds.filter(lambda r: "####" in first(r[column]))
     if len(ds) < n:
         logger.info("Filters kept %d of %d rows", len(ds), n)
     return ds
-
-
-def _first(x: Any) -> Any:
-    return x[0] if isinstance(x, list) else x
-
-
-def _first_acc(acc: Any) -> float | None:
-    return _first(acc)
-
-
-def check_columns(ds: Dataset, required: tuple[str, ...], path: Path) -> None:
-    missing = [c for c in required if c not in ds.column_names]
-    if missing:
-        raise ConfigError(f"Label set {path} is missing column(s) {missing}; it has {ds.column_names}")
 
 
 def model_dir(run_dir: Path, dpo_round: bool) -> Path:
@@ -290,7 +273,7 @@ def main(
         print(run_dir)
         return {"save_path": str(run_dir), "skipped": True}
 
-    from iterative_label_refinement.core.train import is_main_process
+    from iterative_label_refinement.core.train import is_main_process, world_size
 
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(run_dir)
@@ -298,7 +281,7 @@ def main(
                        minibatch_size_per_device=minibatch_size_per_device, save_model=save_model,
                        weak_labels_path=str(labels_path) if labels_path else None, dpo_path=dpo_path,
                        num_beams=num_beams, eval_batch_size=eval_batch_size, inference_backend=inference_backend,
-                       do_dpo=do_dpo, weak_model=weak_config)  # fmt: skip
+                       do_dpo=do_dpo, world_size=world_size(), weak_model=weak_config)  # fmt: skip
     if is_main_process():
         write_json(run_dir / "experiment_config.json", full_config)
     seed_everything(seed)
@@ -378,10 +361,7 @@ def _load_run_data(ds_name, seed, n_docs, n_test_docs, half_data, train_with_all
         train = filter_rows(train, ds_name, None, round_id, saferpaca_mode, preference=False)
         return RunData(train=train, test=dd["test"], label_targets=as_targets(halves["test"]), weak_config=None)
 
-    if not is_label_set(labels_path):
-        raise ConfigError(f"No label set at {labels_path} (expected a datasets folder saved with save_to_disk)")
-    labels = load_from_disk(str(labels_path))
-    check_columns(labels, PREFERENCE_COLUMNS if dpo_round else LABEL_COLUMNS, labels_path)
+    labels = load_label_set(labels_path, PREFERENCE_COLUMNS if dpo_round else LABEL_COLUMNS)
     if dpo_round:
         train = filter_rows(labels, ds_name, method, round_id, saferpaca_mode, preference=True)
         # DPO samples again on the prompts of the ground-truth half the labels came from.

@@ -1,0 +1,90 @@
+"""Where label sets live on disk, how they are read safely, and which round a run dir belongs to.
+
+Label sets are `datasets` saved with `save_to_disk` (SPEC §3): `<weak run>/weak_labels` after round 0,
+`<weak run>/<method>_<round>_weak_labels` after each refinement (ILR, naive, DPO preferences).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, load_from_disk
+
+from iterative_label_refinement.core.common import ConfigError
+
+LABEL_COLUMNS = ("question", "answer", "gt_answer")
+PREFERENCE_COLUMNS = ("question", "chosen", "rejected")
+
+
+def is_label_set(path: Path) -> bool:
+    return (path / "dataset_info.json").exists() or (path / "state.json").exists()
+
+
+def refined_path(weak_dir: str | Path, method: str, round_id: int) -> Path:
+    """The label set a refinement step of `round_id` writes (and round `round_id + 1` trains on)."""
+    return Path(weak_dir) / f"{method}_{round_id}_weak_labels"
+
+
+def current_labels_path(weak_dir: str | Path, method: str | None, round_id: int) -> Path:
+    """The labels a round starts from: `weak_labels` in round 0, else the previous round's output."""
+    if round_id == 0:
+        return Path(weak_dir) / "weak_labels"
+    if not method:
+        raise ConfigError(f"round_id={round_id} on labels needs a method to find <method>_{round_id - 1}_weak_labels")
+    return refined_path(weak_dir, method, round_id - 1)
+
+
+def check_columns(ds: Dataset, required: tuple[str, ...], path: Path) -> None:
+    missing = [c for c in required if c not in ds.column_names]
+    if missing:
+        raise ConfigError(f"Label set {path} is missing column(s) {missing}; it has {ds.column_names}")
+
+
+def load_label_set(path: str | Path, required: tuple[str, ...] = LABEL_COLUMNS) -> Dataset:
+    """Read a label set, with an error naming the path when it is absent or lacks columns."""
+    path = Path(path)
+    if not is_label_set(path):
+        raise ConfigError(f"No label set at {path} (expected a datasets folder saved with save_to_disk)")
+    ds = load_from_disk(str(path))
+    check_columns(ds, required, path)
+    return ds
+
+
+def run_round(path: str | Path) -> int:
+    """The `ri=<round>` a run dir's name carries."""
+    match = re.search(r"(?:^|-)ri=(\d+)(?:-|$)", Path(path).name)
+    if not match:
+        raise ConfigError(f"{path} is not a run dir of experiments.main (its name has no 'ri=<round>')")
+    return int(match.group(1))
+
+
+def check_round(round_id: int, **paths: str | Path) -> None:
+    """Every model path must belong to `round_id`: mixing rounds silently corrupts a refinement."""
+    for flag, path in paths.items():
+        if not Path(path).is_dir():
+            raise ConfigError(f"--{flag}={path} does not exist")
+    rounds = {flag: run_round(path) for flag, path in paths.items()}
+    if any(r != round_id for r in rounds.values()):
+        found = ", ".join(f"--{flag}={paths[flag]} is round {r}" for flag, r in rounds.items())
+        raise ConfigError(f"round mismatch: --round_id={round_id} but {found}")
+
+
+def first(x: Any) -> Any:
+    """Label sets hold one answer per prompt, or a list of samples: the first stands for the row."""
+    return x[0] if isinstance(x, list) else x
+
+
+def label_accuracy(acc: list[Any]) -> float | None:
+    """Fraction of correct labels, when correctness is known."""
+    values = [first(a) for a in acc if first(a) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def load_current_labels(weak_dir: str | Path, method: str, round_id: int, correct_only: bool = False) -> Dataset:
+    """The labels a refinement round starts from; `correct_only` keeps correct round-0 demonstrations."""
+    labels = load_label_set(current_labels_path(weak_dir, method, round_id))
+    if round_id == 0 and correct_only:
+        labels = labels.filter(lambda r: first(r["acc"]) == 1)
+    return labels

@@ -1,0 +1,145 @@
+"""The decisions that spend comparison feedback, as pure functions of plain data.
+
+* ILR (SPEC §5): which disagreeing proposals replace the current label.
+* naive ILR (SPEC §6): which labels are replaced at random.
+* DPO (SPEC §7): how samples are paired, scored and kept as preferences.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.label_sets import first
+
+
+def check_fraction(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"--{name} must be in (0, 1], got {value!r}")
+
+
+def method_name(base: str, *, correct: bool, oracle: bool, suffix: str) -> str:
+    """`cor`? + `ora`? + base + suffix, e.g. `ilr0.15`, `coraora...`, `dpo0.10.15`."""
+    return ("cor" if correct else "") + ("ora" if oracle else "") + base + suffix
+
+
+# ---------------------------------------------------------------------------------------------
+# ILR
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ILRDecision:
+    replace: list[bool]
+    threshold: float
+
+
+def ilr_threshold(scores: Sequence[float], max_replace: float) -> float:
+    """max(0.5, the (1 - max_replace) quantile): at most `max_replace` of the compared rows change."""
+    if len(scores) == 0:
+        return 0.5
+    return max(0.5, float(np.quantile(np.asarray(scores, dtype=float), 1 - max_replace)))
+
+
+def ilr_decide(agree: Sequence[bool], scores: Sequence[float | None], max_replace: float,
+               oracle: bool = False) -> ILRDecision:  # fmt: skip
+    """Replace a label when its proposal disagrees and scores strictly above the threshold.
+
+    `scores[i]` is the evaluator's (debiased) preference for the proposal, ignored where `agree[i]`.
+    With oracle feedback every correct proposal (score 1) is accepted: threshold 0.5, no cap.
+    """
+    check_fraction("max_replace", max_replace)
+    compared = [float(s) for a, s in zip(agree, scores) if not a]
+    threshold = 0.5 if oracle else ilr_threshold(compared, max_replace)
+    replace = [(not a) and float(s) > threshold for a, s in zip(agree, scores)]
+    return ILRDecision(replace=replace, threshold=threshold)
+
+
+def match_proposals(questions: list[str], proposal_sets: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The proposal row for each question, matched by question text (never by position)."""
+    by_question: dict[str, dict[str, Any]] = {}
+    for ds in proposal_sets:
+        for row in ds:
+            by_question.setdefault(row["question"], row)
+    missing = [q for q in questions if q not in by_question]
+    if missing:
+        raise ConfigError(
+            f"{len(missing)} current labels have no proposal (e.g. {missing[0]!r}): the half-data runs were "
+            "not trained on this round's labels"
+        )
+    return [by_question[q] for q in questions]
+
+
+def refined_rows(labels: Sequence[dict[str, Any]], proposals: list[dict[str, Any]], replace: list[bool],
+                 scores: list[float]) -> list[dict[str, Any]]:  # fmt: skip
+    """SPEC §3 refined-label rows; task extras (db_name, category, ...) are carried along."""
+    rows = []
+    for row, prop, rep, score in zip(labels, proposals, replace, scores):
+        out = {k: v for k, v in row.items() if k not in ("answer", "acc", "answer_ids", "score")}
+        out["answer"] = first(prop["answer"]) if rep else first(row["answer"])
+        out["acc"] = first(prop.get("acc")) if rep else first(row.get("acc"))
+        out["score"] = float(score)
+        rows.append(out)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# naive ILR
+# ---------------------------------------------------------------------------------------------
+
+
+def naive_choice(n: int, max_replace: float, seed: int) -> list[bool]:
+    """Exactly int(n * max_replace) rows chosen uniformly at random, reproducible from `seed`."""
+    check_fraction("max_replace", max_replace)
+    chosen = set(random.Random(seed).sample(range(n), int(n * max_replace)))
+    return [i in chosen for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# DPO
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_pairs(samples: Sequence[str]) -> list[tuple[int, int]]:
+    """Samples (0, 1), (2, 3), (4, 5), ...: disjoint pairs, so every sample is used once."""
+    return [(i, i + 1) for i in range(0, len(samples) - 1, 2)]
+
+
+def oracle_pair_score(acc_first: float, acc_second: float) -> float:
+    """P(second is better) from correctness: 1 if only the second is right, 0 if only the first, else 0.5.
+
+    Ties score 0.5, i.e. zero confidence, so they rank last and are kept only if `subsample` asks
+    for more pairs than there are real preferences.
+    """
+    return 0.5 + 0.5 * (float(acc_second) - float(acc_first))
+
+
+@dataclass(frozen=True)
+class Preference:
+    row: int  # index of the prompt
+    first: int  # sample indices of the pair
+    second: int
+    score: float  # P(second is better)
+
+    @property
+    def confidence(self) -> float:
+        return abs(self.score - 0.5)
+
+    @property
+    def chosen_is_second(self) -> bool:
+        return self.score > 0.5
+
+
+def select_preferences(pairs: Sequence[tuple[int, int, int]], scores: Sequence[float],
+                       subsample: float) -> list[Preference]:  # fmt: skip
+    """Rank pairs by confidence |score - 0.5| and keep the top `subsample` fraction (stable on ties)."""
+    check_fraction("subsample", subsample)
+    prefs = [Preference(row, a, b, float(s)) for (row, a, b), s in zip(pairs, scores)]
+    ranked = sorted(range(len(prefs)), key=lambda i: -prefs[i].confidence)
+    keep = sorted(ranked[: int(len(prefs) * subsample)])
+    return [prefs[i] for i in keep]

@@ -1,0 +1,76 @@
+"""naive ILR (SPEC §6): replace a random `max_replace` fraction of labels by proposals, no feedback.
+
+    python -m iterative_label_refinement.experiments.naive --ds_name=gsm8k --weak_model_path=<weak run> \
+        --model1_path=<half 1 run> --model2_path=<half 2 run> --round_id=0
+
+Proposals are matched to labels by question (the reference paired them by sorted position).
+Writes `<weak run>/<cor?>naive<max_replace>_<round>_weak_labels`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset
+
+from iterative_label_refinement.core.common import get_logger, save_to_disk_atomic
+from iterative_label_refinement.core.datasets import get_dataset_config
+from iterative_label_refinement.core.label_sets import (
+    check_round,
+    label_accuracy,
+    load_current_labels,
+    load_label_set,
+    refined_path,
+)
+from iterative_label_refinement.core.refinement import (
+    check_fraction,
+    match_proposals,
+    method_name,
+    naive_choice,
+    refined_rows,
+)
+
+logger = get_logger(__name__)
+
+
+def main(
+    ds_name: str,
+    weak_model_path: str,
+    model1_path: str,
+    model2_path: str,
+    round_id: int = 0,
+    save_results: bool = True,
+    max_replace: float = 0.1,
+    seed: int = 0,
+    start_with_correct_labels: bool = False,
+    force: bool = False,
+) -> str:
+    get_dataset_config(ds_name)
+    check_fraction("max_replace", max_replace)
+    check_round(round_id, model1_path=model1_path, model2_path=model2_path)
+    method = method_name("naive", correct=start_with_correct_labels, oracle=False, suffix=str(max_replace))
+    out_path = refined_path(weak_model_path, method, round_id)
+    if out_path.exists() and not force:
+        logger.info("%s exists, nothing to do (pass --force to redo)", out_path)
+        print(out_path)
+        return str(out_path)
+    labels = load_current_labels(weak_model_path, method, round_id, start_with_correct_labels)
+    proposal_sets = [load_label_set(Path(p) / "weak_labels") for p in (model1_path, model2_path)]
+    proposals = match_proposals(list(labels["question"]), proposal_sets)
+    replace = naive_choice(len(labels), max_replace, seed=seed + round_id)
+    rows = refined_rows(labels, proposals, replace, [-1.0] * len(labels))
+    refined = Dataset.from_list(rows).shuffle(seed=seed).flatten_indices()
+    logger.info(
+        "naive round %d: %d of %d labels replaced; label accuracy %s -> %s", round_id, sum(replace), len(rows),
+        label_accuracy(list(labels["acc"])), label_accuracy([r["acc"] for r in rows]),
+    )  # fmt: skip
+    if save_results:
+        save_to_disk_atomic(refined, out_path)
+    print(out_path)
+    return str(out_path)
+
+
+if __name__ == "__main__":
+    from iterative_label_refinement.core.cli import run_cli
+
+    run_cli(main)
