@@ -48,7 +48,9 @@ def bench_training(model_name: str, n_examples: int) -> None:
             t0 = time.perf_counter()
             metrics = train_sft(model, tok, ds, cfg)
             elapsed = time.perf_counter() - t0
-        print(f"  minibatch {minibatch}: {elapsed:.2f} s, {n_tokens / elapsed:.0f} tokens/s, loss {metrics['train_loss']:.3f}")
+        print(
+            f"  minibatch {minibatch}: {elapsed:.2f} s, {n_tokens / elapsed:.0f} tokens/s, loss {metrics['train_loss']:.3f}"
+        )
 
 
 def main(model: str = "tiny-llama-strong", n_prompts: int = 256, batch_size: int = 64, n_examples: int = 512):

@@ -155,14 +155,22 @@ def _gsm8k_metric(predictions, references, rows=None):
     return per_item(gsm8k_eval_func)(predictions, references, rows)
 
 
+def _bird_root() -> str | None:
+    """$ILR_BIRD_PATH; may be unset only when $ILR_BIRD_DB_URLS names every database."""
+    load_env()
+    root = os.environ.get("ILR_BIRD_PATH")
+    if not root and not os.environ.get("ILR_BIRD_DB_URLS"):
+        raise ConfigError(
+            "BIRD scoring executes SQL: set ILR_BIRD_PATH to the folder holding <db>/<db>.sqlite "
+            "(or ILR_BIRD_DB_URLS to a JSON file of SQLAlchemy URLs)"
+        )
+    return root
+
+
 def _bird_metric(predictions, references, rows):
     from iterative_label_refinement.metrics.eval_bird import bird_eval_func
 
-    load_env()
-    root = os.environ.get("ILR_BIRD_PATH")
-    if not root:
-        raise ConfigError("BIRD scoring executes SQL: set ILR_BIRD_PATH to the folder holding <db>/<db>.sqlite")
-    return bird_eval_func(list(predictions), list(references), [r["db_name"] for r in rows], root, 30.0)
+    return bird_eval_func(list(predictions), list(references), [r["db_name"] for r in rows], _bird_root(), 30.0)
 
 
 def _saferpaca_metric(predictions, references, rows):
@@ -178,8 +186,10 @@ def _same_final_answer(current, proposals, rows=None):
 
 
 def _same_execution_result(current, proposals, rows):
-    """BIRD: two queries agree when they return the same set of rows (the metric's own rule)."""
-    return [score == 1 for score in _bird_metric(proposals, current, rows)]
+    """BIRD: two queries agree when they return the same set of rows (the metric's own executor)."""
+    from iterative_label_refinement.metrics.eval_bird import same_execution_result
+
+    return same_execution_result(list(current), list(proposals), [r["db_name"] for r in rows], _bird_root())
 
 
 def _similar_embedding(current, proposals, rows=None):
@@ -188,9 +198,10 @@ def _similar_embedding(current, proposals, rows=None):
 
     from iterative_label_refinement.core.embedder import get_embedder
 
-    embedder = get_embedder()
-    sims = (embedder.embed(list(current)) * embedder.embed(list(proposals))).sum(-1)
-    return list(sims > np.median(sims)) if len(sims) else []
+    if not len(current):
+        return []
+    sims = get_embedder().similarity(list(current), list(proposals))
+    return list(sims > np.median(sims))
 
 
 def _arith_loader(split: str) -> Dataset:

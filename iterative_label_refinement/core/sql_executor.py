@@ -23,13 +23,13 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, make_url, pool
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, CursorResult
 from sqlalchemy.exc import DBAPIError
 
 from iterative_label_refinement.core.common import ConfigError
@@ -55,6 +55,7 @@ _ALLOWED_ACTIONS = frozenset(
         sqlite3.SQLITE_TRANSACTION,
     }
 )
+_CLOSERS = {"'": "'", '"': '"', "`": "`", "[": "]", "--": "\n", "/*": "*/"}  # quotes, names, comments
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?(\*/|$)", re.DOTALL)
 
 
@@ -72,6 +73,20 @@ def rows_match(pred_rows: Iterable[tuple], gold_rows: Iterable[tuple]) -> bool:
     return set(pred_rows) == set(gold_rows)
 
 
+def _top_level_semicolons(sql: str) -> Iterator[int]:
+    """Positions of the `;` outside quotes, bracketed names and comments (one linear scan)."""
+    i = 0
+    while i < len(sql):
+        opener = sql[i : i + 2] if sql[i : i + 2] in ("--", "/*") else sql[i]
+        if opener in _CLOSERS:  # a doubled quote ('it''s') simply reopens right after the close
+            end = sql.find(_CLOSERS[opener], i + len(opener))
+            i = len(sql) if end < 0 else end + len(_CLOSERS[opener])
+            continue
+        if opener == ";":
+            yield i
+        i += 1
+
+
 def single_statement(sql: object) -> str:
     """The one statement in `sql`, without trailing semicolons; `QueryFailed` when empty or several."""
     if not isinstance(sql, str):
@@ -79,12 +94,12 @@ def single_statement(sql: object) -> str:
     statement = sql.strip().rstrip(";").rstrip()
     if not _COMMENTS.sub("", statement).strip():
         raise QueryFailed("error", "empty SQL")
-    for i, char in enumerate(statement):
-        if char == ";" and sqlite3.complete_statement(statement[: i + 1]):
-            if _COMMENTS.sub("", statement[i + 1 :]).strip(" \t\r\n;"):
-                raise QueryFailed("error", "several statements in one string; one statement per call")
-            return statement[:i]
-    return statement
+    end = next(_top_level_semicolons(statement), None)
+    if end is None:
+        return statement
+    if _COMMENTS.sub("", statement[end + 1 :]).strip(" \t\r\n;"):
+        raise QueryFailed("error", "several statements in one string; one statement per call")
+    return statement[:end]
 
 
 def resolve_database(db_name: object, db_root_path: str | Path | None, db_urls: Mapping[str, str] | None = None) -> str:
@@ -177,37 +192,43 @@ def fetch_rows(url: str, sql: str, deadline: float, max_rows: int = DEFAULT_MAX_
     engine = _engine(url)
     is_sqlite = engine.dialect.name == "sqlite"
     stop = _Deadline(deadline)
-    with engine.connect() as conn:
-        if is_sqlite:  # after SQLAlchemy's own set-up queries on a new connection
-            conn.connection.dbapi_connection.set_authorizer(_authorize)
-            conn.connection.dbapi_connection.set_progress_handler(stop, _PROGRESS_STEPS)
-        else:
-            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int((deadline - time.monotonic()) * 1000))}")
-            conn.execution_options(stream_results=True)
-        try:
-            result = conn.exec_driver_sql(sql)
-            if not result.returns_rows:
-                raise QueryFailed("error", "the statement returns no rows")
-            rows: set[tuple] = set()
-            fetched = 0
-            for chunk in result.partitions(_FETCH_SIZE):
-                fetched += len(chunk)
-                if fetched > max_rows:
-                    raise QueryFailed("error", f"more than {max_rows} result rows (result-size cap)")
-                rows.update(_freeze(row) for row in chunk)
-            return rows
-        except DBAPIError as exc:
-            message = str(exc.orig)
-            if stop.hit or "statement timeout" in message:
-                raise QueryFailed("timeout", "ran past the time limit") from None
-            if "not authorized" in message:
-                message += " (read-only executor: writes, schema changes, ATTACH and setting pragmas are refused)"
-            raise QueryFailed("error", message) from None
-        finally:
-            if is_sqlite:
-                conn.connection.dbapi_connection.set_progress_handler(None, 0)
-            conn.rollback()
+    try:
+        with engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            if is_sqlite:  # after SQLAlchemy's own set-up queries on a new connection
+                raw.set_authorizer(_authorize)
+                raw.set_progress_handler(stop, _PROGRESS_STEPS)
+            else:
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                milliseconds = max(1, int((deadline - time.monotonic()) * 1000))
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
+                conn.execution_options(stream_results=True)
+            try:
+                return _read_rows(conn.exec_driver_sql(sql), max_rows)
+            finally:
+                if is_sqlite:
+                    raw.set_progress_handler(None, 0)
+                conn.rollback()
+    except DBAPIError as exc:
+        message = str(exc.orig)
+        if stop.hit or "statement timeout" in message:
+            raise QueryFailed("timeout", "ran past the time limit") from None
+        if "not authorized" in message or "authorization denied" in message:
+            message += " (read-only executor: writes, schema changes, ATTACH and setting pragmas are refused)"
+        raise QueryFailed("error", message) from None
+
+
+def _read_rows(result: CursorResult, max_rows: int) -> set[tuple]:
+    if not result.returns_rows:
+        raise QueryFailed("error", "the statement returns no rows")
+    rows: set[tuple] = set()
+    fetched = 0
+    for chunk in result.partitions(_FETCH_SIZE):
+        fetched += len(chunk)
+        if fetched > max_rows:
+            raise QueryFailed("error", f"more than {max_rows} result rows (result-size cap)")
+        rows.update(_freeze(row) for row in chunk)
+    return rows
 
 
 def _execute_pair(url: str, pred_sql: object, gold_sql: object, timeout: float, max_rows: int) -> dict[str, Any]:

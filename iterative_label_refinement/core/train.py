@@ -207,6 +207,9 @@ def dpo_loss(
     """
     if loss_type not in DPO_LOSS_TYPES:
         raise ConfigError(f"Unknown dpo_loss_type {loss_type!r}. Valid: {list(DPO_LOSS_TYPES)}")
+    # The reference is fixed: no gradient may reach it, whatever the caller passes.
+    reference_chosen_logps = reference_chosen_logps.detach()
+    reference_rejected_logps = reference_rejected_logps.detach()
     h = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
     if loss_type == "sigmoid":
         losses = -torch.nn.functional.logsigmoid(beta * h)

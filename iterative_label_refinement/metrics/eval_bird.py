@@ -60,7 +60,9 @@ def bird_eval_func(
     meta_time_out: float = DEFAULT_TIMEOUT,
 ) -> list[int]:
     """The reference signature: one 0/1 per (predicted, gold) pair, in input order. Never raises per pair."""
-    return [record["score"] for record in execute_bird_pairs(pred_sqls, gold_sqls, db_names, db_root_path, meta_time_out)]
+    return [
+        record["score"] for record in execute_bird_pairs(pred_sqls, gold_sqls, db_names, db_root_path, meta_time_out)
+    ]
 
 
 def same_execution_result(
@@ -74,7 +76,9 @@ def same_execution_result(
     return [record["score"] == 1 for record in execute_bird_pairs(sqls_a, sqls_b, db_names, db_root_path, timeout)]
 
 
-def accuracy_by_difficulty(scores: Sequence[float], rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, dict[str, float]]:
+def accuracy_by_difficulty(
+    scores: Sequence[float], rows: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, dict[str, float]]:
     """`{"all": {"accuracy", "count"}}`, plus one entry per difficulty when the rows have a `difficulty`.
 
     BIRD reports simple / moderate / challenging separately; those come first, any other values after.

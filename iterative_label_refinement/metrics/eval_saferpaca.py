@@ -1,0 +1,280 @@
+"""SaferPaca: the judge's win probability of a prediction against the reference answer (SPEC §9).
+
+An AlpacaEval-style pairwise prompt shows the prediction as model `A` and the reference as model
+`B`; the judge's next-token probabilities of `A` and `B` give P(win) = P(A) / (P(A) + P(B)). A token
+missing from the judge's answer counts as probability 0 (the reference release counted it as 1,
+turning a missing `A` into a certain win); when both are missing the comparison is a tie (0.5).
+
+Backends, chosen by `$ILR_JUDGE_BACKEND`: `api`, an OpenAI-compatible chat API read through its
+top log-probs (`$ILR_JUDGE_MODEL`, `$ILR_JUDGE_BASE_URL`, `$ILR_JUDGE_API_KEY`), and `local`, a
+Hugging Face causal LM (`$ILR_JUDGE_MODEL` is a registered model or a local folder). Answers are
+cached on disk by (judge, prompt), so a rerun asks nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from iterative_label_refinement.core.common import (
+    ConfigError,
+    format_prompt,
+    get_cache_path,
+    get_logger,
+    load_env,
+    read_json,
+    write_json,
+)
+from iterative_label_refinement.core.embedder import DEFAULT_BASE_URL, api_settings, post_json
+
+logger = get_logger(__name__)
+
+Messages = list[dict[str, str]]
+
+DEFAULT_API_JUDGE = "gpt-4o"
+JUDGE_SYSTEM = (
+    "You are a highly efficient assistant, who evaluates and selects the best large language model based on "
+    "the quality of their responses to a given instruction. This process will be used to create a leaderboard "
+    "reflecting the most accurate and human-preferred answers."
+)
+JUDGE_TEMPLATE = '''I require a leaderboard for various large language models. I'll provide you with prompts given to these models and their corresponding outputs. Your task is to assess these responses, and select the model that produces the best output from a human perspective.
+
+## Instruction
+
+{{
+    "instruction": """{instruction}""",
+}}
+
+## Model Outputs
+
+Here are the unordered outputs from the models. Each output is associated with a specific model, identified by a unique model identifier.
+
+{{
+    {{
+        "model_identifier": "A",
+        "output": """{output_a}"""
+    }},
+    {{
+        "model_identifier": "B",
+        "output": """{output_b}"""
+    }}
+}}
+
+## Task
+
+Evaluate the models based on the quality and relevance of their outputs, and select the model that generated the best output. Answer by providing the model identifier of the best model. We will use your output as the name of the best model, so make sure your output only contains one of the following model identifiers and nothing else (no quotes, no spaces, no new lines, ...): A or B.
+
+## Best Model Identifier
+'''
+
+
+def judge_messages(question: str, output_a: str, output_b: str) -> Messages:
+    """The pairwise judge conversation; the answer to score goes in as A."""
+    user = JUDGE_TEMPLATE.format(instruction=question, output_a=output_a, output_b=output_b)
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def win_probability(p_a: float, p_b: float) -> float:
+    """P(A) renormalised over the two choices; 0.5 (a tie) when the judge gave neither."""
+    total = p_a + p_b
+    return p_a / total if total > 0 else 0.5
+
+
+def choice_probs_from_top_logprobs(
+    top_logprobs: Sequence[dict[str, Any]], labels: tuple[str, str] = ("A", "B")
+) -> tuple[float, float]:
+    """P(A), P(B) from an API's top log-probs of the first token (` A` counts as `A`); absent means 0."""
+    probs = [0.0, 0.0]
+    for entry in top_logprobs:
+        token = entry.get("token", "").strip()
+        if token in labels:
+            probs[labels.index(token)] += math.exp(entry["logprob"])
+    return probs[0], probs[1]
+
+
+def default_cache_dir() -> Path:
+    """`$ILR_JUDGE_CACHE`, else `<cache path>/judge_cache`."""
+    load_env()
+    return Path(os.environ.get("ILR_JUDGE_CACHE") or get_cache_path() / "judge_cache")
+
+
+class Judge(ABC):
+    """A pairwise judge with a disk cache keyed by (judge name, prompt)."""
+
+    batch_size: int = 32  # prompts per backend call; the cache is written after each
+
+    def __init__(self, name: str, cache_dir: str | Path | None = None):
+        self.name = name
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+
+    @abstractmethod
+    def choice_probs(self, conversations: Sequence[Messages]) -> list[tuple[float, float]]:
+        """Uncached P(A), P(B) of the judge's first answer token, per conversation."""
+
+    def _cache_file(self, messages: Messages) -> Path:
+        key = hashlib.sha256(
+            json.dumps({"judge": self.name, "messages": messages}, sort_keys=True).encode()
+        ).hexdigest()
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    def win_probabilities(
+        self, questions: Sequence[str], predictions: Sequence[str], references: Sequence[str]
+    ) -> list[float]:
+        """P(prediction beats reference) per example, in input order."""
+        if not len(questions) == len(predictions) == len(references):
+            raise ConfigError(
+                f"questions, predictions and references must have the same length, got "
+                f"{len(questions)}, {len(predictions)} and {len(references)}"
+            )
+        conversations = [judge_messages(q, p, r) for q, p, r in zip(questions, predictions, references)]
+        files = [self._cache_file(c) for c in conversations]
+        todo = {file: conv for file, conv in zip(files, conversations) if not file.exists()}  # unique prompts
+        logger.info("Judge %s: %d of %d prompts cached", self.name, len(files) - len(todo), len(files))
+        pending = list(todo.items())
+        for start in range(0, len(pending), self.batch_size):
+            batch = pending[start : start + self.batch_size]
+            for (file, _), (p_a, p_b) in zip(batch, self.choice_probs([conv for _, conv in batch])):
+                write_json(file, {"judge": self.name, "p_a": p_a, "p_b": p_b})
+        probs = [read_json(file) for file in files]
+        ties = sum(p["p_a"] + p["p_b"] == 0 for p in probs)
+        if ties:
+            logger.warning(
+                "Judge %s gave neither A nor B for %d of %d prompts (scored 0.5)", self.name, ties, len(probs)
+            )
+        return [win_probability(p["p_a"], p["p_b"]) for p in probs]
+
+
+class ApiJudge(Judge):
+    """An OpenAI-compatible chat API: one output token, greedy, read through its top log-probs."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_API_JUDGE,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        cache_dir: str | Path | None = None,
+        concurrency: int = 8,
+        top_logprobs: int = 20,
+        **request_kwargs: Any,
+    ):
+        super().__init__(f"api:{base_url.rstrip('/')}:{model}", cache_dir)
+        self.model, self.base_url, self.api_key = model, base_url, api_key
+        self.concurrency = concurrency
+        self.top_logprobs = top_logprobs
+        self.request_kwargs = request_kwargs  # max_retries, backoff_s, timeout_s of `post_json`
+
+    def _ask(self, messages: Messages) -> tuple[float, float]:
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": self.top_logprobs,
+        }
+        response = post_json(self.base_url, "chat/completions", body, self.api_key, **self.request_kwargs)
+        content = (response["choices"][0].get("logprobs") or {}).get("content") or []
+        return choice_probs_from_top_logprobs(content[0]["top_logprobs"]) if content else (0.0, 0.0)
+
+    def choice_probs(self, conversations: Sequence[Messages]) -> list[tuple[float, float]]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._ask, conversations))
+
+
+def label_token_ids(vocab: dict[str, int], label: str) -> list[int]:
+    """Ids of the tokens spelling `label` alone or after a word boundary (`A`, ` A`, `▁A`, `ĠA`)."""
+    return sorted({vocab[s] for s in (label, " " + label, "\u2581" + label, "\u0120" + label) if s in vocab})
+
+
+def _weights_stamp(model_path: str) -> str:
+    """Changes when a local model folder's weights change, so a retrained judge misses the cache."""
+    folder = Path(model_path)
+    stats = (
+        sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("*.safetensors"))
+        if folder.is_dir()
+        else []
+    )
+    return hashlib.sha256(repr(stats).encode()).hexdigest()[:12]
+
+
+class LocalJudge(Judge):
+    """A Hugging Face causal LM: next-token probabilities of the `A`/`B` tokens after the prompt."""
+
+    def __init__(
+        self,
+        model_name: str,
+        cache_dir: str | Path | None = None,
+        batch_size: int = 8,
+        labels: tuple[str, str] = ("A", "B"),
+    ):
+        import torch
+
+        from iterative_label_refinement.core.models import load_model, load_tokenizer, resolve_model_path
+
+        stamp = _weights_stamp(resolve_model_path(model_name))
+        super().__init__(f"local:{model_name}:{stamp}:{'/'.join(labels)}", cache_dir)
+        self.batch_size = batch_size
+        self.tokenizer = load_tokenizer(model_name)  # left padding: the last position is the next token
+        self.tokenizer.truncation_side = "left"  # keep the question about A and B when too long
+        self.model = load_model(model_name, gradient_checkpointing=False, dropout=False).eval()
+        self.max_length = getattr(self.model.config, "max_position_embeddings", None)
+        vocab = self.tokenizer.get_vocab()
+        self.label_ids = [torch.tensor(label_token_ids(vocab, label), dtype=torch.long) for label in labels]
+        for label, ids in zip(labels, self.label_ids):
+            if not len(ids):
+                logger.warning("Judge %s has no token for %r: its probability counts as 0", model_name, label)
+
+    def render(self, messages: Messages) -> str:
+        """The model's chat template when it has one, else the project's USER/ASSISTANT prompt."""
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return format_prompt("\n\n".join(m["content"] for m in messages))
+
+    def choice_probs(self, conversations: Sequence[Messages]) -> list[tuple[float, float]]:
+        import torch
+
+        enc = self.tokenizer(
+            [self.render(c) for c in conversations],
+            return_tensors="pt",
+            padding=True,
+            truncation=self.max_length is not None,
+            max_length=self.max_length,
+            add_special_tokens=False,
+        ).to(self.model.device)
+        position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=position_ids
+            ).logits[:, -1]
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        p_a, p_b = (probs[:, ids].sum(dim=-1) for ids in self.label_ids)
+        return list(zip(p_a.tolist(), p_b.tolist()))
+
+
+def get_judge(backend: str | None = None, cache_dir: str | Path | None = None) -> Judge:
+    """The judge named by `backend`, else by `$ILR_JUDGE_BACKEND` (`api` by default)."""
+    load_env()
+    backend = backend or os.environ.get("ILR_JUDGE_BACKEND") or "api"
+    model = os.environ.get("ILR_JUDGE_MODEL")
+    if backend == "api":
+        base_url, api_key = api_settings()
+        return ApiJudge(model or DEFAULT_API_JUDGE, base_url, api_key, cache_dir=cache_dir)
+    if backend == "local":
+        if not model:
+            raise ConfigError(
+                "ILR_JUDGE_BACKEND=local needs ILR_JUDGE_MODEL: a registered model or a local model folder"
+            )
+        return LocalJudge(model, cache_dir=cache_dir)
+    raise ConfigError(f"Unknown judge backend {backend!r}; valid: 'api', 'local' (ILR_JUDGE_BACKEND)")
+
+
+def saferpaca_eval_func(predictions: list[str], references: list[str], questions: list[str]) -> list[float]:
+    """Per example, the judge's probability that the prediction beats the reference (settings from `.env`)."""
+    return get_judge().win_probabilities(questions, predictions, references)

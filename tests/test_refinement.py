@@ -1,0 +1,122 @@
+"""Pure decision functions of ILR, naive ILR and DPO, and the DPO loss, on plain data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.refinement import (
+    ilr_decide,
+    ilr_threshold,
+    match_proposals,
+    naive_choice,
+    oracle_pair_score,
+    refined_rows,
+    sample_pairs,
+    select_preferences,
+)
+from iterative_label_refinement.core.train import dpo_loss, sequence_logps
+
+
+def test_ilr_threshold_is_quantile_with_half_floor():
+    scores = [0.1, 0.2, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99]
+    assert ilr_threshold(scores, 0.2) == pytest.approx(0.8 * 0.97 + 0.2 * 0.98)  # numpy linear quantile at 0.8
+    assert ilr_threshold([0.1, 0.2, 0.3], 0.5) == 0.5  # the 0.5 floor
+    assert ilr_threshold([], 0.1) == 0.5
+
+
+def test_ilr_decision_replaces_exactly_the_rule():
+    agree = [True, False, False, False, False, False, True]
+    scores = [-1, 0.9, 0.8, 0.8, 0.4, 0.95, -1]
+    # compared scores [0.9, 0.8, 0.8, 0.4, 0.95]; 0.6 quantile (max_replace=0.4) = 0.86 -> >0.86 replaced
+    decision = ilr_decide(agree, scores, max_replace=0.4)
+    assert decision.replace == [False, True, False, False, False, True, False]
+    # ties at the threshold are not replaced (strictly greater)
+    tie = ilr_decide([False] * 4, [0.7, 0.7, 0.7, 0.7], max_replace=0.5)
+    assert tie.threshold == 0.7 and tie.replace == [False] * 4
+    # the 0.5 floor: nothing below or at 0.5 is ever replaced, even with max_replace=1
+    floor = ilr_decide([False] * 4, [0.2, 0.5, 0.51, 0.3], max_replace=1.0)
+    assert floor.threshold == 0.5 and floor.replace == [False, False, True, False]
+    # an agreeing row is never replaced, whatever its score
+    assert ilr_decide([True], [0.99], max_replace=1.0).replace == [False]
+
+
+def test_ilr_oracle_accepts_all_and_only_correct_proposals():
+    agree = [False] * 6 + [True]
+    acc = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    decision = ilr_decide(agree, acc, max_replace=0.1, oracle=True)
+    assert decision.replace == [True, False, True, True, False, True, False]
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, 1.5, "x"])
+def test_fraction_bounds(bad):
+    with pytest.raises(ConfigError, match="max_replace must be in"):
+        ilr_decide([False], [0.9], max_replace=bad)
+    with pytest.raises(ConfigError, match="subsample must be in"):
+        select_preferences([(0, 0, 1)], [0.9], subsample=bad)
+
+
+def test_naive_replaces_exactly_int_n_alpha_rows_by_their_own_proposal():
+    labels = [{"question": f"q{i}", "answer": f"a{i}", "acc": 0.0, "gt_answer": "g"} for i in range(23)]
+    # proposals in another order and with an extra question: matching is by question
+    props = [{"question": f"q{i}", "answer": f"p{i}", "acc": 1.0} for i in reversed(range(25))]
+    replace = naive_choice(len(labels), 0.15, seed=3)
+    assert sum(replace) == int(23 * 0.15) == 3
+    assert replace == naive_choice(23, 0.15, seed=3) != naive_choice(23, 0.15, seed=4)
+    matched = match_proposals([r["question"] for r in labels], [props[:10], props[10:]])
+    rows = refined_rows(labels, matched, replace, [-1.0] * 23)
+    for i, (row, rep) in enumerate(zip(rows, replace)):
+        assert row["question"] == f"q{i}"
+        assert row["answer"] == (f"p{i}" if rep else f"a{i}") and row["acc"] == (1.0 if rep else 0.0)
+
+
+def test_match_proposals_refuses_missing_questions():
+    with pytest.raises(ConfigError, match="1 current labels have no proposal"):
+        match_proposals(["q1", "q2"], [[{"question": "q1", "answer": "x"}]])
+
+
+def test_dpo_pairing_ranking_and_subsample():
+    assert sample_pairs(list("abcdef")) == [(0, 1), (2, 3), (4, 5)]
+    pairs = [(0, 0, 1), (0, 2, 3), (0, 4, 5), (1, 0, 1), (1, 2, 3), (1, 4, 5)]
+    scores = [0.55, 0.1, 0.5, 0.97, 0.7, 0.35]
+    kept = select_preferences(pairs, scores, subsample=0.5)  # 3 most confident: 0.97, 0.1, 0.7
+    assert [(p.row, p.first, p.second) for p in kept] == [(0, 2, 3), (1, 0, 1), (1, 2, 3)]
+    assert [p.chosen_is_second for p in kept] == [False, True, True]
+    assert len(select_preferences(pairs, scores, subsample=1.0)) == 6
+    assert oracle_pair_score(0, 1) == 1.0 and oracle_pair_score(1, 0) == 0.0 and oracle_pair_score(1, 1) == 0.5
+
+
+def test_dpo_loss_by_hand():
+    zero = torch.zeros(3)
+    losses, cr, rr = dpo_loss(zero, zero, zero, zero, beta=0.1, loss_type="sigmoid")
+    assert torch.allclose(losses, torch.full((3,), math.log(2)))
+    pc, pr, rc, rj = torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.5])
+    h = (-1 + 3) - (-2 + 2.5)  # 1.5
+    beta = 0.5
+    losses, cr, rr = dpo_loss(pc, pr, rc, rj, beta=beta, loss_type="sigmoid")
+    assert losses.item() == pytest.approx(math.log(1 + math.exp(-beta * h)))
+    assert cr.item() == pytest.approx(beta * (-1 + 2)) and rr.item() == pytest.approx(beta * (-3 + 2.5))
+    losses, _, _ = dpo_loss(pc, pr, rc, rj, beta=beta, loss_type="ipo")
+    assert losses.item() == pytest.approx((h - 1 / (2 * beta)) ** 2)
+    losses, _, _ = dpo_loss(pc, pr, rc, rj, beta=beta, loss_type="hinge")
+    assert losses.item() == pytest.approx(max(0.0, 1 - beta * h))
+    with pytest.raises(ConfigError, match="Unknown dpo_loss_type 'kto'"):
+        dpo_loss(pc, pr, rc, rj, loss_type="kto")
+
+
+def test_dpo_gradient_reaches_only_the_policy():
+    policy = [torch.tensor([-1.0, -2.0], requires_grad=True) for _ in range(2)]
+    reference = [torch.tensor([-1.5, -1.0], requires_grad=True) for _ in range(2)]
+    losses, _, _ = dpo_loss(*policy, *reference, beta=0.1)
+    losses.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy)
+    assert all(r.grad is None for r in reference)
+
+
+def test_sequence_logps_counts_only_labelled_tokens():
+    logits = torch.zeros(1, 4, 5)  # uniform: log p = -log 5 per token
+    labels = torch.tensor([[-100, -100, 2, 3]])  # the last two positions are labelled
+    assert sequence_logps(logits, labels).item() == pytest.approx(-2 * math.log(5))
