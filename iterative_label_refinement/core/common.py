@@ -104,6 +104,31 @@ def get_cache_path() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# Training options (validated before a run writes anything)
+# ---------------------------------------------------------------------------------------------
+
+OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "rmsprop": "rmsprop"}
+# name -> (transformers scheduler, whether warmup applies)
+LR_SCHEDULES = {
+    "cosine_warmup": ("cosine", True),
+    "cosine_anneal_warmup": ("cosine_with_min_lr", True),
+    "cosine": ("cosine", False),
+    "linear": ("linear", True),
+    "constant": ("constant_with_warmup", True),
+}
+
+
+def validate_optimizer(optim: str) -> None:
+    if optim not in OPTIMIZERS:
+        raise ConfigError(f"Unknown optimizer {optim!r}. Valid: {sorted(OPTIMIZERS)}")
+
+
+def validate_schedule(lr_schedule: str) -> None:
+    if lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"Unknown lr_schedule {lr_schedule!r}. Valid: {sorted(LR_SCHEDULES)}")
+
+
+# ---------------------------------------------------------------------------------------------
 # Run-dir naming (SPEC §4)
 # ---------------------------------------------------------------------------------------------
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from datasets import Dataset, DatasetDict, load_from_disk
+from typing import TYPE_CHECKING, Any
 
 from iterative_label_refinement.core import arithmetic
 from iterative_label_refinement.core.common import ConfigError, format_prompt, get_data_path, load_env
 from iterative_label_refinement.core.label_sets import first
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
 
 # A metric scores a batch: (predictions, references, rows) -> one score in [0, 1] per prediction.
 # `rows` holds the other columns of the examples (e.g. BIRD's `db_name`).
@@ -72,6 +73,8 @@ def prepared_loader(ds_name: str) -> Callable[[str], Dataset]:
     """Read split `split` of the prepared `$ILR_DATA_PATH/<ds_name>`, with a how-to when missing."""
 
     def load(split: str) -> Dataset:
+        from datasets import load_from_disk
+
         path = get_data_path() / ds_name
         if not (path / "dataset_dict.json").exists():
             raise ConfigError(
@@ -89,6 +92,8 @@ def prepared_loader(ds_name: str) -> Callable[[str], Dataset]:
 
 def load_dataset(ds_name: str, seed: int = 0, split_sizes: dict[str, int] | None = None) -> DatasetDict:
     """The first `n` rows of each split, then shuffled with `seed` (deterministic)."""
+    from datasets import DatasetDict
+
     cfg = get_dataset_config(ds_name)
     split_sizes = split_sizes or {"train": 20000, "test": 10000}
     out = {}
@@ -205,6 +210,8 @@ def _similar_embedding(current, proposals, rows=None):
 
 
 def _arith_loader(split: str) -> Dataset:
+    from datasets import Dataset
+
     rows = _arith_rows()
     if split not in rows:
         raise ConfigError(f"toy_arith has splits {list(rows)}, not {split!r}")

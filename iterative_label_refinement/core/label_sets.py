@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
-
-from datasets import Dataset, load_from_disk
+from typing import TYPE_CHECKING, Any
 
 from iterative_label_refinement.core.common import ConfigError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 LABEL_COLUMNS = ("question", "answer", "gt_answer")
 PREFERENCE_COLUMNS = ("question", "chosen", "rejected")
@@ -44,6 +45,8 @@ def check_columns(ds: Dataset, required: tuple[str, ...], path: Path) -> None:
 
 def load_label_set(path: str | Path, required: tuple[str, ...] = LABEL_COLUMNS) -> Dataset:
     """Read a label set, with an error naming the path when it is absent or lacks columns."""
+    from datasets import load_from_disk
+
     path = Path(path)
     if not is_label_set(path):
         raise ConfigError(f"No label set at {path} (expected a datasets folder saved with save_to_disk)")

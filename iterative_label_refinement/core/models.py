@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from iterative_label_refinement.core.common import ConfigError, get_cache_path, get_logger, setup_tokenizer
+
+if TYPE_CHECKING:
+    import torch
 
 logger = get_logger(__name__)
 
@@ -102,11 +103,15 @@ def resolve_model_path(model_name: str) -> str:
 
 
 def default_device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def default_dtype() -> torch.dtype:
     """bf16 on CUDA, float32 on CPU."""
+    import torch
+
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
@@ -134,6 +139,7 @@ def load_model(
     which shards the model over all GPUs).
     dropout: False sets every dropout probability in the config to 0.
     """
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cfg = get_model_config(model_name)

@@ -15,29 +15,16 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from iterative_label_refinement.core.common import ConfigError, get_logger
+from iterative_label_refinement.core.common import (
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    ConfigError,
+    get_logger,
+    validate_optimizer,
+    validate_schedule,
+)
 
 logger = get_logger(__name__)
-
-OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "rmsprop": "rmsprop"}
-# name -> (transformers scheduler, whether warmup applies)
-LR_SCHEDULES = {
-    "cosine_warmup": ("cosine", True),
-    "cosine_anneal_warmup": ("cosine_with_min_lr", True),
-    "cosine": ("cosine", False),
-    "linear": ("linear", True),
-    "constant": ("constant_with_warmup", True),
-}
-
-
-def validate_optimizer(optim: str) -> None:
-    if optim not in OPTIMIZERS:
-        raise ConfigError(f"Unknown optimizer {optim!r}. Valid: {sorted(OPTIMIZERS)}")
-
-
-def validate_schedule(lr_schedule: str) -> None:
-    if lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"Unknown lr_schedule {lr_schedule!r}. Valid: {sorted(LR_SCHEDULES)}")
 
 
 def world_size() -> int:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from datasets import Dataset
+from typing import TYPE_CHECKING, Any
 
 from iterative_label_refinement.core.common import (
     ConfigError,
@@ -25,6 +23,8 @@ from iterative_label_refinement.core.common import (
     read_json,
     save_to_disk_atomic,
     seed_everything,
+    validate_optimizer,
+    validate_schedule,
     write_json,
     write_jsonl,
 )
@@ -38,7 +38,9 @@ from iterative_label_refinement.core.label_sets import (
     load_label_set,
 )
 from iterative_label_refinement.core.models import get_model_config
-from iterative_label_refinement.core.train import validate_optimizer, validate_schedule
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 logger = get_logger(__name__)
 
@@ -313,6 +315,8 @@ def main(
             summary["accuracy"], summary["accuracy_stderr"] = mean_and_stderr([r["acc"] for r in records])
         summary["n_test"] = len(records)
         write_json(run_dir / "results_summary.json", summary)
+    from datasets import Dataset
+
     if inference_on_train:
         train_rows = Dataset.from_dict({"question": data.train["question"], "answer": _gt_answers(data.train)})
         records = evaluate_dataset(gen_model, tokenizer, train_rows, ds_name, desc="train", **gen)
@@ -344,6 +348,8 @@ def _gt_answers(ds: Dataset) -> list[str]:
 def _load_run_data(ds_name, seed, n_docs, n_test_docs, half_data, train_with_all_data, labels_path, weak_config,
                    method, round_id, saferpaca_mode, dpo_round) -> RunData:  # fmt: skip
     """SPEC §4 splits: train on half A (ground truth) or on the labels (all, or one half)."""
+    from datasets import Dataset
+
     dd = load_dataset(ds_name, seed=seed, split_sizes={"train": n_docs, "test": n_test_docs})
     halves = dd["train"].train_test_split(test_size=0.5, seed=seed)
     extras = [c for c in get_dataset_config(ds_name).extra_columns if c in dd["train"].column_names]
