@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The comparison evaluator (SPEC §8, §11): a ground-truth small model saved every 10% of training,
+# answers from each checkpoint, good/bad answer pairs, then a 2-way classifier trained on them.
+# SaferPaca builds its pairs from a general-only and a safety-only model (4 epochs each).
+set -euo pipefail
+DS_NAME=${DS_NAME:-gsm8k}
+EVALUATOR_MODEL=${EVALUATOR_MODEL:-google/gemma-2b}
+GT_EPOCHS=${GT_EPOCHS:-2}             # SaferPaca: 4 per mode
+SAVE_FREQUENCY=${SAVE_FREQUENCY:-0.1}
+TEMPERATURE=${TEMPERATURE:-0.6}       # sampling temperature of the checkpoint answers
+N_DOCS=${N_DOCS:-20000}
+N_TEST_DOCS=${N_TEST_DOCS:-10000}
+BATCH_SIZE=${BATCH_SIZE:-32}
+LORA_RANK=${LORA_RANK:-64}
+GT_FLAGS=${GT_FLAGS:-}                # extra flags of the ground-truth run(s)
+EVALUATOR_FLAGS=${EVALUATOR_FLAGS:-}  # extra flags of core.train_evaluator (epochs, lr, evaluator_kind, ...)
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+log "evaluator for $DS_NAME on $EVALUATOR_MODEL"
+gt="--model_size=$EVALUATOR_MODEL --epochs=$GT_EPOCHS --save_frequency=$SAVE_FREQUENCY --generate_weak_labels=False \
+$GT_FLAGS"
+if [ "$DS_NAME" = saferpaca ]; then
+  train "results_summary.json" $gt --saferpaca_mode=1
+  GT_DIR=$RUN_DIR
+  train "results_summary.json" $gt --saferpaca_mode=2
+else
+  train "results_summary.json" $gt
+  GT_DIR=$RUN_DIR
+fi
+DATA=$(evaluator_data_name)
+refine "$DATA" experiments.generate_evaluator_data --save_path="$GT_DIR" --model_size="$EVALUATOR_MODEL" \
+  --ds_name="$DS_NAME" --seed="$SEED" --temperature="$TEMPERATURE" --results_folder="$RESULTS_FOLDER"
+EVALUATOR=$(evaluator_path)
+refine "$EVALUATOR/results_summary.json" core.train_evaluator --ds_name="$DATA" --model_size="$EVALUATOR_MODEL" \
+  --seed="$SEED" --results_folder="$RESULTS_FOLDER" $EVALUATOR_FLAGS
+log "evaluator: $EVALUATOR"
