@@ -70,14 +70,18 @@ refine() {
 # method_prefix: cor? + ora? as the refinement CLIs name their outputs.
 method_prefix() {
   local p=""
-  [ "${CORRECT:-0}" = 1 ] && p="${p}cor"
-  [ "${ORACLE:-0}" = 1 ] && p="${p}ora"
+  if [ "${CORRECT:-0}" = 1 ]; then p="${p}cor"; fi
+  if [ "${ORACLE:-0}" = 1 ]; then p="${p}ora"; fi
   echo "$p"
 }
 
+correct_flag() {
+  if [ "${CORRECT:-0}" = 1 ]; then echo "--start_with_correct_labels=True"; fi
+}
+
+# feedback_flags: seed, cor, and the feedback source (oracle or the evaluator) of ilr/dpo steps.
 feedback_flags() {
-  local f="--seed=$SEED"
-  [ "${CORRECT:-0}" = 1 ] && f="$f --start_with_correct_labels=True"
+  local f="--seed=$SEED $(correct_flag)"
   if [ "${ORACLE:-0}" = 1 ]; then
     f="$f --use_oracle_feedback=True"
   else

@@ -40,7 +40,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   refine "$WEAK_DIR/${METHOD}_$((r - 1))_weak_labels" experiments.dpo --ds_name="$DS_NAME" --weak_model_path="$WEAK_DIR" \
     --strong_model_path="$PREV" --round_id=$((r - 1)) --subsample="$SUBSAMPLE" --beta="$BETA" $(feedback_flags)
   ADAPTER=$PREV
-  [ "$r" -ge 2 ] && ADAPTER=$PREV/train_adapter
+  if [ "$r" -ge 2 ]; then ADAPTER=$PREV/train_adapter; fi
   train "results_summary.json weak_labels train_adapter/adapter_config.json" $on_labels --round_id=$r \
     --dpo_path="$ADAPTER" $DPO_FLAGS
   PREV=$RUN_DIR

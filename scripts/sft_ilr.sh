@@ -28,7 +28,7 @@ STRONG_FLAGS=${STRONG_FLAGS:-}        # extra flags of every strong model's run
 
 case "$REFINER" in
   ilr) METHOD="$(method_prefix)ilr$MAX_REPLACE" ;;
-  naive) ORACLE=0; METHOD="$( [ "$CORRECT" = 1 ] && echo cor)naive$MAX_REPLACE" ;;
+  naive) ORACLE=0; METHOD="$(method_prefix)naive$MAX_REPLACE" ;;
   *) echo "REFINER must be ilr or naive, got '$REFINER'" >&2; exit 2 ;;
 esac
 log "SFT+$REFINER on $DS_NAME: weak $WEAK_MODEL, strong $STRONG_MODEL, method $METHOD, $ROUNDS rounds"
@@ -56,8 +56,7 @@ for ((r = 0; r < ROUNDS; r++)); do
       --model1_path="$H1" --model2_path="$H2" --round_id=$r --max_replace="$MAX_REPLACE" $(feedback_flags)
   else
     refine "$WEAK_DIR/${METHOD}_${r}_weak_labels" experiments.naive --ds_name="$DS_NAME" --weak_model_path="$WEAK_DIR" \
-      --model1_path="$H1" --model2_path="$H2" --round_id=$r --max_replace="$MAX_REPLACE" --seed="$SEED" \
-      $( [ "$CORRECT" = 1 ] && echo --start_with_correct_labels=True)
+      --model1_path="$H1" --model2_path="$H2" --round_id=$r --max_replace="$MAX_REPLACE" --seed="$SEED" $(correct_flag)
   fi
   train "results_summary.json" $on_labels --round_id=$((r + 1)) --generate_weak_labels=False
 done

@@ -214,8 +214,6 @@ def main(
         raise ConfigError(f"Unknown inference_backend {inference_backend!r}. Valid: ['hf', 'vllm']")
     if dpo_round and not dpo_path:
         raise ConfigError(f"DPO round {round_id} needs --dpo_path: the previous round's adapter dir")
-    if dpo_round and not Path(dpo_path, "adapter_config.json").exists():
-        raise ConfigError(f"--dpo_path={dpo_path} holds no LoRA adapter (adapter_config.json)")
     if round_id > 0 and not weak_labels_path:
         raise ConfigError(f"round_id={round_id} trains on refined labels: pass --weak_labels_path")
     if lr is None:
@@ -263,7 +261,9 @@ def main(
         print(run_dir)
         return str(run_dir)
 
-    # ----- load data (errors here still leave nothing behind) -----
+    # ----- check inputs on disk and load data (errors here still leave nothing behind) -----
+    if dpo_round and not Path(dpo_path, "adapter_config.json").exists():
+        raise ConfigError(f"--dpo_path={dpo_path} holds no LoRA adapter (adapter_config.json)")
     data = _load_run_data(ds_name, seed, n_docs, n_test_docs, half_data, train_with_all_data, labels_path,
                           weak_config, method, round_id, saferpaca_mode, dpo_round)  # fmt: skip
     do_test = force_eval if force_eval is not None else half_data == 0
