@@ -17,12 +17,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from iterative_label_refinement.core.arithmetic import sample_problem
 from iterative_label_refinement.core.common import get_logger
 from iterative_label_refinement.core.models import ModelConfig, register_model
+
+if TYPE_CHECKING:
+    import torch
 
 logger = get_logger(__name__)
 
@@ -65,6 +67,8 @@ class TinySpec:
 
 def _pretrain_batch(tokenizer, rng: random.Random, batch: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows of packed documents, each window starting at a document boundary; header unlabelled."""
+    import torch
+
     ids_rows, label_rows = [], []
     for _ in range(batch):
         ids: list[int] = []
@@ -82,6 +86,8 @@ def _pretrain_batch(tokenizer, rng: random.Random, batch: int, window: int) -> t
 
 def pretrain(model, tokenizer, spec: TinySpec) -> None:
     """AdamW (betas 0.9/0.98), 50 warm-up steps, linear decay to 0.05x, clip 1.0 (DESIGN.md)."""
+    import torch
+
     rng = random.Random(spec.init_seed + 1000)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = min(50, spec.pretrain_steps // 10 + 1)
@@ -112,6 +118,7 @@ def pretrain(model, tokenizer, spec: TinySpec) -> None:
 
 def build_tiny_model(spec: TinySpec, path: Path) -> None:
     """Create tokenizer and model from a config, pretrain if asked, save atomically to `path`."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = make_char_tokenizer()
@@ -162,3 +169,88 @@ register_tiny("tiny-llama-strong", TinySpec(pretrain_steps=850, init_seed=0))
 # The toy world's weak base: a different, shorter pretraining run (DESIGN.md: a weak model from the
 # strong model's own training path only copies its errors back to it).
 register_tiny("tiny-llama-weak", TinySpec(pretrain_steps=500, init_seed=1), default_lr=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The toy evaluator base: the weak base, taught to read arithmetic placed after text
+# ---------------------------------------------------------------------------------------------
+
+# Filler between problems: pieces of the evaluator prompt (core.common.EVALUATOR_TEMPLATE) and prose.
+FILLER = [
+    "You gave answer (A). Do you accept changing it to answer (B)?\n\n",
+    "Answer (A):\n",
+    "Answer (B):\n",
+    "The numbers below were added and subtracted step by step.\n",
+    "Check each line of the work.\n\n",
+    "USER:\n",
+    "ASSISTANT:\n",
+]
+
+
+def _long_window(tokenizer, rng: random.Random, window: int) -> tuple[list[int], list[int]]:
+    """A window of filler (unlabelled) and problems; a problem is a symbolic or worded header, then its
+    worked solution (labelled), so the model learns to read a problem wherever it sits."""
+    ids: list[int] = []
+    labels: list[int] = []
+    while len(ids) < window:
+        filler = "".join(rng.choice(FILLER) for _ in range(rng.randint(0, 3)))
+        p = sample_problem(rng, n_steps=rng.randint(1, 3))
+        header = p.header + "\n" if rng.random() < 0.5 else f"Question:\n{p.question}\n\nAnswer (A):\n"
+        prefix = tokenizer(filler + header, add_special_tokens=False)["input_ids"]
+        body = tokenizer(p.answer + "\n\n", add_special_tokens=False)["input_ids"]
+        ids += prefix + body
+        labels += [-100] * len(prefix) + body
+    return ids[:window], labels[:window]
+
+
+def build_long_context_model(base: str, steps: int, window: int, batch: int, lr: float, path: Path) -> None:
+    """Continue pretraining the tiny model `base` on `window`-token windows (DESIGN.md: a base
+    pretrained on 48-token windows cannot read arithmetic after the ~100 characters of text that
+    precede the answers in the evaluator prompt). Constant lr after 20 warm-up steps, clip 1.0."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from iterative_label_refinement.core.models import resolve_model_path
+
+    source = resolve_model_path(base)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    rng = random.Random(4321)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 20))
+    model.train()
+    start = time.time()
+    for step in range(steps):
+        rows = [_long_window(tokenizer, rng, window) for _ in range(batch)]
+        loss = model(input_ids=torch.tensor([r[0] for r in rows]), labels=torch.tensor([r[1] for r in rows])).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("long-context step %d/%d loss %.3f (%.0fs)", step, steps, loss.item(), time.time() - start)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def register_long_context(name: str, base: str, steps: int = 200, window: int = 256, batch: int = 16,
+                          lr: float = 1e-3, **config_kwargs) -> ModelConfig:  # fmt: skip
+    from iterative_label_refinement.core.models import MODELS_DICT
+
+    recipe = f"{MODELS_DICT[base].build_id}-long-{steps}-{window}-{batch}-{lr}"
+    build = functools.partial(build_long_context_model, base, steps, window, batch, lr)
+    kwargs = dict(default_lr=3e-3, default_dpo_lr=1e-4, evaluator_lr=3e-4, eval_batch_size=64,
+                  minibatch_size_per_device=8, gradient_checkpointing=False)  # fmt: skip
+    kwargs.update(config_kwargs)
+    build_id = hashlib.sha1(recipe.encode()).hexdigest()[:8]
+    return register_model(ModelConfig(name=name, build=build, build_id=build_id, **kwargs))
+
+
+# The toy classifier evaluator's base: the weak base plus long-context pretraining (about 1-2 minutes
+# on 2 cores, once, after tiny-llama-weak).
+register_long_context("tiny-llama-evaluator", "tiny-llama-weak")

@@ -1,0 +1,202 @@
+"""The comparison evaluator: load it from its dir and ask it, in batches, "accept changing A to B?".
+
+An evaluator dir holds the model and its tokenizer, `experiment_config.json` (with `evaluator_kind`)
+and `results_summary.json` (with `pair_accuracy`), so it loads from its own dir with nothing else.
+Two kinds answer through the same interface:
+
+* `classifier` (the paper's, default): a 2-label sequence classifier over the evaluator prompt;
+  label 1 means `<accept>`.
+* `likelihood` (a toy-scale stand-in, see README): a causal LM; P(accept) =
+  sigmoid(scale * (log p(B | question) - log p(A | question))), `scale` fitted on the training pairs.
+
+`debiased_scores` is the one scoring function of `ilr` and `dpo` (SPEC §5 step 4): it asks both
+position orders, so a classifier that favours (A) or (B) cannot tilt the decision.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from iterative_label_refinement.core.common import ConfigError, format_evaluator_prompt, read_json, write_json
+
+EVALUATOR_KINDS = ("classifier", "likelihood")
+ACCEPT_LABEL = 1  # the classifier's label id for `<accept>`
+
+
+class Evaluator(ABC):
+    """Answers "having given answer A, do you accept changing it to answer B?" with P(accept)."""
+
+    kind: str
+
+    def __init__(self, model: Any, tokenizer: Any, config: dict[str, Any] | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config or {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @abstractmethod
+    def p_accept(self, questions: Sequence[str], answers_a: Sequence[str], answers_b: Sequence[str],
+                 batch_size: int = 32) -> np.ndarray:  # fmt: skip
+        """P(accept) in [0, 1] for each (question, A, B)."""
+
+
+def _check_lengths(*columns: Sequence[str]) -> int:
+    lengths = {len(c) for c in columns}
+    if len(lengths) != 1:
+        raise ConfigError(f"questions and answers must have the same length, got {[len(c) for c in columns]}")
+    return lengths.pop()
+
+
+def _length_batches(lengths: Sequence[int], batch_size: int, desc: str) -> Iterable[list[int]]:
+    """Indices grouped into batches of similar length (less padding), longest first."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    return tqdm(batches, desc=desc, disable=len(batches) <= 1)
+
+
+def _pad(sequences: list[list[int]], value: int, side: str) -> torch.Tensor:
+    width = max(len(s) for s in sequences)
+    rows = [s + [value] * (width - len(s)) if side == "right" else [value] * (width - len(s)) + s for s in sequences]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+class ClassifierEvaluator(Evaluator):
+    """The paper's evaluator: a 2-label sequence classifier over the evaluator prompt."""
+
+    kind = "classifier"
+
+    @torch.no_grad()
+    def p_accept(self, questions, answers_a, answers_b, batch_size=32) -> np.ndarray:
+        n = _check_lengths(questions, answers_a, answers_b)
+        if n == 0:
+            return np.zeros(0)
+        tok = self.tokenizer
+        prompts = [format_evaluator_prompt(q, a, b) for q, a, b in zip(questions, answers_a, answers_b)]
+        ids = tok(prompts, add_special_tokens=False)["input_ids"]
+        out = np.zeros(n, dtype=np.float64)
+        for batch in _length_batches([len(x) for x in ids], batch_size, "evaluator"):
+            seqs = [ids[i] for i in batch]
+            inputs = {"input_ids": _pad(seqs, tok.pad_token_id, tok.padding_side)}
+            if tok.padding_side == "left":
+                # Mask the leading pads and give every real token the position it has unpadded.
+                mask = _pad([[1] * len(s) for s in seqs], 0, "left")
+                inputs.update(attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+            # Right padding needs no mask: causal attention hides trailing pads from every real token.
+            # Either way the head pools the last token that is not `pad_token_id` (set in the config).
+            logits = self.model(**{k: v.to(self.device) for k, v in inputs.items()}).logits
+            out[batch] = logits.double().softmax(-1)[:, ACCEPT_LABEL].cpu().numpy()
+        return out
+
+
+class LikelihoodEvaluator(Evaluator):
+    """A causal LM preferring the answer it finds more probable (a stand-in where no classifier learns)."""
+
+    kind = "likelihood"
+
+    @property
+    def scale(self) -> float:
+        return float(self.config.get("likelihood_scale", 1.0))
+
+    @torch.no_grad()
+    def answer_logps(self, questions: Sequence[str], answers: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """log p(answer + eos | SFT prompt), summed over the answer's tokens."""
+        from iterative_label_refinement.core.datasets import tokenize_example
+        from iterative_label_refinement.core.train import sequence_logps
+
+        _check_lengths(questions, answers)
+        examples = [tokenize_example(self.tokenizer, q, a) for q, a in zip(questions, answers)]
+        out = np.zeros(len(examples), dtype=np.float64)
+        for batch in _length_batches([len(e["input_ids"]) for e in examples], batch_size, "likelihood"):
+            # Right padding: real tokens keep their positions and causal attention hides the pads after them.
+            ids = _pad([examples[i]["input_ids"] for i in batch], self.tokenizer.pad_token_id, "right")
+            labels = _pad([examples[i]["labels"] for i in batch], -100, "right")
+            logits = self.model(input_ids=ids.to(self.device)).logits
+            out[batch] = sequence_logps(logits, labels.to(self.device)).cpu().numpy()
+        return out
+
+    def p_accept(self, questions, answers_a, answers_b, batch_size=32) -> np.ndarray:
+        if _check_lengths(questions, answers_a, answers_b) == 0:
+            return np.zeros(0)
+        # Each distinct (question, answer) is scored once: debiased scoring asks for every answer twice.
+        keys = list(dict.fromkeys(list(zip(questions, answers_a)) + list(zip(questions, answers_b))))
+        logps = self.answer_logps([k[0] for k in keys], [k[1] for k in keys], batch_size)
+        index = {k: i for i, k in enumerate(keys)}
+        la = logps[[index[k] for k in zip(questions, answers_a)]]
+        lb = logps[[index[k] for k in zip(questions, answers_b)]]
+        return 0.5 * (1.0 + np.tanh(0.5 * self.scale * (lb - la)))  # sigmoid, without overflow warnings
+
+
+def debiased_scores(evaluator: Evaluator, questions: Sequence[str], current: Sequence[str],
+                    proposal: Sequence[str], batch_size: int = 32) -> np.ndarray:  # fmt: skip
+    """P(the proposal should replace the current answer), position-debiased (SPEC §5 step 4):
+    mean(P(accept | A=current, B=proposal), P(reject | A=proposal, B=current)).
+
+    Both orders go through one batched call. Always score(A, B) = 1 - score(B, A).
+    """
+    n = _check_lengths(questions, current, proposal)
+    q, cur, prop = list(questions), list(current), list(proposal)
+    p = evaluator.p_accept(q + q, cur + prop, prop + cur, batch_size=batch_size)
+    return 0.5 * (p[:n] + (1.0 - p[n:]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluator dir
+# ---------------------------------------------------------------------------------------------
+
+
+def save_evaluator(model: Any, tokenizer: Any, path: str | Path, config: dict[str, Any]) -> None:
+    """Model, tokenizer and `experiment_config.json`; the pad id goes into the model config so that
+    the classifier finds the last real token without being told."""
+    kind = config.get("evaluator_kind", "classifier")
+    if kind not in EVALUATOR_KINDS:
+        raise ConfigError(f"Unknown evaluator_kind {kind!r}. Valid: {list(EVALUATOR_KINDS)}")
+    path = Path(path)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    write_json(path / "experiment_config.json", {**config, "evaluator_kind": kind})
+
+
+def load_evaluator(path: str | Path, device: torch.device | str | None = None) -> Evaluator:
+    """The evaluator saved in `path`; its kind comes from `experiment_config.json`."""
+    from transformers import AutoConfig
+
+    from iterative_label_refinement.core.models import load_model, load_tokenizer
+
+    path = Path(path)
+    if not (path / "experiment_config.json").exists():
+        raise ConfigError(f"{path} is not an evaluator dir (no experiment_config.json); train one with "
+                          "python -m iterative_label_refinement.core.train_evaluator")  # fmt: skip
+    config = read_json(path / "experiment_config.json")
+    kind = config.get("evaluator_kind", "classifier")
+    if kind not in EVALUATOR_KINDS:
+        raise ConfigError(f"{path}: unknown evaluator_kind {kind!r}. Valid: {list(EVALUATOR_KINDS)}")
+    if not (path / "config.json").exists():
+        raise ConfigError(f"{path} holds no model (config.json missing)")
+    if not (path / "tokenizer_config.json").exists():
+        raise ConfigError(f"{path} holds no tokenizer (tokenizer_config.json missing); the evaluator must be "
+                          "saved with its tokenizer")  # fmt: skip
+    architectures = AutoConfig.from_pretrained(str(path)).architectures or []
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in architectures)
+    if kind == "classifier" and not is_classifier:
+        raise ConfigError(f"{path} has no sequence-classification head (architectures: {architectures}); "
+                          "a classifier evaluator must be trained with core.train_evaluator")  # fmt: skip
+    tokenizer = load_tokenizer(str(path))
+    tokenizer.padding_side = "right"  # scoring's fast path (no attention mask); left padding works too
+    if kind == "classifier":
+        model = load_model(str(path), kind="classifier", gradient_checkpointing=False, device=device)
+        return ClassifierEvaluator(model, tokenizer, config)
+    model = load_model(str(path), gradient_checkpointing=False, device=device)
+    return LikelihoodEvaluator(model, tokenizer, config)

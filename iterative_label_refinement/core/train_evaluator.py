@@ -1,0 +1,318 @@
+"""Train the comparison evaluator on pair data from `experiments.generate_evaluator_data` (SPEC §8).
+
+    python -m iterative_label_refinement.core.train_evaluator --model_size=google/gemma-2b \
+        --ds_name=$ILR_SAVE_PATH/evaluator-data/d=gsm8k-ms=gemma-2b-s=0
+
+`classifier` (default, the paper's): a 2-label sequence classifier on the base model, full fine-tune
+or LoRA (`lora_rank`) merged at the end, label 1 = `<accept>`. `likelihood` (toy scale, where no
+classifier learns): the base LM fine-tuned on the better answers, P(accept) from the likelihood gap.
+Both evaluate and checkpoint every epoch, stop early with patience 1, keep the best model by eval
+loss and delete the intermediate checkpoints. Saved under `<ILR_SAVE_PATH>/evaluators/<data>/<name>`
+with its tokenizer, `experiment_config.json` and `results_summary.json` (held-out pair accuracy).
+An evaluator that exists is not retrained.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+
+from iterative_label_refinement.core.common import (
+    ACCEPT,
+    REJECT,
+    ConfigError,
+    get_config_foldername,
+    get_logger,
+    get_save_path,
+    read_json,
+    seed_everything,
+    write_json,
+)
+from iterative_label_refinement.core.evaluator import (
+    EVALUATOR_KINDS,
+    LikelihoodEvaluator,
+    debiased_scores,
+    load_evaluator,
+    save_evaluator,
+)
+
+logger = get_logger(__name__)
+
+DATA_COLUMNS = ("prompt", "label", "question", "answer_a", "answer_b", "pair_id", "pair_kind")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def label_id(label: str) -> int:
+    if label not in (ACCEPT, REJECT):
+        raise ConfigError(f"Evaluator rows are labelled {ACCEPT!r} or {REJECT!r}, got {label!r}")
+    return int(label == ACCEPT)
+
+
+def accept_rows_as_pairs(ds: Dataset) -> dict[str, list[str]]:
+    """The pairs of a data split, from their `<accept>` rows (A = worse, B = better)."""
+    rows = [r for r in ds if r["label"] == ACCEPT]
+    return {
+        "question": [r["question"] for r in rows],
+        "worse": [r["answer_a"] for r in rows],
+        "better": [r["answer_b"] for r in rows],
+        "kind": [r["pair_kind"] for r in rows],
+    }
+
+
+def fit_scale(logp_gaps: np.ndarray) -> float:
+    """The scale s maximising mean log sigmoid(s * gap), gap = log p(better) - log p(worse).
+
+    Only calibration: it keeps P(accept) off the float limits 0 and 1, where ties would break the
+    quantile thresholds of `ilr`; the ordering of scores does not depend on it.
+    """
+    grid = np.logspace(-3, 1, 81)
+    loglik = [np.mean(-np.logaddexp(0.0, -s * logp_gaps)) for s in grid]
+    return float(grid[int(np.argmax(loglik))])
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluator_data_path(ds_name: str, results_folder: str | None = None) -> Path:
+    """`ds_name` is a path to evaluator data, or its name under `<ILR_SAVE_PATH>/evaluator-data`."""
+    if "/" in ds_name or Path(ds_name, "dataset_dict.json").exists():
+        return Path(ds_name)
+    return get_save_path(results_folder) / "evaluator-data" / ds_name
+
+
+def load_evaluator_data(path: Path, ds_name: str) -> DatasetDict:
+    if not (path / "dataset_dict.json").exists():
+        raise ConfigError(f"No evaluator data at --ds_name={ds_name} ({path}); build it with "
+                          "python -m iterative_label_refinement.experiments.generate_evaluator_data")  # fmt: skip
+    dd = load_from_disk(str(path))
+    for split in ("train", "test"):
+        if split not in dd:
+            raise ConfigError(f"Evaluator data {path} has no {split!r} split; it has {list(dd)}")
+        missing = [c for c in DATA_COLUMNS if c not in dd[split].column_names]
+        if missing:
+            raise ConfigError(f"Evaluator data {path} ({split}) lacks column(s) {missing}")
+    return dd
+
+
+def _classifier_rows(ds: Dataset, tokenizer) -> Dataset:
+    def fn(row):
+        ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": ids, "labels": label_id(row["label"]), "length": len(ids)}
+
+    return ds.map(fn, remove_columns=ds.column_names, desc="tokenize")
+
+
+def _likelihood_rows(ds: Dataset, tokenizer) -> Dataset:
+    """SFT rows on the better answer of every pair (each (question, answer) once)."""
+    from iterative_label_refinement.core.datasets import tokenize_dataset
+
+    pairs = accept_rows_as_pairs(ds)
+    unique = list(dict.fromkeys(zip(pairs["question"], pairs["better"])))
+    rows = Dataset.from_dict({"question": [q for q, _ in unique], "answer": [a for _, a in unique]})
+    out = tokenize_dataset(rows, tokenizer)
+    return out.map(lambda r: {"length": len(r["input_ids"])}).select_columns(["input_ids", "labels", "length"])
+
+
+def _classifier_collate(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    from iterative_label_refinement.core.train import pad_right
+
+    ids = [r["input_ids"] for r in rows]
+    return {
+        "input_ids": pad_right(ids, pad_token_id),
+        "attention_mask": pad_right([[1] * len(s) for s in ids], 0),
+        "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.long),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+def _model(model_size: str, kind: str, lora_rank: int, pad_token_id: int):
+    from iterative_label_refinement.core.models import get_model_config, load_model
+
+    model = load_model(model_size, kind="classifier" if kind == "classifier" else "causal_lm")
+    model.config.pad_token_id = pad_token_id
+    if lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        # SEQ_CLS keeps the new classification head fully trainable (and saved) beside the adapter.
+        task_type = "SEQ_CLS" if kind == "classifier" else "CAUSAL_LM"
+        target = get_model_config(model_size).lora_target_modules
+        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                                                 target_modules=target, task_type=task_type))  # fmt: skip
+        if getattr(model, "is_activation_checkpointing", False):
+            model.enable_input_require_grads()
+    return model
+
+
+def _optimizer(model, lr: float, head_lr: float) -> torch.optim.Optimizer:
+    """AdamW with its own learning rate for the new classification head (a fresh head learns faster)."""
+    head = [p for n, p in model.named_parameters() if p.requires_grad and ".score." in f".{n}"]
+    body = [p for n, p in model.named_parameters() if p.requires_grad and ".score." not in f".{n}"]
+    if not head:
+        raise ConfigError("--head_lr needs a classifier with a `score` head")
+    return torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": head_lr}], lr=lr, weight_decay=0.0)
+
+
+def train(model, train_ds: Dataset, eval_ds: Dataset, collate, args, head_lr: float | None) -> dict:
+    """Trainer with per-epoch evaluation and checkpoints, early stopping (patience 1), best model by eval loss."""
+    from transformers import EarlyStoppingCallback, Trainer
+
+    optimizers = (_optimizer(model, args.learning_rate, head_lr), None) if head_lr else (None, None)
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collate,
+                      callbacks=[EarlyStoppingCallback(early_stopping_patience=1)],
+                      optimizers=optimizers)  # fmt: skip
+    trainer.train()
+    evals = [log for log in trainer.state.log_history if "eval_loss" in log]
+    best = min(evals, key=lambda log: log["eval_loss"])
+    return {"eval_loss": best["eval_loss"], "best_epoch": best["epoch"], "epochs_run": trainer.state.epoch,
+            "eval_losses": [log["eval_loss"] for log in evals]}  # fmt: skip
+
+
+def summarize(evaluator, test: Dataset, batch_size: int) -> dict[str, Any]:
+    """Held-out pair accuracy (position-debiased; overall and per pair kind) and raw row accuracy."""
+    pairs = accept_rows_as_pairs(test)
+    scores = debiased_scores(evaluator, pairs["question"], pairs["worse"], pairs["better"], batch_size)
+    right = scores > 0.5
+    kinds = np.array(pairs["kind"])
+    p = evaluator.p_accept(list(test["question"]), list(test["answer_a"]), list(test["answer_b"]), batch_size)
+    labels = np.array([label_id(x) for x in test["label"]])
+    return {
+        "pair_accuracy": float(right.mean()),
+        "pair_accuracy_by_kind": {k: float(right[kinds == k].mean()) for k in sorted(set(pairs["kind"]))},
+        "row_accuracy": float(((p > 0.5) == labels).mean()),
+        "mean_p_accept": float(p.mean()),
+        "n_test_pairs": len(scores),
+    }
+
+
+def main(
+    ds_name: str,
+    model_size: str = "google/gemma-2b",
+    seed: int = 0,
+    epochs: float = 5,
+    batch_size: int = 16,
+    lr: float | None = None,
+    head_lr: float | None = None,
+    lr_schedule: str = "cosine_anneal_warmup",
+    warmup_ratio: float = 0.05,
+    optim: str = "adamw",
+    lora_rank: int = 0,
+    minibatch_size_per_device: int | None = None,
+    eval_batch_size: int | None = None,
+    evaluator_kind: str = "classifier",
+    force_retrain: bool = False,
+    use_wandb: bool = False,
+    results_folder: str | None = None,
+    print_save_path: bool = False,
+) -> dict[str, Any] | str:
+    """Train (or find) the evaluator on the pair data `ds_name` (a path or a name under evaluator-data).
+
+    lr: default the model's registered `evaluator_lr` (gemma-2b 1e-6). head_lr: a separate learning
+    rate for the classifier head (default: lr). lora_rank=0: full fine-tune; >0: LoRA, merged when saved.
+    evaluator_kind: "classifier" (the paper's) or "likelihood" (a toy-scale stand-in).
+    """
+    from iterative_label_refinement.core.models import get_model_config, load_tokenizer
+    from iterative_label_refinement.core.train import TrainConfig, is_main_process, sft_collate
+
+    model_cfg = get_model_config(model_size)
+    if evaluator_kind not in EVALUATOR_KINDS:
+        raise ConfigError(f"Unknown evaluator_kind {evaluator_kind!r}. Valid: {list(EVALUATOR_KINDS)}")
+    if head_lr and evaluator_kind != "classifier":
+        raise ConfigError("--head_lr applies to the classifier evaluator only")
+    if head_lr and optim != "adamw":
+        raise ConfigError(f"--head_lr uses AdamW; got --optim={optim}")
+    lr = lr or model_cfg.evaluator_lr
+    minibatch_size_per_device = minibatch_size_per_device or model_cfg.minibatch_size_per_device
+    eval_batch_size = eval_batch_size or model_cfg.eval_batch_size
+    data_path = evaluator_data_path(ds_name, results_folder)
+
+    config = dict(model_size=model_size, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
+                  lr_schedule=lr_schedule, warmup_ratio=warmup_ratio, optim=optim, lora_rank=lora_rank)  # fmt: skip
+    if head_lr:
+        config["head_lr"] = head_lr
+    if evaluator_kind != "classifier":
+        config["evaluator_kind"] = evaluator_kind
+    out = get_save_path(results_folder) / "evaluators" / data_path.name / get_config_foldername(config)
+    if print_save_path:
+        print(out)
+        return str(out)
+    dd = load_evaluator_data(data_path, ds_name)
+    done = (out / "config.json").exists() and (out / "experiment_config.json").exists()
+    if done and (out / "results_summary.json").exists() and not force_retrain:
+        logger.info("Evaluator exists, not retraining: %s", out)
+        print(out)
+        return {"save_path": str(out), "skipped": True, **read_json(out / "results_summary.json")}
+
+    seed_everything(seed)
+    summary: dict[str, Any] = {}
+    if not done or force_retrain:
+        tokenizer = load_tokenizer(model_size)
+        model = _model(model_size, evaluator_kind, lora_rank, tokenizer.pad_token_id)
+        if evaluator_kind == "classifier":
+            train_ds, eval_ds = (_classifier_rows(dd[s], tokenizer) for s in ("train", "test"))
+            collate = lambda rows: _classifier_collate(rows, tokenizer.pad_token_id)  # noqa: E731
+        else:
+            train_ds, eval_ds = (_likelihood_rows(dd[s], tokenizer) for s in ("train", "test"))
+            collate = lambda rows: sft_collate(rows, tokenizer.pad_token_id)  # noqa: E731
+        checkpoints = out / "checkpoints"
+        args = TrainConfig(
+            output_dir=str(checkpoints), lr=lr, epochs=epochs, batch_size=batch_size,
+            minibatch_size_per_device=minibatch_size_per_device, optim=optim, lr_schedule=lr_schedule,
+            warmup_ratio=warmup_ratio, seed=seed, use_wandb=use_wandb,
+            gradient_checkpointing=model_cfg.gradient_checkpointing, run_name=out.name,
+        ).training_arguments(eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+                             metric_for_best_model="eval_loss", greater_is_better=False,
+                             per_device_eval_batch_size=eval_batch_size)  # fmt: skip
+        start = time.time()
+        summary.update(train(model, train_ds, eval_ds, collate, args, head_lr))
+        summary["train_seconds"] = round(time.time() - start, 1)
+        summary["stopped_early"] = summary["epochs_run"] < epochs - 1e-6
+        if lora_rank:
+            model = model.merge_and_unload()
+        full_config = dict(config, evaluator_kind=evaluator_kind, head_lr=head_lr, data_path=str(data_path),
+                           minibatch_size_per_device=minibatch_size_per_device, eval_batch_size=eval_batch_size,
+                           evaluator_data=read_json(data_path / "experiment_config.json")
+                           if (data_path / "experiment_config.json").exists() else None)  # fmt: skip
+        if evaluator_kind == "likelihood":
+            full_config["likelihood_scale"] = _likelihood_scale(model, tokenizer, dd["train"], eval_batch_size)
+        if is_main_process():
+            save_evaluator(model, tokenizer, out, full_config)
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        del model
+    if not is_main_process():
+        return {"save_path": str(out)}
+    # Reload from the dir alone: what `ilr` and `dpo` will do.
+    summary.update(summarize(load_evaluator(out), dd["test"], eval_batch_size))
+    write_json(out / "results_summary.json", summary)
+    logger.info("Evaluator %s: held-out pair accuracy %.3f", out, summary["pair_accuracy"])
+    print(out)
+    return {"save_path": str(out), **summary}
+
+
+def _likelihood_scale(model, tokenizer, train: Dataset, batch_size: int, max_pairs: int = 2000) -> float:
+    pairs = accept_rows_as_pairs(train.select(range(min(len(train), 2 * max_pairs))))
+    evaluator = LikelihoodEvaluator(model, tokenizer)
+    better = evaluator.answer_logps(pairs["question"], pairs["better"], batch_size)
+    worse = evaluator.answer_logps(pairs["question"], pairs["worse"], batch_size)
+    return fit_scale(better - worse)
+
+
+if __name__ == "__main__":
+    from iterative_label_refinement.core.cli import run_cli
+
+    run_cli(main)

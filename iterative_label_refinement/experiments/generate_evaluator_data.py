@@ -1,0 +1,308 @@
+"""Pairwise comparison data for the evaluator, from the checkpoints of a ground-truth run (SPEC §8).
+
+    python -m iterative_label_refinement.experiments.main --ds_name=gsm8k --save_frequency=0.1 \
+        --generate_weak_labels=False
+    python -m iterative_label_refinement.experiments.generate_evaluator_data --save_path=<that run dir>
+
+Every `checkpoint-N` (ascending N) answers the questions of the half its run trained on (temperature
+0.6); answers are cached per checkpoint in `checkpoint-N/evaluator_answers.json`. Per question the
+answers give one or two (better, worse) pairs (`build_pairs`); each pair gives two rows:
+(A=better, B=worse) labelled `<reject>` and (A=worse, B=better) labelled `<accept>`. Pairs are split
+90/10 by question and saved as a `DatasetDict` under `<ILR_SAVE_PATH>/evaluator-data/d=<ds>-ms=<model>-s=<seed>`.
+SaferPaca: pairs come from a general-only (`sm=1`) and a safety-only (`sm=2`) run, balanced.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, DatasetDict
+
+from iterative_label_refinement.core.common import (
+    ACCEPT,
+    REJECT,
+    ConfigError,
+    format_evaluator_prompt,
+    get_logger,
+    get_save_path,
+    read_json,
+    save_to_disk_atomic,
+    seed_everything,
+    write_json,
+)
+
+logger = get_logger(__name__)
+
+ANSWERS_FILE = "evaluator_answers.json"
+TEST_FRACTION = 0.1
+# The reference's defaults, used when the run dir has no experiment_config.json.
+RUN_DEFAULTS = dict(ds_name="gsm8k", model_size="google/gemma-2b", seed=0, n_docs=20000, n_test_docs=10000,
+                    lora_rank=64, saferpaca_mode=None, train_with_all_data=False, max_len=None)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions: pairs, rows, split
+# ---------------------------------------------------------------------------------------------
+
+
+def is_correct(acc: float | None) -> bool:
+    """Unscored answers (`do_eval=False`) count as wrong: gold is then preferred to every answer."""
+    return acc is not None and acc >= 0.5
+
+
+def _weighted_choice(rng: random.Random, samples: list[tuple[str, int]], n_checkpoints: int) -> str:
+    """Earlier checkpoints are favoured: checkpoint i of n has weight 2^(n-1-i)."""
+    weights = [2.0 ** (n_checkpoints - 1 - i) for _, i in samples]
+    return rng.choices([a for a, _ in samples], weights=weights)[0]
+
+
+def build_pairs(questions: Sequence[str], gold: Sequence[str], answers: Sequence[Sequence[str]],
+                accs: Sequence[Sequence[float | None]], seed: int = 0) -> list[dict[str, str]]:  # fmt: skip
+    """(better, worse) pairs per question, SPEC §8.
+
+    answers[c][q], accs[c][q]: the answer of checkpoint c (ascending) to question q, and its score.
+    With a correct answer: (gold, a correct answer) and, if there is a wrong answer too, (gold or a
+    correct answer, a wrong answer); else (gold, a wrong answer). A pair whose two answers are the
+    same text is dropped: its two rows would be one prompt labelled both accept and reject.
+    """
+    rng = random.Random(seed)
+    n_ckpt = len(answers)
+    pairs = []
+    for q, question in enumerate(questions):
+        samples = [(answers[c][q], c, is_correct(accs[c][q])) for c in range(n_ckpt)]
+        correct = [(a, c) for a, c, ok in samples if ok]
+        wrong = [(a, c) for a, c, ok in samples if not ok]
+        candidates = []
+        if correct:
+            candidates.append((gold[q], _weighted_choice(rng, correct, n_ckpt), "gold_vs_correct"))
+            if wrong:
+                better = gold[q] if rng.random() < 0.5 else _weighted_choice(rng, correct, n_ckpt)
+                candidates.append((better, _weighted_choice(rng, wrong, n_ckpt), "correct_vs_wrong"))
+        elif wrong:
+            candidates.append((gold[q], _weighted_choice(rng, wrong, n_ckpt), "gold_vs_wrong"))
+        for better, worse, kind in candidates:
+            if better.strip() != worse.strip():
+                pairs.append({"question": question, "better": better, "worse": worse, "kind": kind})
+    return pairs
+
+
+def balance(pairs_by_source: dict[str, list[dict[str, str]]], seed: int = 0) -> list[dict[str, str]]:
+    """As many pairs from every source (SaferPaca: general and safety), sampled down to the smallest."""
+    rng = random.Random(seed)
+    n = min(len(p) for p in pairs_by_source.values())
+    out = []
+    for source, pairs in pairs_by_source.items():
+        out += [dict(p, source=source) for p in rng.sample(pairs, n)]
+    return out
+
+
+def split_by_question(pairs: list[dict[str, str]], test_fraction: float = TEST_FRACTION,
+                      seed: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:  # fmt: skip
+    """Train and held-out pairs; all pairs of one question fall on the same side (no leakage)."""
+    questions = sorted({p["question"] for p in pairs})
+    random.Random(seed).shuffle(questions)
+    n_test = round(test_fraction * len(questions))
+    test_questions = set(questions[:n_test])
+    train = [p for p in pairs if p["question"] not in test_questions]
+    return train, [p for p in pairs if p["question"] in test_questions]
+
+
+def pairs_to_rows(pairs: list[dict[str, str]], start_id: int = 0) -> list[dict[str, Any]]:
+    """Two rows per pair: (A=better, B=worse) -> `<reject>`, (A=worse, B=better) -> `<accept>`."""
+    rows = []
+    for i, p in enumerate(pairs, start=start_id):
+        extra = {k: v for k, v in p.items() if k not in ("question", "better", "worse", "kind")}
+        for a, b, label in ((p["better"], p["worse"], REJECT), (p["worse"], p["better"], ACCEPT)):
+            rows.append({"prompt": format_evaluator_prompt(p["question"], a, b), "label": label,
+                         "question": p["question"], "answer_a": a, "answer_b": b, "pair_id": i,
+                         "pair_kind": p["kind"], **extra})  # fmt: skip
+    return rows
+
+
+def make_dataset(pairs: list[dict[str, str]], seed: int = 0) -> DatasetDict:
+    train, test = split_by_question(pairs, seed=seed)
+    if not train or not test:
+        raise ConfigError(f"{len(pairs)} pairs are too few for a 90/10 train/test split; use more --n_docs")
+    return DatasetDict(
+        train=Dataset.from_list(pairs_to_rows(train)).shuffle(seed=seed).flatten_indices(),
+        test=Dataset.from_list(pairs_to_rows(test, start_id=len(train))),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and their answers
+# ---------------------------------------------------------------------------------------------
+
+
+def find_checkpoints(run_dir: Path) -> list[Path]:
+    """`checkpoint-N` dirs in ascending N, or a clear error saying how to make them."""
+    checkpoints = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    if not checkpoints:
+        raise ConfigError(
+            f"No checkpoint-N dirs under {run_dir}: train the ground-truth model with checkpoints, e.g. "
+            "python -m iterative_label_refinement.experiments.main --save_frequency=0.1 --generate_weak_labels=False"
+        )
+    return sorted(checkpoints, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def training_questions(ds_name: str, seed: int, n_docs: int, n_test_docs: int, saferpaca_mode: int | None,
+                       train_with_all_data: bool) -> Dataset:  # fmt: skip
+    """The rows a ground-truth run trained on (SPEC §4: half A of the train split, after filters)."""
+    from iterative_label_refinement.core.datasets import load_dataset
+    from iterative_label_refinement.experiments.main import filter_rows
+
+    dd = load_dataset(ds_name, seed=seed, split_sizes={"train": n_docs, "test": n_test_docs})
+    train = dd["train"] if train_with_all_data else dd["train"].train_test_split(test_size=0.5, seed=seed)["train"]
+    return filter_rows(train, ds_name, None, 0, saferpaca_mode, preference=False)
+
+
+def checkpoint_answers(checkpoint: Path, rows: Dataset, run: dict[str, Any], temperature: float, seed: int,
+                       do_eval: bool, force_regenerate: bool) -> dict[str, Any]:  # fmt: skip
+    """The checkpoint's answers (and scores) for `rows`, from its cache file when it matches."""
+    from iterative_label_refinement.core.datasets import get_dataset_config
+
+    questions = list(rows["question"])
+    cache_file = checkpoint / ANSWERS_FILE
+    cached = read_json(cache_file) if cache_file.exists() and not force_regenerate else None
+    if cached and (cached["questions"] != questions or cached["temperature"] != temperature or cached["seed"] != seed):
+        logger.warning("%s was made for other questions or settings: regenerating", cache_file)
+        cached = None
+    if cached is None:
+        cached = dict(questions=questions, temperature=temperature, seed=seed, acc=None,
+                      answers=_generate(checkpoint, questions, run, temperature, seed))  # fmt: skip
+        write_json(cache_file, cached)
+    else:
+        logger.info("Reusing cached answers %s", cache_file)
+    if do_eval and cached["acc"] is None:
+        metric = get_dataset_config(run["ds_name"]).metric
+        cached["acc"] = [float(a) for a in metric(cached["answers"], list(rows["answer"]), list(rows))]
+        write_json(cache_file, cached)
+    return cached if do_eval else dict(cached, acc=[None] * len(questions))
+
+
+def _generate(checkpoint: Path, questions: list[str], run: dict[str, Any], temperature: float, seed: int) -> list[str]:
+    from iterative_label_refinement.core.datasets import DATASET_MAX_LEN
+    from iterative_label_refinement.core.generation import generate_answers
+    from iterative_label_refinement.core.models import get_model_config, load_tokenizer
+    from iterative_label_refinement.experiments.main import _load_trained
+
+    model = _load_trained(run["model_size"], checkpoint, run["lora_rank"])
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()  # a LoRA checkpoint is only read: merged, it generates faster
+    gens = generate_answers(model, load_tokenizer(run["model_size"]), questions,
+                            max_new_tokens=run.get("max_len") or DATASET_MAX_LEN[run["ds_name"]],
+                            batch_size=get_model_config(run["model_size"]).eval_batch_size, temperature=temperature,
+                            seed=seed, desc=checkpoint.name)  # fmt: skip
+    return [texts[0] for texts in gens.texts]
+
+
+def run_pairs(run_dir: Path, run: dict[str, Any], temperature: float, do_eval: bool,
+              force_regenerate: bool) -> list[dict[str, str]]:  # fmt: skip
+    checkpoints = find_checkpoints(run_dir)
+    rows = training_questions(run["ds_name"], run["seed"], run["n_docs"], run["n_test_docs"], run["saferpaca_mode"],
+                              run["train_with_all_data"])  # fmt: skip
+    logger.info("%s: %d checkpoints x %d questions", run_dir.name, len(checkpoints), len(rows))
+    answers, accs = [], []
+    for checkpoint in checkpoints:
+        cached = checkpoint_answers(checkpoint, rows, run, temperature, run["seed"], do_eval, force_regenerate)
+        answers.append(cached["answers"])
+        accs.append(cached["acc"])
+    return build_pairs(list(rows["question"]), list(rows["answer"]), answers, accs, seed=run["seed"])
+
+
+def _run_settings(run_dir: Path | None, **flags: Any) -> dict[str, Any]:
+    """The run's own config, overridden by flags that were given."""
+    config_file = run_dir / "experiment_config.json" if run_dir else None
+    config = read_json(config_file) if config_file and config_file.exists() else {}
+    run = {k: config.get(k, default) for k, default in RUN_DEFAULTS.items()}
+    run.update({k: v for k, v in flags.items() if v is not None})
+    return run
+
+
+def safety_run_dir(general_dir: Path, safety_save_path: str | None) -> Path:
+    if safety_save_path:
+        return Path(safety_save_path)
+    parts = general_dir.name.split("-")
+    if "sm=1" not in parts:
+        raise ConfigError(f"SaferPaca evaluator data needs a general-only run (sm=1 in its name), got {general_dir}; "
+                          "or pass --safety_save_path")  # fmt: skip
+    return general_dir.with_name("-".join("sm=2" if p == "sm=1" else p for p in parts))
+
+
+def data_name(run: dict[str, Any]) -> str:
+    return f"d={run['ds_name']}-ms={run['model_size'].rstrip('/').split('/')[-1]}-s={run['seed']}"
+
+
+def main(
+    save_path: str | None = None,
+    model_size: str | None = None,
+    ds_name: str | None = None,
+    temperature: float = 0.6,
+    seed: int | None = None,
+    n_docs: int | None = None,
+    n_test_docs: int | None = None,
+    gpu_usage: float = 0.9,
+    do_eval: bool = True,
+    force_regenerate: bool = False,
+    safety_save_path: str | None = None,
+    results_folder: str | None = None,
+    print_save_path: bool = False,
+) -> dict[str, Any] | str:
+    """Build the evaluator's pair data from the checkpoints of the ground-truth run at `save_path`.
+
+    model_size, ds_name, seed, n_docs, n_test_docs: default to the run's experiment_config.json.
+    do_eval: score answers with the task metric; off, every answer counts as worse than gold.
+    safety_save_path: SaferPaca's safety-only run (default: `save_path` with sm=1 -> sm=2).
+    gpu_usage: accepted for the reference scripts; generation uses the HF backend.
+    print_save_path: print where the data goes (named by ds_name, model_size, seed) and stop.
+    """
+    run_dir = Path(save_path) if save_path else None
+    run = _run_settings(run_dir, model_size=model_size, ds_name=ds_name, seed=seed, n_docs=n_docs,
+                        n_test_docs=n_test_docs)  # fmt: skip
+    from iterative_label_refinement.core.datasets import get_dataset_config
+    from iterative_label_refinement.core.models import get_model_config
+
+    get_dataset_config(run["ds_name"])
+    get_model_config(run["model_size"])
+    out = get_save_path(results_folder) / "evaluator-data" / data_name(run)
+    if print_save_path:
+        print(out)
+        return str(out)
+    if run_dir is None or not run_dir.is_dir():
+        raise ConfigError(
+            f"--save_path={save_path} is not a directory: pass the ground-truth run dir with checkpoint-N"
+        )
+    runs = {"": (run_dir, run)}
+    if run["ds_name"] == "saferpaca":
+        safety_dir = safety_run_dir(run_dir, safety_save_path)
+        if not safety_dir.is_dir():
+            raise ConfigError(
+                f"SaferPaca safety-only run {safety_dir} does not exist: train it with --saferpaca_mode=2"
+            )
+        runs = {"general": (run_dir, dict(run, saferpaca_mode=1)),
+                "safety": (safety_dir, dict(run, saferpaca_mode=2))}  # fmt: skip
+    for directory, _ in runs.values():
+        find_checkpoints(directory)  # fail before any generation
+
+    seed_everything(run["seed"])
+    pairs_by_source = {src: run_pairs(d, r, temperature, do_eval, force_regenerate) for src, (d, r) in runs.items()}
+    pairs = balance(pairs_by_source, run["seed"]) if len(runs) > 1 else pairs_by_source[""]
+    dd = make_dataset(pairs, seed=run["seed"])
+    save_to_disk_atomic(dd, out)
+    kinds = {k: sum(p["kind"] == k for p in pairs) for k in sorted({p["kind"] for p in pairs})}
+    write_json(out / "experiment_config.json", dict(run, temperature=temperature, do_eval=do_eval, pair_kinds=kinds,
+                                                    runs={s: str(d) for s, (d, _) in runs.items()},
+                                                    n_pairs=len(pairs)))  # fmt: skip
+    logger.info("Saved %d pairs (%s): %d train rows, %d test rows -> %s", len(pairs), kinds, len(dd["train"]),
+                len(dd["test"]), out)  # fmt: skip
+    print(out)
+    return {"save_path": str(out), "n_pairs": len(pairs), "n_train": len(dd["train"]), "n_test": len(dd["test"])}
+
+
+if __name__ == "__main__":
+    from iterative_label_refinement.core.cli import run_cli
+
+    run_cli(main)
