@@ -40,7 +40,7 @@ def per_item(fn: Callable[[str, str], float]) -> Metric:
 class DatasetConfig:
     name: str
     loader: Callable[[str], Dataset]  # split name -> rows with `question`, `answer`, extras
-    max_len: int  # token budget of a training example and of a generated answer
+    max_len: int  # token budget of an answer: generation's max_new_tokens and the training filter
     metric: Metric
     agreement: Agreement
     extra_columns: tuple[str, ...] = ()
@@ -121,7 +121,8 @@ def tokenize_example(tokenizer, question: str, answer: str) -> dict[str, list[in
 def tokenize_dataset(ds: Dataset, tokenizer, preference: bool = False, max_len: int | None = None) -> Dataset:
     """SPEC §2. SFT rows get `input_ids`/`labels`; preference rows get prompt, chosen and rejected ids.
 
-    Rows longer than `max_len` tokens are dropped (a truncated answer would teach a cut-off label).
+    Rows whose answer is longer than `max_len` tokens are dropped (a truncated answer would teach a
+    cut-off label); a generated answer is never longer, so labels a model wrote are always kept.
     """
     if preference:
 
@@ -136,16 +137,20 @@ def tokenize_dataset(ds: Dataset, tokenizer, preference: bool = False, max_len: 
                 "rejected_labels": rejected["labels"],
             }
 
-        lengths = ("chosen_input_ids", "rejected_input_ids")
+        labels = ("chosen_labels", "rejected_labels")
     else:
 
         def fn(row):
             return tokenize_example(tokenizer, row["question"], first(row["answer"]))
 
-        lengths = ("input_ids",)
+        labels = ("labels",)
     out = ds.map(fn, desc="tokenize")
     if max_len:
-        out = out.filter(lambda row: all(len(row[c]) <= max_len for c in lengths), desc="length filter")
+
+        def short_enough(row) -> bool:  # answer tokens + eos
+            return all(sum(t != -100 for t in row[c]) <= max_len + 1 for c in labels)
+
+        out = out.filter(short_enough, desc="length filter")
     return out
 
 
