@@ -165,10 +165,12 @@ def register_tiny(name: str, spec: TinySpec, **config_kwargs) -> ModelConfig:
 # A random-initialised model for unit tests: builds in a second, learns nothing useful.
 register_tiny("tiny-random", TinySpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2))
 # The toy world's strong base: pretrained on worked solutions (about 2-3 minutes on 2 cores, once).
-register_tiny("tiny-llama-strong", TinySpec(pretrain_steps=850, init_seed=0))
+register_tiny("tiny-llama-strong", TinySpec(pretrain_steps=850, init_seed=0, pretrain_window=96, pretrain_batch=24))
 # The toy world's weak base: a different, shorter pretraining run (DESIGN.md: a weak model from the
 # strong model's own training path only copies its errors back to it).
-register_tiny("tiny-llama-weak", TinySpec(pretrain_steps=500, init_seed=1), default_lr=1e-3)
+register_tiny(
+    "tiny-llama-weak", TinySpec(pretrain_steps=500, init_seed=1, pretrain_window=96, pretrain_batch=24), default_lr=1e-3
+)
 
 
 # ---------------------------------------------------------------------------------------------
