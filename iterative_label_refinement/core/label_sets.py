@@ -37,6 +37,14 @@ def current_labels_path(weak_dir: str | Path, method: str | None, round_id: int)
     return refined_path(weak_dir, method, round_id - 1)
 
 
+def already_done(output: Path, force: bool = False) -> bool:
+    """A refinement step whose label set exists is finished: rerunning it does nothing unless forced."""
+    if output.exists() and not force:
+        print(output)
+        return True
+    return False
+
+
 def check_columns(ds: Dataset, required: tuple[str, ...], path: Path) -> None:
     missing = [c for c in required if c not in ds.column_names]
     if missing:

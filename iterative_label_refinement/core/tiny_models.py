@@ -63,9 +63,12 @@ class TinySpec:
     pretrain_window: int = 48
     pretrain_batch: int = 48
     pretrain_lr: float = 3e-3
+    word_headers: float = 0.0  # fraction of documents whose header is in words, as in the task's questions
 
 
-def _pretrain_batch(tokenizer, rng: random.Random, batch: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pretrain_batch(
+    tokenizer, rng: random.Random, batch: int, window: int, word_headers: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows of packed documents, each window starting at a document boundary; header unlabelled."""
     import torch
 
@@ -75,7 +78,8 @@ def _pretrain_batch(tokenizer, rng: random.Random, batch: int, window: int) -> t
         labels: list[int] = []
         while len(ids) < window:
             p = sample_problem(rng, n_steps=rng.randint(1, 3))
-            header = tokenizer(p.header + "\n", add_special_tokens=False)["input_ids"]
+            text = p.question if rng.random() < word_headers else p.header
+            header = tokenizer(text + "\n", add_special_tokens=False)["input_ids"]
             body = tokenizer(p.answer + "\n", add_special_tokens=False)["input_ids"]
             ids += header + body
             labels += [-100] * len(header) + body
@@ -102,7 +106,7 @@ def pretrain(model, tokenizer, spec: TinySpec) -> None:
     model.train()
     start = time.time()
     for step in range(spec.pretrain_steps):
-        ids, labels = _pretrain_batch(tokenizer, rng, spec.pretrain_batch, spec.pretrain_window)
+        ids, labels = _pretrain_batch(tokenizer, rng, spec.pretrain_batch, spec.pretrain_window, spec.word_headers)
         loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -114,6 +118,16 @@ def pretrain(model, tokenizer, spec: TinySpec) -> None:
                 "pretrain step %d/%d loss %.3f (%.0fs)", step, spec.pretrain_steps, loss.item(), time.time() - start
             )
     model.eval()
+
+
+def save_model_dir(model, tokenizer, path: Path) -> None:
+    """Write a model dir into a temporary sibling, then rename it into place (never half-written)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
 
 
 def build_tiny_model(spec: TinySpec, path: Path) -> None:
@@ -139,12 +153,7 @@ def build_tiny_model(spec: TinySpec, path: Path) -> None:
     model = LlamaForCausalLM(config)
     if spec.pretrain_steps:
         pretrain(model, tokenizer, spec)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    save_model_dir(model, tokenizer, path)
 
 
 def register_tiny(name: str, spec: TinySpec, **config_kwargs) -> ModelConfig:
@@ -165,11 +174,16 @@ def register_tiny(name: str, spec: TinySpec, **config_kwargs) -> ModelConfig:
 # A random-initialised model for unit tests: builds in a second, learns nothing useful.
 register_tiny("tiny-random", TinySpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2))
 # The toy world's strong base: pretrained on worked solutions (about 2-3 minutes on 2 cores, once).
-register_tiny("tiny-llama-strong", TinySpec(pretrain_steps=850, init_seed=0, pretrain_window=96, pretrain_batch=24))
+register_tiny(
+    "tiny-llama-strong",
+    TinySpec(pretrain_steps=850, init_seed=0, pretrain_window=96, pretrain_batch=24, word_headers=0.5),
+)
 # The toy world's weak base: a different, shorter pretraining run (DESIGN.md: a weak model from the
 # strong model's own training path only copies its errors back to it).
 register_tiny(
-    "tiny-llama-weak", TinySpec(pretrain_steps=500, init_seed=1, pretrain_window=96, pretrain_batch=24), default_lr=1e-3
+    "tiny-llama-weak",
+    TinySpec(pretrain_steps=500, init_seed=1, pretrain_window=96, pretrain_batch=24, word_headers=0.5),
+    default_lr=1e-3,
 )
 
 
@@ -232,12 +246,7 @@ def build_long_context_model(base: str, steps: int, window: int, batch: int, lr:
         opt.zero_grad(set_to_none=True)
         if step % 50 == 0 or step == steps - 1:
             logger.info("long-context step %d/%d loss %.3f (%.0fs)", step, steps, loss.item(), time.time() - start)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    save_model_dir(model, tokenizer, path)
 
 
 def register_long_context(name: str, base: str, steps: int = 200, window: int = 256, batch: int = 16,

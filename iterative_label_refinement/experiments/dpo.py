@@ -18,7 +18,7 @@ from datasets import Dataset
 
 from iterative_label_refinement.core.common import ConfigError, get_logger, save_to_disk_atomic
 from iterative_label_refinement.core.datasets import get_dataset_config
-from iterative_label_refinement.core.label_sets import check_round, load_label_set, refined_path
+from iterative_label_refinement.core.label_sets import already_done, check_round, load_label_set, refined_path
 from iterative_label_refinement.core.refinement import (
     check_fraction,
     method_name,
@@ -76,9 +76,8 @@ def main(
     method = method_name("dpo", correct=start_with_correct_labels, oracle=use_oracle_feedback,
                          suffix=f"{beta}{subsample}")  # fmt: skip
     out_path = refined_path(weak_model_path, method, round_id)
-    if out_path.exists() and not force:
+    if already_done(out_path, force):
         logger.info("%s exists, nothing to do (pass --force to redo)", out_path)
-        print(out_path)
         return str(out_path)
     if use_oracle_feedback:
 

@@ -17,6 +17,7 @@ from datasets import Dataset
 from iterative_label_refinement.core.common import ConfigError, get_logger, save_to_disk_atomic
 from iterative_label_refinement.core.datasets import get_dataset_config
 from iterative_label_refinement.core.label_sets import (
+    already_done,
     check_round,
     first,
     label_accuracy,
@@ -56,9 +57,8 @@ def main(
     check_round(round_id, model1_path=model1_path, model2_path=model2_path)
     method = method_name("ilr", correct=start_with_correct_labels, oracle=use_oracle_feedback, suffix=str(max_replace))
     out_path = refined_path(weak_model_path, method, round_id)
-    if out_path.exists() and not force:
+    if already_done(out_path, force):
         logger.info("%s exists, nothing to do (pass --force to redo)", out_path)
-        print(out_path)
         return str(out_path)
     evaluator = None
     if not use_oracle_feedback:

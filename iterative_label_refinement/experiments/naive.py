@@ -16,6 +16,7 @@ from datasets import Dataset
 from iterative_label_refinement.core.common import get_logger, save_to_disk_atomic
 from iterative_label_refinement.core.datasets import get_dataset_config
 from iterative_label_refinement.core.label_sets import (
+    already_done,
     check_round,
     label_accuracy,
     load_current_labels,
@@ -50,9 +51,8 @@ def main(
     check_round(round_id, model1_path=model1_path, model2_path=model2_path)
     method = method_name("naive", correct=start_with_correct_labels, oracle=False, suffix=str(max_replace))
     out_path = refined_path(weak_model_path, method, round_id)
-    if out_path.exists() and not force:
+    if already_done(out_path, force):
         logger.info("%s exists, nothing to do (pass --force to redo)", out_path)
-        print(out_path)
         return str(out_path)
     labels = load_current_labels(weak_model_path, method, round_id, start_with_correct_labels)
     proposal_sets = [load_label_set(Path(p) / "weak_labels") for p in (model1_path, model2_path)]
