@@ -134,6 +134,7 @@ def plot(cells: list[Cell], weak: list[Cell], title: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     by_method: dict[str, list[Cell]] = defaultdict(list)
@@ -146,6 +147,7 @@ def plot(cells: list[Cell], weak: list[Cell], title: str, path: Path) -> None:
     for w in weak:
         if w.test_accuracy is not None:
             ax.axhline(100 * w.test_accuracy, color="gray", linestyle="--", label=f"weak model ({w.strong})")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
