@@ -187,9 +187,9 @@ def _generate(checkpoint: Path, questions: list[str], run: dict[str, Any], tempe
     from iterative_label_refinement.core.datasets import DATASET_MAX_LEN
     from iterative_label_refinement.core.generation import generate_answers
     from iterative_label_refinement.core.models import get_model_config, load_tokenizer
-    from iterative_label_refinement.experiments.main import _load_trained
+    from iterative_label_refinement.experiments.main import load_trained
 
-    model = _load_trained(run["model_size"], checkpoint, run["lora_rank"])
+    model = load_trained(run["model_size"], checkpoint)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()  # a LoRA checkpoint is only read: merged, it generates faster
     gens = generate_answers(model, load_tokenizer(run["model_size"]), questions,

@@ -393,7 +393,7 @@ def _train_or_load(model_size, run_dir, train_ds, force_retrain, dpo_round, dpo_
     model_cfg = get_model_config(model_size)
     if has_saved_model(saved) and not force_retrain:
         logger.info("Model exists, skipping training: %s", saved)
-        return _load_trained(model_size, saved, lora_rank), tokenizer
+        return load_trained(model_size, saved), tokenizer
     train_cfg = TrainConfig(
         output_dir=str(run_dir), lr=lr, epochs=epochs, batch_size=batch_size, minibatch_size_per_device=minibatch,
         optim=optim, lr_schedule=lr_schedule, warmup_ratio=warmup_ratio, save_frequency=save_frequency,
@@ -417,7 +417,8 @@ def _train_or_load(model_size, run_dir, train_ds, force_retrain, dpo_round, dpo_
     return model, tokenizer
 
 
-def _load_trained(model_size: str, path: Path, lora_rank: int):
+def load_trained(model_size: str, path: Path):
+    """A saved run model: the base with its LoRA adapter, or a fully fine-tuned model dir."""
     from iterative_label_refinement.core.models import load_model
 
     if (path / "adapter_config.json").exists():
