@@ -169,6 +169,15 @@ def save_evaluator(model: Any, tokenizer: Any, path: str | Path, config: dict[st
     write_json(path / "experiment_config.json", {**config, "evaluator_kind": kind})
 
 
+def load_feedback_evaluator(evaluator_path: str | None, use_oracle_feedback: bool) -> Evaluator | None:
+    """The evaluator `ilr`/`dpo` ask, or None with oracle feedback (then none is loaded or needed)."""
+    if use_oracle_feedback:
+        return None
+    if not evaluator_path:
+        raise ConfigError("--evaluator_path is required unless --use_oracle_feedback")
+    return load_evaluator(evaluator_path)
+
+
 def load_evaluator(path: str | Path, device: torch.device | str | None = None) -> Evaluator:
     """The evaluator saved in `path`; its kind comes from `experiment_config.json`."""
     from transformers import AutoConfig

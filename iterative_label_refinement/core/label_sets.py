@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.common import ConfigError, save_to_disk_atomic
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -99,3 +99,13 @@ def load_current_labels(weak_dir: str | Path, method: str, round_id: int, correc
     if round_id == 0 and correct_only:
         labels = labels.filter(lambda r: first(r["acc"]) == 1)
     return labels
+
+
+def save_label_set(rows: list[dict[str, Any]], path: Path, seed: int, save: bool = True) -> str:
+    """Shuffle a refinement step's rows with `seed` and write them atomically; prints the path."""
+    from datasets import Dataset
+
+    if save:
+        save_to_disk_atomic(Dataset.from_list(rows).shuffle(seed=seed).flatten_indices(), path)
+    print(path)
+    return str(path)

@@ -16,9 +16,15 @@ from typing import Any
 
 from datasets import Dataset
 
-from iterative_label_refinement.core.common import ConfigError, get_logger, save_to_disk_atomic
+from iterative_label_refinement.core.common import ConfigError, get_logger
 from iterative_label_refinement.core.datasets import get_dataset_config
-from iterative_label_refinement.core.label_sets import already_done, check_round, load_label_set, refined_path
+from iterative_label_refinement.core.label_sets import (
+    already_done,
+    check_round,
+    load_label_set,
+    refined_path,
+    save_label_set,
+)
 from iterative_label_refinement.core.refinement import (
     check_fraction,
     method_name,
@@ -79,17 +85,15 @@ def main(
     if already_done(out_path, force):
         logger.info("%s exists, nothing to do (pass --force to redo)", out_path)
         return str(out_path)
-    if use_oracle_feedback:
+    from iterative_label_refinement.core.evaluator import debiased_scores, load_feedback_evaluator
+
+    evaluator = load_feedback_evaluator(evaluator_path, use_oracle_feedback)
+    if evaluator is None:
 
         def scorer(rows, pairs):
             return [oracle_pair_score(rows[r]["acc"][a], rows[r]["acc"][b]) for r, a, b in pairs]
 
     else:
-        if not evaluator_path:
-            raise ConfigError("--evaluator_path is required unless --use_oracle_feedback")
-        from iterative_label_refinement.core.evaluator import debiased_scores, load_evaluator
-
-        evaluator = load_evaluator(evaluator_path)
 
         def scorer(rows, pairs):
             # P(second better) = debiased P(accept changing the first answer to the second).
@@ -99,14 +103,10 @@ def main(
 
     samples = load_label_set(Path(strong_model_path) / "weak_labels")
     rows = preference_rows(samples, ds_cfg.extra_columns, scorer, subsample)
-    prefs = Dataset.from_list(rows).shuffle(seed=seed).flatten_indices()
     accs = [r["acc"] for r in rows if r["acc"] is not None]
     logger.info("DPO round %d: kept %d preference pairs; chosen answers correct: %s", round_id, len(rows),
                 f"{sum(accs) / len(accs):.4f}" if accs else "n/a")  # fmt: skip
-    if save_results:
-        save_to_disk_atomic(prefs, out_path)
-    print(out_path)
-    return str(out_path)
+    return save_label_set(rows, out_path, seed, save_results)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import Dataset
-
-from iterative_label_refinement.core.common import ConfigError, get_logger, save_to_disk_atomic
+from iterative_label_refinement.core.common import get_logger
 from iterative_label_refinement.core.datasets import get_dataset_config
 from iterative_label_refinement.core.label_sets import (
     already_done,
@@ -24,6 +22,7 @@ from iterative_label_refinement.core.label_sets import (
     load_current_labels,
     load_label_set,
     refined_path,
+    save_label_set,
 )
 from iterative_label_refinement.core.refinement import (
     check_fraction,
@@ -60,13 +59,9 @@ def main(
     if already_done(out_path, force):
         logger.info("%s exists, nothing to do (pass --force to redo)", out_path)
         return str(out_path)
-    evaluator = None
-    if not use_oracle_feedback:
-        if not evaluator_path:
-            raise ConfigError("--evaluator_path is required unless --use_oracle_feedback")
-        from iterative_label_refinement.core.evaluator import load_evaluator
+    from iterative_label_refinement.core.evaluator import load_feedback_evaluator
 
-        evaluator = load_evaluator(evaluator_path)
+    evaluator = load_feedback_evaluator(evaluator_path, use_oracle_feedback)
 
     labels = load_current_labels(weak_model_path, method, round_id, start_with_correct_labels)
     proposal_sets = [load_label_set(Path(p) / "weak_labels") for p in (model1_path, model2_path)]
@@ -91,17 +86,13 @@ def main(
     decision = ilr_decide(agree, scores, max_replace, oracle=use_oracle_feedback)
 
     rows = refined_rows(labels, proposals, decision.replace, scores)
-    refined = Dataset.from_list(rows).shuffle(seed=seed).flatten_indices()
     before, after = label_accuracy(list(labels["acc"])), label_accuracy([r["acc"] for r in rows])
     logger.info(
         "ILR round %d: %d rows, %d agreed, %d compared, %d replaced (threshold %.3f); label accuracy %s -> %s",
         round_id, len(rows), sum(agree), len(compared), sum(decision.replace), decision.threshold,
         f"{before:.4f}" if before is not None else "n/a", f"{after:.4f}" if after is not None else "n/a",
     )  # fmt: skip
-    if save_results:
-        save_to_disk_atomic(refined, out_path)
-    print(out_path)
-    return str(out_path)
+    return save_label_set(rows, out_path, seed, save_results)
 
 
 if __name__ == "__main__":

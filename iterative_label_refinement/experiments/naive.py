@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import Dataset
-
-from iterative_label_refinement.core.common import get_logger, save_to_disk_atomic
+from iterative_label_refinement.core.common import get_logger
 from iterative_label_refinement.core.datasets import get_dataset_config
 from iterative_label_refinement.core.label_sets import (
     already_done,
@@ -22,6 +20,7 @@ from iterative_label_refinement.core.label_sets import (
     load_current_labels,
     load_label_set,
     refined_path,
+    save_label_set,
 )
 from iterative_label_refinement.core.refinement import (
     check_fraction,
@@ -59,15 +58,11 @@ def main(
     proposals = match_proposals(list(labels["question"]), proposal_sets)
     replace = naive_choice(len(labels), max_replace, seed=seed + round_id)
     rows = refined_rows(labels, proposals, replace, [-1.0] * len(labels))
-    refined = Dataset.from_list(rows).shuffle(seed=seed).flatten_indices()
     logger.info(
         "naive round %d: %d of %d labels replaced; label accuracy %s -> %s", round_id, sum(replace), len(rows),
         label_accuracy(list(labels["acc"])), label_accuracy([r["acc"] for r in rows]),
     )  # fmt: skip
-    if save_results:
-        save_to_disk_atomic(refined, out_path)
-    print(out_path)
-    return str(out_path)
+    return save_label_set(rows, out_path, seed, save_results)
 
 
 if __name__ == "__main__":
