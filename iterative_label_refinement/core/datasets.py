@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from iterative_label_refinement.core import arithmetic
@@ -45,7 +45,6 @@ class DatasetConfig:
     agreement: Agreement
     extra_columns: tuple[str, ...] = ()
     prepare_hint: str = ""  # how to obtain the data, shown when it is missing
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, DatasetConfig] = {}
@@ -272,6 +271,5 @@ register_dataset(
         max_len=96,
         metric=_gsm8k_metric,
         agreement=_same_final_answer,
-        metadata={"description": "offline synthetic 2-step arithmetic in GSM8K answer format"},
     )
 )

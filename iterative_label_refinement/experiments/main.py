@@ -140,7 +140,6 @@ class RunData:
     train: Dataset  # rows to train on (SFT: question/answer; DPO: question/chosen/rejected)
     test: Dataset  # task test rows
     label_targets: Dataset | None  # prompts to generate labels for, with ground-truth `answer`
-    weak_config: dict[str, Any] | None
 
 
 def main(
@@ -265,7 +264,7 @@ def main(
     if dpo_round and not Path(dpo_path, "adapter_config.json").exists():
         raise ConfigError(f"--dpo_path={dpo_path} holds no LoRA adapter (adapter_config.json)")
     data = _load_run_data(ds_name, seed, n_docs, n_test_docs, half_data, train_with_all_data, labels_path,
-                          weak_config, method, round_id, saferpaca_mode, dpo_round)  # fmt: skip
+                          method, round_id, saferpaca_mode, dpo_round)  # fmt: skip
     do_test = force_eval if force_eval is not None else half_data == 0
     outputs = [run_dir / "results_summary.json"] if do_test else []
     if generate_weak_labels and data.label_targets is not None:
@@ -345,7 +344,7 @@ def _gt_answers(ds: Dataset) -> list[str]:
     return list(ds["gt_answer"]) if "gt_answer" in ds.column_names else list(ds["answer"])
 
 
-def _load_run_data(ds_name, seed, n_docs, n_test_docs, half_data, train_with_all_data, labels_path, weak_config,
+def _load_run_data(ds_name, seed, n_docs, n_test_docs, half_data, train_with_all_data, labels_path,
                    method, round_id, saferpaca_mode, dpo_round) -> RunData:  # fmt: skip
     """SPEC §4 splits: train on half A (ground truth) or on the labels (all, or one half)."""
     from datasets import Dataset
@@ -365,20 +364,20 @@ def _load_run_data(ds_name, seed, n_docs, n_test_docs, half_data, train_with_all
     if labels_path is None:  # a ground-truth run: the weak supervisor
         train = dd["train"] if train_with_all_data else halves["train"]
         train = filter_rows(train, ds_name, None, round_id, saferpaca_mode, preference=False)
-        return RunData(train=train, test=dd["test"], label_targets=as_targets(halves["test"]), weak_config=None)
+        return RunData(train=train, test=dd["test"], label_targets=as_targets(halves["test"]))
 
     labels = load_label_set(labels_path, PREFERENCE_COLUMNS if dpo_round else LABEL_COLUMNS)
     if dpo_round:
         train = filter_rows(labels, ds_name, method, round_id, saferpaca_mode, preference=True)
         # DPO samples again on the prompts of the ground-truth half the labels came from.
-        return RunData(train=train, test=dd["test"], label_targets=as_targets(halves["test"]), weak_config=weak_config)
+        return RunData(train=train, test=dd["test"], label_targets=as_targets(halves["test"]))
     if half_data:
         split = labels.train_test_split(test_size=0.5, seed=seed)
         train, other = (split["train"], split["test"]) if half_data == 1 else (split["test"], split["train"])
     else:
         train, other = labels, labels
     train = filter_rows(train, ds_name, method, round_id, saferpaca_mode, preference=False)
-    return RunData(train=train, test=dd["test"], label_targets=as_targets(other), weak_config=weak_config)
+    return RunData(train=train, test=dd["test"], label_targets=as_targets(other))
 
 
 def _train_or_load(model_size, run_dir, train_ds, force_retrain, dpo_round, dpo_path, lora_rank, train_with_dropout,
