@@ -10,8 +10,8 @@ export DS_NAME=toy_arith
 export SEED=${SEED:-0}
 export RESULTS_FOLDER=${RESULTS_FOLDER:-demo_results/$DEMO}
 export SWEEP=${SWEEP:-toy}
-export BATCH_SIZE=32 WEAK_EPOCHS=3 GT_EPOCHS=3 MAX_REPLACE=0.15 BETA=0.1 SUBSAMPLE=0.15 LABEL_TEMP=0.7
-export WEAK_FLAGS="--lora_rank=0 --lr=1e-3"      # the weak supervisor: full fine-tune of a weak base
+export BATCH_SIZE=16 WEAK_EPOCHS=4 GT_EPOCHS=3 MAX_REPLACE=0.15 BETA=0.1 SUBSAMPLE=0.15 LABEL_TEMP=0.7
+export WEAK_FLAGS=""      # the weak supervisor: the same LoRA recipe on the weak base
 export GT_FLAGS="--lora_rank=0 --lr=1e-3"
 case "$DEMO" in
   quick)
@@ -21,11 +21,11 @@ case "$DEMO" in
   small)
     export WEAK_MODEL=tiny-llama-weak STRONG_MODEL=tiny-llama-strong EVALUATOR_MODEL=tiny-llama-weak
     export N_DOCS=1000 N_TEST_DOCS=200 ROUNDS=2 EPOCHS=4 LORA_RANK=16
-    export SAVE_FREQUENCY=0.25 EVALUATOR_FLAGS="--evaluator_kind=likelihood" ;;
+    export SAVE_FREQUENCY=0.25 EVALUATOR_FLAGS="--epochs=2 --evaluator_kind=likelihood" ;;
   full)
     export WEAK_MODEL=tiny-llama-weak STRONG_MODEL=tiny-llama-strong EVALUATOR_MODEL=tiny-llama-weak
     export N_DOCS=2000 N_TEST_DOCS=400 ROUNDS=3 EPOCHS=4 LORA_RANK=16
-    export SAVE_FREQUENCY=0.25 EVALUATOR_FLAGS="--evaluator_kind=likelihood" ;;
+    export SAVE_FREQUENCY=0.25 EVALUATOR_FLAGS="--epochs=2 --evaluator_kind=likelihood" ;;
   *) echo "DEMO must be quick, small or full, got '$DEMO'" >&2; exit 2 ;;
 esac
 . "$HERE/lib.sh"

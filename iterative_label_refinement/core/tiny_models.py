@@ -3,7 +3,11 @@
 Built once into the cache directory with `save_pretrained`; from then on they load through the
 same `from_pretrained` code as real models (see `core.models.load_model`). LoRA needs a pretrained
 base to learn anything (DESIGN.md), so the strong base is pretrained on symbolic worked solutions
-(`67-29+40=?\n67-29=38\n38+40=78\n#### 78\n`), with the loss masked on the `...=?` header.
+(`67-29+40=?\n67-29=38\n38+40=78\n#### 78\n`), with the loss masked on the `...=?` header, packed
+into short windows (arithmetic emerges quickly there); a second, shorter phase on longer windows
+wraps the same documents in the prompt template, so the model can read a problem at the positions
+where the task's prompts put it. The task's worded questions (`67 minus 29 plus 40`) are never
+seen in pretraining: fine-tuning has to teach them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from iterative_label_refinement.core.arithmetic import sample_problem
-from iterative_label_refinement.core.common import get_logger
+from iterative_label_refinement.core.common import format_prompt, get_logger
 from iterative_label_refinement.core.models import ModelConfig, register_model
 
 if TYPE_CHECKING:
@@ -63,13 +67,18 @@ class TinySpec:
     pretrain_window: int = 48
     pretrain_batch: int = 48
     pretrain_lr: float = 3e-3
-    word_headers: float = 0.0  # fraction of documents whose header is in words, as in the task's questions
+    pretrain_stop: int = 0  # stop the first phase after this many steps (an earlier checkpoint of the run)
+    prompt_steps: int = 0  # then longer windows, half the documents wrapped in the prompt template
+    prompt_window: int = 96
+    prompt_batch: int = 24
+    prompt_lr: float = 1e-3
 
 
 def _pretrain_batch(
-    tokenizer, rng: random.Random, batch: int, window: int, word_headers: float = 0.0
+    tokenizer, rng: random.Random, batch: int, window: int, templated: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows of packed documents, each window starting at a document boundary; header unlabelled."""
+    """Windows of packed documents, each window starting at a document boundary; header unlabelled.
+    A `templated` fraction of the documents put the header in the prompt template."""
     import torch
 
     ids_rows, label_rows = [], []
@@ -78,8 +87,8 @@ def _pretrain_batch(
         labels: list[int] = []
         while len(ids) < window:
             p = sample_problem(rng, n_steps=rng.randint(1, 3))
-            text = p.question if rng.random() < word_headers else p.header
-            header = tokenizer(text + "\n", add_special_tokens=False)["input_ids"]
+            text = format_prompt(p.header) if rng.random() < templated else p.header + "\n"
+            header = tokenizer(text, add_special_tokens=False)["input_ids"]
             body = tokenizer(p.answer + "\n", add_special_tokens=False)["input_ids"]
             ids += header + body
             labels += [-100] * len(header) + body
@@ -88,35 +97,42 @@ def _pretrain_batch(
     return torch.tensor(ids_rows), torch.tensor(label_rows)
 
 
-def pretrain(model, tokenizer, spec: TinySpec) -> None:
-    """AdamW (betas 0.9/0.98), 50 warm-up steps, linear decay to 0.05x, clip 1.0 (DESIGN.md)."""
+def _train_phase(model, tokenizer, rng: random.Random, name: str, steps: int, lr: float, warmup: int,
+                 batch: int, window: int, templated: float, stop: int = 0) -> None:  # fmt: skip
+    """AdamW (betas 0.9/0.98), linear warm-up, linear decay to 0.05x, clip 1.0 (DESIGN.md)."""
     import torch
 
-    rng = random.Random(spec.init_seed + 1000)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warmup = min(50, spec.pretrain_steps // 10 + 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
 
     def lr_lambda(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        frac = (step - warmup) / max(1, spec.pretrain_steps - warmup)
-        return 1.0 - 0.95 * frac
+        return 1.0 - 0.95 * (step - warmup) / max(1, steps - warmup)
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    model.train()
     start = time.time()
-    for step in range(spec.pretrain_steps):
-        ids, labels = _pretrain_batch(tokenizer, rng, spec.pretrain_batch, spec.pretrain_window, spec.word_headers)
+    for step in range(stop or steps):
+        ids, labels = _pretrain_batch(tokenizer, rng, batch, window, templated)
         loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if step % 100 == 0 or step == spec.pretrain_steps - 1:
-            logger.info(
-                "pretrain step %d/%d loss %.3f (%.0fs)", step, spec.pretrain_steps, loss.item(), time.time() - start
-            )
+        if step % 100 == 0 or step == (stop or steps) - 1:
+            logger.info("%s step %d/%d loss %.3f (%.0fs)", name, step, steps, loss.item(), time.time() - start)
+
+
+def pretrain(model, tokenizer, spec: TinySpec) -> None:
+    """Short windows of bare documents, then (optionally) longer windows, half of them templated."""
+    rng = random.Random(spec.init_seed + 1000)
+    model.train()
+    warmup = min(50, spec.pretrain_steps // 10 + 1)
+    _train_phase(model, tokenizer, rng, "pretrain", spec.pretrain_steps, spec.pretrain_lr, warmup,
+                 spec.pretrain_batch, spec.pretrain_window, templated=0.0, stop=spec.pretrain_stop)  # fmt: skip
+    if spec.prompt_steps:
+        _train_phase(model, tokenizer, rng, "pretrain (prompt template)", spec.prompt_steps, spec.prompt_lr,
+                     10, spec.prompt_batch, spec.prompt_window, templated=0.5)  # fmt: skip
     model.eval()
 
 
@@ -173,18 +189,14 @@ def register_tiny(name: str, spec: TinySpec, **config_kwargs) -> ModelConfig:
 
 # A random-initialised model for unit tests: builds in a second, learns nothing useful.
 register_tiny("tiny-random", TinySpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2))
-# The toy world's strong base: pretrained on worked solutions (about 2-3 minutes on 2 cores, once).
-register_tiny(
-    "tiny-llama-strong",
-    TinySpec(pretrain_steps=850, init_seed=0, pretrain_window=96, pretrain_batch=24, word_headers=0.5),
-)
-# The toy world's weak base: a different, shorter pretraining run (DESIGN.md: a weak model from the
-# strong model's own training path only copies its errors back to it).
-register_tiny(
-    "tiny-llama-weak",
-    TinySpec(pretrain_steps=500, init_seed=1, pretrain_window=96, pretrain_batch=24, word_headers=0.5),
-    default_lr=1e-3,
-)
+# The toy world's strong base: pretrained on worked solutions (about 4 minutes on 2 cores, once).
+register_tiny("tiny-llama-strong", TinySpec(pretrain_steps=850, init_seed=0, prompt_steps=150))
+# The toy world's weak base: the same run stopped at step 750, before arithmetic is reliable (about
+# 3 minutes, once). Other seeds measured here had not learned arithmetic by step 850 (the skill
+# appears suddenly and late), so an earlier checkpoint is the one weak base that is reliably weak
+# but not useless. DESIGN.md: a weak model on the strong model's own path hands more of its errors
+# back than one from another run.
+register_tiny("tiny-llama-weak", TinySpec(pretrain_steps=850, init_seed=0, pretrain_stop=750, prompt_steps=100))
 
 
 # ---------------------------------------------------------------------------------------------
