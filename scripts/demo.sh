@@ -2,7 +2,8 @@
 # The offline demo: the whole paper pipeline on the toy arithmetic task with tiny models, on a CPU.
 # Evaluator -> weak model -> SFT -> rounds of SFT+ILR, SFT+DPO and naive ILR -> the report.
 # DEMO=quick (CI: plumbing only, random tiny models), small (default), full (the size where the
-# effects can be measured). Rerunning skips every finished step.
+# effects can be measured; it adds ILR with oracle comparisons, the ceiling of the feedback).
+# Rerunning skips every finished step.
 set -euo pipefail
 DEMO=${DEMO:-small}
 HERE=$(dirname "${BASH_SOURCE[0]}")
@@ -34,6 +35,7 @@ log "demo ($DEMO): results in $RESULTS_FOLDER"
 bash "$HERE/evaluator.sh"
 bash "$HERE/sft_ilr.sh"
 REFINER=naive bash "$HERE/sft_ilr.sh"
+if [ "$DEMO" = full ]; then ORACLE=1 bash "$HERE/sft_ilr.sh"; fi  # ILR with oracle comparisons (orailr)
 bash "$HERE/sft_dpo.sh"
 py experiments.report --results_folder="$RESULTS_FOLDER" --sweep_subfolder="$SWEEP"
 log "demo ($DEMO) finished in $(( $(date +%s) - start )) s"
