@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
+from pathlib import Path
 
 import pytest
 from datasets import Dataset
@@ -70,3 +72,12 @@ def test_report_bad_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no runs"):
         report.main(results_folder=str(tmp_path / "empty"))
+
+
+def test_replacement_counts_sorts_changed_labels_by_what_they_did():
+    spec = importlib.util.spec_from_file_location("rq", Path(__file__).parents[1] / "benchmarks/replacement_quality.py")
+    rq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rq)
+    before = {"a": ("1", 0.0), "b": ("2", 1.0), "c": ("3", 0.0), "d": ("4", 1.0)}
+    after = {"a": ("5", 1.0), "b": ("6", 0.0), "c": ("7", 0.0), "d": ("4", 1.0)}
+    assert rq.replacement_counts(before, after) == {"changed": 3, "wrong_to_right": 1, "right_to_wrong": 1, "same": 1}
