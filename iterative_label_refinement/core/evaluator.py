@@ -67,9 +67,12 @@ def _length_batches(lengths: Sequence[int], batch_size: int, desc: str) -> Itera
 
 
 def _pad(sequences: list[list[int]], value: int, side: str) -> torch.Tensor:
-    width = max(len(s) for s in sequences)
-    rows = [s + [value] * (width - len(s)) if side == "right" else [value] * (width - len(s)) + s for s in sequences]
-    return torch.tensor(rows, dtype=torch.long)
+    """Training's right padding (`core.train.pad_right`), mirrored for left padding."""
+    from iterative_label_refinement.core.train import pad_right
+
+    if side == "right":
+        return pad_right(sequences, value)
+    return pad_right([s[::-1] for s in sequences], value).flip(-1)
 
 
 class ClassifierEvaluator(Evaluator):

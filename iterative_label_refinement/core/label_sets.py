@@ -10,10 +10,12 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core.common import ConfigError, save_to_disk_atomic
+from iterative_label_refinement.core.common import ConfigError, get_logger, save_to_disk_atomic
 
 if TYPE_CHECKING:
     from datasets import Dataset
+
+logger = get_logger(__name__)
 
 LABEL_COLUMNS = ("question", "answer", "gt_answer")
 PREFERENCE_COLUMNS = ("question", "chosen", "rejected")
@@ -40,6 +42,7 @@ def current_labels_path(weak_dir: str | Path, method: str | None, round_id: int)
 def already_done(output: Path, force: bool = False) -> bool:
     """A refinement step whose label set exists is finished: rerunning it does nothing unless forced."""
     if output.exists() and not force:
+        logger.info("%s exists, nothing to do (pass --force to redo)", output)
         print(output)
         return True
     return False

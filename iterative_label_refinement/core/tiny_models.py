@@ -172,16 +172,13 @@ def build_tiny_model(spec: TinySpec, path: Path) -> None:
     save_model_dir(model, tokenizer, path)
 
 
+# Registry settings of every tiny model (ModelConfig fields), unless a registration overrides them.
+TINY_DEFAULTS = dict(default_lr=3e-3, default_dpo_lr=1e-4, evaluator_lr=3e-4, eval_batch_size=64,
+                     minibatch_size_per_device=8, gradient_checkpointing=False)  # fmt: skip
+
+
 def register_tiny(name: str, spec: TinySpec, **config_kwargs) -> ModelConfig:
-    kwargs = dict(
-        default_lr=3e-3,
-        default_dpo_lr=1e-4,
-        evaluator_lr=3e-4,
-        eval_batch_size=64,
-        minibatch_size_per_device=8,
-        gradient_checkpointing=False,
-    )
-    kwargs.update(config_kwargs)
+    kwargs = {**TINY_DEFAULTS, **config_kwargs}
     build_id = hashlib.sha1(repr(spec).encode()).hexdigest()[:8]
     build = functools.partial(build_tiny_model, spec)
     return register_model(ModelConfig(name=name, build=build, build_id=build_id, **kwargs))
@@ -267,9 +264,7 @@ def register_long_context(name: str, base: str, steps: int = 200, window: int = 
 
     recipe = f"{MODELS_DICT[base].build_id}-long-{steps}-{window}-{batch}-{lr}"
     build = functools.partial(build_long_context_model, base, steps, window, batch, lr)
-    kwargs = dict(default_lr=3e-3, default_dpo_lr=1e-4, evaluator_lr=3e-4, eval_batch_size=64,
-                  minibatch_size_per_device=8, gradient_checkpointing=False)  # fmt: skip
-    kwargs.update(config_kwargs)
+    kwargs = {**TINY_DEFAULTS, **config_kwargs}
     build_id = hashlib.sha1(recipe.encode()).hexdigest()[:8]
     return register_model(ModelConfig(name=name, build=build, build_id=build_id, **kwargs))
 

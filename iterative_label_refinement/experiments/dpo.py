@@ -83,7 +83,6 @@ def main(
                          suffix=f"{beta}{subsample}")  # fmt: skip
     out_path = refined_path(weak_model_path, method, round_id)
     if already_done(out_path, force):
-        logger.info("%s exists, nothing to do (pass --force to redo)", out_path)
         return str(out_path)
     from iterative_label_refinement.core.evaluator import debiased_scores, load_feedback_evaluator
 

@@ -57,7 +57,6 @@ def main(
     method = method_name("ilr", correct=start_with_correct_labels, oracle=use_oracle_feedback, suffix=str(max_replace))
     out_path = refined_path(weak_model_path, method, round_id)
     if already_done(out_path, force):
-        logger.info("%s exists, nothing to do (pass --force to redo)", out_path)
         return str(out_path)
     from iterative_label_refinement.core.evaluator import load_feedback_evaluator
 

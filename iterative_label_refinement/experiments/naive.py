@@ -51,7 +51,6 @@ def main(
     method = method_name("naive", correct=start_with_correct_labels, oracle=False, suffix=str(max_replace))
     out_path = refined_path(weak_model_path, method, round_id)
     if already_done(out_path, force):
-        logger.info("%s exists, nothing to do (pass --force to redo)", out_path)
         return str(out_path)
     labels = load_current_labels(weak_model_path, method, round_id, start_with_correct_labels)
     proposal_sets = [load_label_set(Path(p) / "weak_labels") for p in (model1_path, model2_path)]
