@@ -14,8 +14,10 @@ export SWEEP=${SWEEP:-toy}
 export BATCH_SIZE=16 WEAK_EPOCHS=4 GT_EPOCHS=3 MAX_REPLACE=0.15 BETA=0.1 SUBSAMPLE=0.15 LABEL_TEMP=0.7
 export WEAK_FLAGS=""      # the weak supervisor: the same LoRA recipe on the weak base
 export GT_FLAGS="--lora_rank=0 --lr=1e-3"
+export PARALLEL=1 PARALLEL_THREADS=1  # the two half-data jobs of a round share the CPU cores
 case "$DEMO" in
   quick)
+    export PARALLEL=0
     export WEAK_MODEL=tiny-random STRONG_MODEL=tiny-random EVALUATOR_MODEL=tiny-random
     export N_DOCS=64 N_TEST_DOCS=16 ROUNDS=1 EPOCHS=1 WEAK_EPOCHS=1 GT_EPOCHS=1 LORA_RANK=4 BATCH_SIZE=8
     export SAVE_FREQUENCY=0.5 EVALUATOR_FLAGS="--epochs=1 --evaluator_kind=likelihood" ;;

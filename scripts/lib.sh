@@ -12,6 +12,7 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 DRY_RUN=${DRY_RUN:-0}      # 1: print every command with the real model names, run nothing
 PARALLEL=${PARALLEL:-0}    # 1: run the two half-data jobs of a round at once (one large GPU)
+PARALLEL_THREADS=${PARALLEL_THREADS:-}  # CPU threads of each of those jobs (a CPU: half the cores)
 SEED=${SEED:-0}
 SWEEP=${SWEEP:-default}
 RESULTS_FOLDER=${RESULTS_FOLDER:-${ILR_SAVE_PATH:-results}}

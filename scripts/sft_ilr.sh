@@ -42,7 +42,10 @@ for ((r = 0; r < ROUNDS; r++)); do
   half_runs=()
   for half in 1 2; do
     if [ "$PARALLEL" = 1 ]; then
-      train "weak_labels" $on_labels --round_id=$r --half_data=$half --label_temp="$PROPOSAL_TEMP" &
+      (
+        if [ -n "$PARALLEL_THREADS" ]; then export OMP_NUM_THREADS=$PARALLEL_THREADS; fi
+        train "weak_labels" $on_labels --round_id=$r --half_data=$half --label_temp="$PROPOSAL_TEMP"
+      ) &
       half_runs+=($!)
     else
       train "weak_labels" $on_labels --round_id=$r --half_data=$half --label_temp="$PROPOSAL_TEMP"
