@@ -34,6 +34,13 @@ esac
 . "$HERE/lib.sh"
 start=$(date +%s)
 log "demo ($DEMO): results in $RESULTS_FOLDER"
+# The tiny bases are built once (about 4 min each on 2 cores): build both at once, one core each.
+builds=()
+for model in "$WEAK_MODEL" "$STRONG_MODEL"; do
+  OMP_NUM_THREADS=1 py experiments.build_models "$model" &
+  builds+=($!)
+done
+for pid in "${builds[@]}"; do wait "$pid"; done
 bash "$HERE/evaluator.sh"
 bash "$HERE/sft_ilr.sh"
 REFINER=naive bash "$HERE/sft_ilr.sh"

@@ -285,5 +285,10 @@ def test_evaluator_dir_without_head_or_tokenizer_is_a_clear_error(tmp_path):
     write_json(clf_dir / "experiment_config.json", {"evaluator_kind": "oracle"})
     with pytest.raises(ConfigError, match="unknown evaluator_kind 'oracle'"):
         load_evaluator(clf_dir)
+    with pytest.raises(ConfigError, match="unknown evaluator_kind 'oracle'"):
+        save_evaluator(load_model("tiny-random"), tok, tmp_path / "bad", {"evaluator_kind": "oracle"})
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigError, match="unknown evaluator_kind 'oracle'"):
+        train_evaluator.main(ds_name=str(tmp_path / "nothing"), evaluator_kind="oracle", results_folder=str(tmp_path))
     with pytest.raises(ConfigError, match="No evaluator data"):
         train_evaluator.main(ds_name=str(tmp_path / "nothing"), model_size="tiny-random", results_folder=str(tmp_path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -159,3 +160,16 @@ def test_cli_bad_dataset_exits_nonzero():
         text=True,
     )
     assert proc.returncode == 2 and "Valid: ['bird', 'gsm8k', 'saferpaca']" in proc.stderr
+
+
+def test_build_models_cli_builds_once_and_rejects_unknown_names(tmp_path):
+    env = {**os.environ, "ILR_CACHE_PATH": str(tmp_path)}
+    cmd = [sys.executable, "-m", "iterative_label_refinement.experiments.build_models"]
+    proc = subprocess.run([*cmd, "tiny-random", "google/gemma-2b"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    built, hub = proc.stdout.split()
+    assert (tmp_path / "tiny" / built.split("/")[-1] / "config.json").exists() and hub == "google/gemma-2b"
+    again = subprocess.run([*cmd, "tiny-random"], capture_output=True, text=True, env=env)
+    assert again.stdout.split() == [built] and "Building" not in again.stderr
+    bad = subprocess.run([*cmd, "gpt-17"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "Unknown model 'gpt-17'" in bad.stderr

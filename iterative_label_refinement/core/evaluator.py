@@ -30,6 +30,13 @@ EVALUATOR_KINDS = ("classifier", "likelihood")
 ACCEPT_LABEL = 1  # the classifier's label id for `<accept>`
 
 
+def check_evaluator_kind(kind: str, where: str = "") -> str:
+    """`kind` if it is one of EVALUATOR_KINDS, else a ConfigError naming it (and `where` it came from)."""
+    if kind not in EVALUATOR_KINDS:
+        raise ConfigError(f"{where}unknown evaluator_kind {kind!r}. Valid: {list(EVALUATOR_KINDS)}")
+    return kind
+
+
 class Evaluator(ABC):
     """Answers "having given answer A, do you accept changing it to answer B?" with P(accept)."""
 
@@ -162,9 +169,7 @@ def debiased_scores(evaluator: Evaluator, questions: Sequence[str], current: Seq
 def save_evaluator(model: Any, tokenizer: Any, path: str | Path, config: dict[str, Any]) -> None:
     """Model, tokenizer and `experiment_config.json`; the pad id goes into the model config so that
     the classifier finds the last real token without being told."""
-    kind = config.get("evaluator_kind", "classifier")
-    if kind not in EVALUATOR_KINDS:
-        raise ConfigError(f"Unknown evaluator_kind {kind!r}. Valid: {list(EVALUATOR_KINDS)}")
+    kind = check_evaluator_kind(config.get("evaluator_kind", "classifier"))
     path = Path(path)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(path))
@@ -192,9 +197,7 @@ def load_evaluator(path: str | Path, device: torch.device | str | None = None) -
         raise ConfigError(f"{path} is not an evaluator dir (no experiment_config.json); train one with "
                           "python -m iterative_label_refinement.core.train_evaluator")  # fmt: skip
     config = read_json(path / "experiment_config.json")
-    kind = config.get("evaluator_kind", "classifier")
-    if kind not in EVALUATOR_KINDS:
-        raise ConfigError(f"{path}: unknown evaluator_kind {kind!r}. Valid: {list(EVALUATOR_KINDS)}")
+    kind = check_evaluator_kind(config.get("evaluator_kind", "classifier"), where=f"{path}: ")
     if not (path / "config.json").exists():
         raise ConfigError(f"{path} holds no model (config.json missing)")
     if not (path / "tokenizer_config.json").exists():

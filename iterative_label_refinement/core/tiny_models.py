@@ -19,6 +19,7 @@ import shutil
 import string
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,43 +98,50 @@ def _pretrain_batch(
     return torch.tensor(ids_rows), torch.tensor(label_rows)
 
 
-def _train_phase(model, tokenizer, rng: random.Random, name: str, steps: int, lr: float, warmup: int,
-                 batch: int, window: int, templated: float, stop: int = 0) -> None:  # fmt: skip
-    """AdamW (betas 0.9/0.98), linear warm-up, linear decay to 0.05x, clip 1.0 (DESIGN.md)."""
-    import torch
-
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+def _linear_decay(steps: int, warmup: int) -> Callable[[int], float]:
+    """Linear warm-up, then linear decay to 0.05x at `steps` (DESIGN.md)."""
 
     def lr_lambda(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return 1.0 - 0.95 * (step - warmup) / max(1, steps - warmup)
 
+    return lr_lambda
+
+
+def _train_phase(model, name: str, steps: int, lr: float, lr_lambda: Callable[[int], float],
+                 make_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], log_every: int = 100) -> None:  # fmt: skip
+    """`steps` AdamW updates (betas 0.9/0.98, weight decay 0.01, clip 1.0) on `make_batch()` batches."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    model.train()
     start = time.time()
-    for step in range(stop or steps):
-        ids, labels = _pretrain_batch(tokenizer, rng, batch, window, templated)
+    for step in range(steps):
+        ids, labels = make_batch()
         loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if step % 100 == 0 or step == (stop or steps) - 1:
+        if step % log_every == 0 or step == steps - 1:
             logger.info("%s step %d/%d loss %.3f (%.0fs)", name, step, steps, loss.item(), time.time() - start)
+    model.eval()
 
 
 def pretrain(model, tokenizer, spec: TinySpec) -> None:
     """Short windows of bare documents, then (optionally) longer windows, half of them templated."""
     rng = random.Random(spec.init_seed + 1000)
-    model.train()
     warmup = min(50, spec.pretrain_steps // 10 + 1)
-    _train_phase(model, tokenizer, rng, "pretrain", spec.pretrain_steps, spec.pretrain_lr, warmup,
-                 spec.pretrain_batch, spec.pretrain_window, templated=0.0, stop=spec.pretrain_stop)  # fmt: skip
+    _train_phase(model, "pretrain", spec.pretrain_stop or spec.pretrain_steps, spec.pretrain_lr,
+                 _linear_decay(spec.pretrain_steps, warmup),
+                 lambda: _pretrain_batch(tokenizer, rng, spec.pretrain_batch, spec.pretrain_window))  # fmt: skip
     if spec.prompt_steps:
-        _train_phase(model, tokenizer, rng, "pretrain (prompt template)", spec.prompt_steps, spec.prompt_lr,
-                     10, spec.prompt_batch, spec.prompt_window, templated=0.5)  # fmt: skip
-    model.eval()
+        _train_phase(model, "pretrain (prompt template)", spec.prompt_steps, spec.prompt_lr,
+                     _linear_decay(spec.prompt_steps, 10),
+                     lambda: _pretrain_batch(tokenizer, rng, spec.prompt_batch, spec.prompt_window, templated=0.5))  # fmt: skip
 
 
 def save_model_dir(model, tokenizer, path: Path) -> None:
@@ -241,20 +249,12 @@ def build_long_context_model(base: str, steps: int, window: int, batch: int, lr:
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     rng = random.Random(4321)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 20))
-    model.train()
-    start = time.time()
-    for step in range(steps):
+
+    def make_batch() -> tuple[torch.Tensor, torch.Tensor]:
         rows = [_long_window(tokenizer, rng, window) for _ in range(batch)]
-        loss = model(input_ids=torch.tensor([r[0] for r in rows]), labels=torch.tensor([r[1] for r in rows])).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == steps - 1:
-            logger.info("long-context step %d/%d loss %.3f (%.0fs)", step, steps, loss.item(), time.time() - start)
+        return torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+
+    _train_phase(model, "long-context", steps, lr, lambda step: min(1.0, (step + 1) / 20), make_batch, log_every=50)
     save_model_dir(model, tokenizer, path)
 
 

@@ -35,8 +35,8 @@ from iterative_label_refinement.core.common import (
     write_json,
 )
 from iterative_label_refinement.core.evaluator import (
-    EVALUATOR_KINDS,
     LikelihoodEvaluator,
+    check_evaluator_kind,
     debiased_scores,
     load_evaluator,
     save_evaluator,
@@ -230,8 +230,7 @@ def main(
     from iterative_label_refinement.core.train import TrainConfig, is_main_process, sft_collate
 
     model_cfg = get_model_config(model_size)
-    if evaluator_kind not in EVALUATOR_KINDS:
-        raise ConfigError(f"Unknown evaluator_kind {evaluator_kind!r}. Valid: {list(EVALUATOR_KINDS)}")
+    check_evaluator_kind(evaluator_kind)
     if head_lr and evaluator_kind != "classifier":
         raise ConfigError("--head_lr applies to the classifier evaluator only")
     if head_lr and optim != "adamw":
