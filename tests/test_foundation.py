@@ -173,3 +173,22 @@ def test_build_models_cli_builds_once_and_rejects_unknown_names(tmp_path):
     assert again.stdout.split() == [built] and "Building" not in again.stderr
     bad = subprocess.run([*cmd, "gpt-17"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "Unknown model 'gpt-17'" in bad.stderr
+
+
+def test_tiny_pretraining_gives_the_same_weights_whatever_the_thread_count(tmp_path):
+    import torch
+
+    from iterative_label_refinement.core.tiny_models import TinySpec, build_tiny_model
+
+    spec = TinySpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, pretrain_steps=12,
+                    pretrain_stop=10, prompt_steps=3)  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            build_tiny_model(spec, tmp_path / f"threads{n}")
+            assert torch.get_num_threads() == n  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(threads)
+    weights = [(tmp_path / f"threads{n}" / "model.safetensors").read_bytes() for n in (1, 2)]
+    assert weights[0] == weights[1]
