@@ -202,13 +202,14 @@ def register_tiny(name: str, spec: TinySpec, **config_kwargs) -> ModelConfig:
 
 # A random-initialised model for unit tests: builds in a second, learns nothing useful.
 register_tiny("tiny-random", TinySpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2))
-# The toy world's strong base: pretrained on worked solutions (about 4 minutes on 2 cores, once).
+# The toy world's strong base: pretrained on worked solutions, once (built side by side with the weak
+# base, one core each, the two took 6 min 4 s here).
 register_tiny("tiny-llama-strong", TinySpec(pretrain_steps=850, init_seed=0, prompt_steps=150))
 # The toy world's weak base: a separate pretraining run (another initialisation and data order), so
 # that its errors are its own (DESIGN.md: a weak model on the strong model's own path hands its
 # errors back). Arithmetic appears suddenly and late; this run's 1,000-step schedule is stopped at
 # step 750, mid-transition: symbolic 2-step accuracy 39.5% after the template phase (stopped at
-# 775 / 800: 49.5% / 56.5%; the strong base: 72.5%). About 4 minutes on one core, once.
+# 775 / 800: 49.5% / 56.5%; the strong base: 72.5%).
 register_tiny("tiny-llama-weak", TinySpec(pretrain_steps=1000, init_seed=2, pretrain_stop=750, prompt_steps=100))
 
 
@@ -277,6 +278,6 @@ def register_long_context(name: str, base: str, steps: int = 200, window: int = 
     return register_model(ModelConfig(name=name, build=build, build_id=build_id, **kwargs))
 
 
-# The toy classifier evaluator's base: the weak base plus long-context pretraining (about 1-2 minutes
-# on 2 cores, once, after tiny-llama-weak).
+# The toy classifier evaluator's base: the weak base plus long-context pretraining (once, after
+# tiny-llama-weak; 1-2 minutes on 2 threads, not re-timed on one).
 register_long_context("tiny-llama-evaluator", "tiny-llama-weak")
