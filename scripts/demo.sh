@@ -3,13 +3,13 @@
 # Evaluator -> weak model -> SFT -> rounds of SFT+ILR, SFT+DPO and naive ILR -> the report.
 # DEMO=quick (CI: plumbing only, random tiny models), small (default), full (the size where the
 # effects can be measured; it adds ILR with oracle comparisons, the ceiling of the feedback).
+# EVALUATOR_MODEL=tiny-llama-strong (small/full) trains the evaluator on the strong base instead.
 # Rerunning skips every finished step.
 set -euo pipefail
 DEMO=${DEMO:-small}
 HERE=$(dirname "${BASH_SOURCE[0]}")
 export DS_NAME=toy_arith
 export SEED=${SEED:-0}
-export RESULTS_FOLDER=${RESULTS_FOLDER:-demo_results/$DEMO}
 export SWEEP=${SWEEP:-toy}
 export BATCH_SIZE=16 WEAK_EPOCHS=4 GT_EPOCHS=3 MAX_REPLACE=0.15 BETA=0.1 SUBSAMPLE=0.15 LABEL_TEMP=0.7
 export WEAK_FLAGS=""      # the weak supervisor: the same LoRA recipe on the weak base
@@ -22,15 +22,21 @@ case "$DEMO" in
     export N_DOCS=64 N_TEST_DOCS=16 ROUNDS=1 EPOCHS=1 WEAK_EPOCHS=1 GT_EPOCHS=1 LORA_RANK=4 BATCH_SIZE=8
     export SAVE_FREQUENCY=0.5 EVALUATOR_FLAGS="--epochs=1 --evaluator_kind=likelihood" ;;
   small)
-    export WEAK_MODEL=tiny-llama-weak STRONG_MODEL=tiny-llama-strong EVALUATOR_MODEL=tiny-llama-weak
+    export WEAK_MODEL=tiny-llama-weak STRONG_MODEL=tiny-llama-strong EVALUATOR_MODEL=${EVALUATOR_MODEL:-tiny-llama-weak}
     export N_DOCS=1000 N_TEST_DOCS=200 ROUNDS=2 EPOCHS=4 LORA_RANK=16
     export SAVE_FREQUENCY=0.25 EVALUATOR_FLAGS="--epochs=2 --evaluator_kind=likelihood" ;;
   full)
-    export WEAK_MODEL=tiny-llama-weak STRONG_MODEL=tiny-llama-strong EVALUATOR_MODEL=tiny-llama-weak
+    export WEAK_MODEL=tiny-llama-weak STRONG_MODEL=tiny-llama-strong EVALUATOR_MODEL=${EVALUATOR_MODEL:-tiny-llama-weak}
     export N_DOCS=2000 N_TEST_DOCS=400 ROUNDS=3 EPOCHS=4 LORA_RANK=16
     export SAVE_FREQUENCY=0.25 EVALUATOR_FLAGS="--epochs=2 --evaluator_kind=likelihood" ;;
   *) echo "DEMO must be quick, small or full, got '$DEMO'" >&2; exit 2 ;;
 esac
+# Refined label sets are named by method, not by evaluator: another evaluator gets its own folder.
+default_folder=demo_results/$DEMO
+if [ "$DEMO" != quick ] && [ "$EVALUATOR_MODEL" != tiny-llama-weak ]; then
+  default_folder+="-evaluator-$EVALUATOR_MODEL"
+fi
+export RESULTS_FOLDER=${RESULTS_FOLDER:-$default_folder}
 . "$HERE/lib.sh"
 start=$(date +%s)
 log "demo ($DEMO): results in $RESULTS_FOLDER"

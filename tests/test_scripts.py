@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def dry_run(script: str, tmp_path: Path, **env: str) -> list[list[str]]:
     """The `python -m ...` commands a script would run, as argument lists."""
-    full_env = dict(os.environ, DRY_RUN="1", RESULTS_FOLDER=str(tmp_path), PYTHON=sys.executable,
-                    EVALUATOR_PATH=str(tmp_path / "evaluator"), **env)  # fmt: skip
+    full_env = {**os.environ, "DRY_RUN": "1", "RESULTS_FOLDER": str(tmp_path), "PYTHON": sys.executable,
+                "EVALUATOR_PATH": str(tmp_path / "evaluator"), **env}  # fmt: skip
     proc = subprocess.run(["bash", str(REPO / "scripts" / script)], capture_output=True, text=True, env=full_env,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -133,3 +133,12 @@ def test_scripts_use_strict_mode_and_no_spelled_run_dirs():
         if path.name != "lib.sh":
             assert "set -euo pipefail" in text, path
         assert not re.search(r"bs=\d+-", text), f"{path} spells a run-dir name"
+
+
+def test_demo_with_another_evaluator_gets_its_own_results_folder(tmp_path):
+    """Refined label sets are named by method only: a second evaluator must not reuse the first's."""
+    cmds = dry_run("demo.sh", tmp_path, RESULTS_FOLDER="", DEMO="small", EVALUATOR_MODEL="tiny-llama-strong")
+    evaluator_steps = [flags(c) for c in cmds if module(c) in ("generate_evaluator_data", "train_evaluator")]
+    assert [f["model_size"] for f in evaluator_steps] == ["tiny-llama-strong"] * 2
+    folders = {f["results_folder"] for f in map(flags, cmds) if "results_folder" in f}
+    assert folders == {"demo_results/small-evaluator-tiny-llama-strong"}
