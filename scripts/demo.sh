@@ -40,7 +40,7 @@ export RESULTS_FOLDER=${RESULTS_FOLDER:-$default_folder}
 . "$HERE/lib.sh"
 start=$(date +%s)
 log "demo ($DEMO): results in $RESULTS_FOLDER"
-# The tiny bases are built once, on one thread each: build both at once (6 min 4 s measured here).
+# The tiny bases are built once, on one thread each: build both at once (6-6.5 min here).
 builds=()
 for model in "$WEAK_MODEL" "$STRONG_MODEL"; do
   OMP_NUM_THREADS=1 py experiments.build_models "$model" &

@@ -203,7 +203,7 @@ def register_tiny(name: str, spec: TinySpec, **config_kwargs) -> ModelConfig:
 # A random-initialised model for unit tests: builds in a second, learns nothing useful.
 register_tiny("tiny-random", TinySpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2))
 # The toy world's strong base: pretrained on worked solutions, once (built side by side with the weak
-# base, one core each, the two took 6 min 4 s here).
+# base, one core each, the two took 6-6.5 min here).
 register_tiny("tiny-llama-strong", TinySpec(pretrain_steps=850, init_seed=0, prompt_steps=150))
 # The toy world's weak base: a separate pretraining run (another initialisation and data order), so
 # that its errors are its own (DESIGN.md: a weak model on the strong model's own path hands its
