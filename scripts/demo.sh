@@ -31,6 +31,11 @@ case "$DEMO" in
     export SAVE_FREQUENCY=0.25 EVALUATOR_FLAGS="--epochs=2 --evaluator_kind=likelihood" ;;
   *) echo "DEMO must be quick, small or full, got '$DEMO'" >&2; exit 2 ;;
 esac
+case "$EVALUATOR_MODEL" in
+  tiny-*) ;;
+  *) echo "EVALUATOR_MODEL must be a tiny model offline (tiny-llama-weak or tiny-llama-strong), got '$EVALUATOR_MODEL'" >&2
+     exit 2 ;;
+esac
 # Refined label sets are named by method, not by evaluator: another evaluator gets its own folder.
 default_folder=demo_results/$DEMO
 if [ "$DEMO" != quick ] && [ "$EVALUATOR_MODEL" != tiny-llama-weak ]; then

@@ -142,3 +142,9 @@ def test_demo_with_another_evaluator_gets_its_own_results_folder(tmp_path):
     assert [f["model_size"] for f in evaluator_steps] == ["tiny-llama-strong"] * 2
     folders = {f["results_folder"] for f in map(flags, cmds) if "results_folder" in f}
     assert folders == {"demo_results/small-evaluator-tiny-llama-strong"}
+
+
+def test_demo_refuses_a_model_it_cannot_build_offline(tmp_path):
+    env = {**os.environ, "DRY_RUN": "1", "EVALUATOR_MODEL": "google/gemma-2b"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "google/gemma-2b" in proc.stderr and "tiny-llama-strong" in proc.stderr
