@@ -15,20 +15,17 @@ export BATCH_SIZE=16 WEAK_EPOCHS=4 GT_EPOCHS=3 MAX_REPLACE=0.15 BETA=0.1 SUBSAMP
 export WEAK_FLAGS=""      # the weak supervisor: the same LoRA recipe on the weak base
 export GT_FLAGS="--lora_rank=0 --lr=1e-3"
 export PARALLEL=1 PARALLEL_THREADS=1  # the two half-data jobs of a round share the CPU cores
+# small and full: the toy world's bases and recipe; quick replaces them with random tiny models.
+export WEAK_MODEL=tiny-llama-weak STRONG_MODEL=tiny-llama-strong EVALUATOR_MODEL=${EVALUATOR_MODEL:-tiny-llama-weak}
+export EPOCHS=4 LORA_RANK=16 SAVE_FREQUENCY=0.25 EVALUATOR_FLAGS="--epochs=2 --evaluator_kind=likelihood"
 case "$DEMO" in
   quick)
     export PARALLEL=0
     export WEAK_MODEL=tiny-random STRONG_MODEL=tiny-random EVALUATOR_MODEL=tiny-random
     export N_DOCS=64 N_TEST_DOCS=16 ROUNDS=1 EPOCHS=1 WEAK_EPOCHS=1 GT_EPOCHS=1 LORA_RANK=4 BATCH_SIZE=8
     export SAVE_FREQUENCY=0.5 EVALUATOR_FLAGS="--epochs=1 --evaluator_kind=likelihood" ;;
-  small)
-    export WEAK_MODEL=tiny-llama-weak STRONG_MODEL=tiny-llama-strong EVALUATOR_MODEL=${EVALUATOR_MODEL:-tiny-llama-weak}
-    export N_DOCS=1000 N_TEST_DOCS=200 ROUNDS=2 EPOCHS=4 LORA_RANK=16
-    export SAVE_FREQUENCY=0.25 EVALUATOR_FLAGS="--epochs=2 --evaluator_kind=likelihood" ;;
-  full)
-    export WEAK_MODEL=tiny-llama-weak STRONG_MODEL=tiny-llama-strong EVALUATOR_MODEL=${EVALUATOR_MODEL:-tiny-llama-weak}
-    export N_DOCS=2000 N_TEST_DOCS=400 ROUNDS=3 EPOCHS=4 LORA_RANK=16
-    export SAVE_FREQUENCY=0.25 EVALUATOR_FLAGS="--epochs=2 --evaluator_kind=likelihood" ;;
+  small) export N_DOCS=1000 N_TEST_DOCS=200 ROUNDS=2 ;;
+  full) export N_DOCS=2000 N_TEST_DOCS=400 ROUNDS=3 ;;
   *) echo "DEMO must be quick, small or full, got '$DEMO'" >&2; exit 2 ;;
 esac
 case "$EVALUATOR_MODEL" in
