@@ -1,7 +1,13 @@
 """One entry point for answer generation: batched Hugging Face `generate`, or vLLM on GPU.
 
 Greedy or beam search at temperature 0, sampling with `num_samples` answers per prompt otherwise.
-Prompts are formatted with the SFT prompt template; answers come back without special tokens.
+Prompts are formatted with the SFT prompt template; answers come back without special tokens and
+stripped of surrounding whitespace, as the reference's were.
+
+Sampling draws from the model's whole distribution at `temperature`, as the reference did: top-k and
+top-p are off unless asked for. Every logits-shaping setting is passed explicitly to both backends,
+because each otherwise fills unset values from the model's `generation_config.json` and then from
+its own defaults (Hugging Face's default top-k is 50, which silently truncates every sample).
 """
 
 from __future__ import annotations
@@ -37,44 +43,80 @@ def generate_answers(
     temperature: float = 0.0,
     num_samples: int = 1,
     num_beams: int = 1,
+    top_k: int = 0,
+    top_p: float = 1.0,
     seed: int = 0,
     backend: str = "hf",
     desc: str = "generate",
-    vllm_options: dict[str, Any] | None = None,
 ) -> Generations:
-    """Answer each question; `model` is a loaded model for "hf", a `VLLMModel` for "vllm"."""
+    """Answer each question; `model` is a loaded model for "hf", a `VLLMModel` for "vllm".
+
+    top_k=0 and top_p=1.0 (the defaults) sample from the whole distribution.
+    """
     if backend not in BACKENDS:
         raise ConfigError(f"Unknown inference backend {backend!r}. Valid: {list(BACKENDS)}")
     if num_samples > 1 and temperature <= 0:
         raise ConfigError(f"num_samples={num_samples} needs temperature > 0 (got {temperature})")
+    check_sampling(top_k, top_p)
     prompts = [format_prompt(q) for q in questions]
     if backend == "vllm":
-        return model.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                              num_samples=num_samples, seed=seed)  # fmt: skip
-    return _generate_hf(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, num_samples,
-                        num_beams, seed, desc)  # fmt: skip
+        if num_beams > 1 and temperature <= 0:
+            raise ConfigError(f"num_beams={num_beams}: beam search runs on the 'hf' backend only")
+        return model.generate(prompts, max_new_tokens=max_new_tokens, num_samples=num_samples, seed=seed,
+                              sampling=vllm_sampling(temperature, top_k, top_p))  # fmt: skip
+    return _generate_hf(model, tokenizer, prompts, max_new_tokens, batch_size, num_samples, seed, desc,
+                        hf_sampling(temperature, top_k, top_p, num_beams))  # fmt: skip
+
+
+def check_sampling(top_k: int, top_p: float) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ConfigError(f"--top_k must be a whole number >= 0 (0 = off), got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ConfigError(f"--top_p must be in (0, 1] (1 = off), got {top_p!r}")
+
+
+def hf_sampling(temperature: float, top_k: int = 0, top_p: float = 1.0, num_beams: int = 1) -> dict[str, Any]:
+    """Hugging Face `GenerationConfig` settings: greedy or beams at temperature 0, else plain sampling.
+
+    The neutral values are set, not left unset: unset ones come from the model's generation config.
+    """
+    # Processors that also shape greedy and beam search (penalties, forced lengths).
+    common = dict(repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0)
+    if temperature <= 0:
+        return dict(common, do_sample=False, num_beams=num_beams)
+    return dict(common, do_sample=True, num_beams=1, temperature=temperature, top_k=top_k, top_p=top_p, min_p=0.0,
+                typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)  # fmt: skip
+
+
+def vllm_sampling(temperature: float, top_k: int = 0, top_p: float = 1.0) -> dict[str, Any]:
+    """vLLM `SamplingParams` with the same meaning as `hf_sampling` (vLLM writes "top-k off" as -1)."""
+    return dict(
+        temperature=temperature,
+        top_k=top_k if top_k > 0 else -1,
+        top_p=top_p,
+        min_p=0.0,
+        repetition_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        min_tokens=0,
+    )
 
 
 @torch.no_grad()
-def _generate_hf(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, num_samples, num_beams,
-                 seed, desc) -> Generations:  # fmt: skip
+def _generate_hf(model, tokenizer, prompts, max_new_tokens, batch_size, num_samples, seed, desc,
+                 sampling: dict[str, Any]) -> Generations:  # fmt: skip
     from transformers import GenerationConfig
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    do_sample = temperature > 0
     gen_config = GenerationConfig(
         max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature if do_sample else None,
-        top_p=None,
-        top_k=None,
-        num_beams=1 if do_sample else num_beams,
         num_return_sequences=num_samples,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         use_cache=True,
+        **sampling,
     )
     torch.manual_seed(seed)
     # Longest prompts first: batches of similar length waste less compute on padding.
@@ -91,7 +133,7 @@ def _generate_hf(model, tokenizer, prompts, max_new_tokens, batch_size, temperat
             for seq in new_tokens[j * num_samples : (j + 1) * num_samples]:
                 seq = _strip_after_eos(seq, tokenizer.eos_token_id)
                 ids[i].append(seq)
-                texts[i].append(tokenizer.decode(seq, skip_special_tokens=True))
+                texts[i].append(tokenizer.decode(seq, skip_special_tokens=True).strip())
     model.train(was_training)
     return Generations(texts=texts, token_ids=ids)
 
@@ -122,18 +164,18 @@ class VLLMModel:
             dtype="bfloat16",
         )
 
-    def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float, num_samples: int,
-                 seed: int) -> Generations:  # fmt: skip
+    def generate(self, prompts: list[str], *, max_new_tokens: int, num_samples: int, seed: int,
+                 sampling: dict[str, Any]) -> Generations:  # fmt: skip
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
-        params = SamplingParams(n=num_samples, temperature=temperature, max_tokens=max_new_tokens, seed=seed)
+        params = SamplingParams(n=num_samples, max_tokens=max_new_tokens, seed=seed, **sampling)
         lora = LoRARequest("adapter", 1, self.adapter_path) if self.adapter_path else None
         # Tokenise exactly as training did: no special tokens added (vLLM would add a BOS otherwise).
         tokenizer = self.llm.get_tokenizer()
         inputs = [{"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         outputs = self.llm.generate(inputs, params, lora_request=lora)
         return Generations(
-            texts=[[c.text for c in o.outputs] for o in outputs],
+            texts=[[c.text.strip() for c in o.outputs] for o in outputs],
             token_ids=[[list(c.token_ids) for c in o.outputs] for o in outputs],
         )

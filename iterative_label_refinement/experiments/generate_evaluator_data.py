@@ -159,20 +159,25 @@ def training_questions(ds_name: str, seed: int, n_docs: int, n_test_docs: int, s
     return filter_rows(train, ds_name, None, 0, saferpaca_mode, preference=False)
 
 
-def checkpoint_answers(checkpoint: Path, rows: Dataset, run: dict[str, Any], temperature: float, seed: int,
+def checkpoint_answers(checkpoint: Path, rows: Dataset, run: dict[str, Any], sampling: dict[str, float], seed: int,
                        do_eval: bool, force_regenerate: bool) -> dict[str, Any]:  # fmt: skip
-    """The checkpoint's answers (and scores) for `rows`, from its cache file when it matches."""
+    """The checkpoint's answers (and scores) for `rows`, from its cache file when it matches.
+
+    `sampling` is {temperature, top_k, top_p}; a cache made with other settings (or before top-k and
+    top-p were recorded, when the library's top-k of 50 applied) is regenerated.
+    """
     from iterative_label_refinement.core.datasets import get_dataset_config
 
     questions = list(rows["question"])
     cache_file = checkpoint / ANSWERS_FILE
     cached = read_json(cache_file) if cache_file.exists() and not force_regenerate else None
-    if cached and (cached["questions"] != questions or cached["temperature"] != temperature or cached["seed"] != seed):
+    settings_differ = cached and any(cached.get(k) != v for k, v in dict(sampling, seed=seed).items())
+    if cached and (cached["questions"] != questions or settings_differ):
         logger.warning("%s was made for other questions or settings: regenerating", cache_file)
         cached = None
     if cached is None:
-        cached = dict(questions=questions, temperature=temperature, seed=seed, acc=None,
-                      answers=_generate(checkpoint, questions, run, temperature, seed))  # fmt: skip
+        cached = dict(questions=questions, **sampling, seed=seed, acc=None,
+                      answers=_generate(checkpoint, questions, run, sampling, seed))  # fmt: skip
         write_json(cache_file, cached)
     else:
         logger.info("Reusing cached answers %s", cache_file)
@@ -183,7 +188,8 @@ def checkpoint_answers(checkpoint: Path, rows: Dataset, run: dict[str, Any], tem
     return cached if do_eval else dict(cached, acc=[None] * len(questions))
 
 
-def _generate(checkpoint: Path, questions: list[str], run: dict[str, Any], temperature: float, seed: int) -> list[str]:
+def _generate(checkpoint: Path, questions: list[str], run: dict[str, Any], sampling: dict[str, float],
+              seed: int) -> list[str]:  # fmt: skip
     from iterative_label_refinement.core.datasets import DATASET_MAX_LEN
     from iterative_label_refinement.core.generation import generate_answers
     from iterative_label_refinement.core.models import get_model_config, load_tokenizer
@@ -194,12 +200,12 @@ def _generate(checkpoint: Path, questions: list[str], run: dict[str, Any], tempe
         model = model.merge_and_unload()  # a LoRA checkpoint is only read: merged, it generates faster
     gens = generate_answers(model, load_tokenizer(run["model_size"]), questions,
                             max_new_tokens=run.get("max_len") or DATASET_MAX_LEN[run["ds_name"]],
-                            batch_size=get_model_config(run["model_size"]).eval_batch_size, temperature=temperature,
+                            batch_size=get_model_config(run["model_size"]).eval_batch_size, **sampling,
                             seed=seed, desc=checkpoint.name)  # fmt: skip
     return [texts[0] for texts in gens.texts]
 
 
-def run_pairs(run_dir: Path, run: dict[str, Any], temperature: float, do_eval: bool,
+def run_pairs(run_dir: Path, run: dict[str, Any], sampling: dict[str, float], do_eval: bool,
               force_regenerate: bool) -> list[dict[str, str]]:  # fmt: skip
     checkpoints = find_checkpoints(run_dir)
     rows = training_questions(run["ds_name"], run["seed"], run["n_docs"], run["n_test_docs"], run["saferpaca_mode"],
@@ -207,7 +213,7 @@ def run_pairs(run_dir: Path, run: dict[str, Any], temperature: float, do_eval: b
     logger.info("%s: %d checkpoints x %d questions", run_dir.name, len(checkpoints), len(rows))
     answers, accs = [], []
     for checkpoint in checkpoints:
-        cached = checkpoint_answers(checkpoint, rows, run, temperature, run["seed"], do_eval, force_regenerate)
+        cached = checkpoint_answers(checkpoint, rows, run, sampling, run["seed"], do_eval, force_regenerate)
         answers.append(cached["answers"])
         accs.append(cached["acc"])
     return build_pairs(list(rows["question"]), list(rows["answer"]), answers, accs, seed=run["seed"])
@@ -241,6 +247,8 @@ def main(
     model_size: str | None = None,
     ds_name: str | None = None,
     temperature: float = 0.6,
+    top_k: int = 0,
+    top_p: float = 1.0,
     seed: int | None = None,
     n_docs: int | None = None,
     n_test_docs: int | None = None,
@@ -254,6 +262,7 @@ def main(
     """Build the evaluator's pair data from the checkpoints of the ground-truth run at `save_path`.
 
     model_size, ds_name, seed, n_docs, n_test_docs: default to the run's experiment_config.json.
+    temperature, top_k, top_p: how answers are sampled (top-k and top-p off by default: the whole distribution).
     do_eval: score answers with the task metric; off, every answer counts as worse than gold.
     safety_save_path: SaferPaca's safety-only run (default: `save_path` with sm=1 -> sm=2).
     gpu_usage: accepted for the reference scripts; generation uses the HF backend.
@@ -263,10 +272,13 @@ def main(
     run = _run_settings(run_dir, model_size=model_size, ds_name=ds_name, seed=seed, n_docs=n_docs,
                         n_test_docs=n_test_docs)  # fmt: skip
     from iterative_label_refinement.core.datasets import get_dataset_config
+    from iterative_label_refinement.core.generation import check_sampling
     from iterative_label_refinement.core.models import get_model_config
 
     get_dataset_config(run["ds_name"])
     get_model_config(run["model_size"])
+    check_sampling(top_k, top_p)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     out = get_save_path(results_folder) / "evaluator-data" / data_name(run)
     if print_save_path:
         print(out)
@@ -288,12 +300,12 @@ def main(
         find_checkpoints(directory)  # fail before any generation
 
     seed_everything(run["seed"])
-    pairs_by_source = {src: run_pairs(d, r, temperature, do_eval, force_regenerate) for src, (d, r) in runs.items()}
+    pairs_by_source = {src: run_pairs(d, r, sampling, do_eval, force_regenerate) for src, (d, r) in runs.items()}
     pairs = balance(pairs_by_source, run["seed"]) if len(runs) > 1 else pairs_by_source[""]
     dd = make_dataset(pairs, seed=run["seed"])
     save_to_disk_atomic(dd, out)
     kinds = {k: sum(p["kind"] == k for p in pairs) for k in sorted({p["kind"] for p in pairs})}
-    write_json(out / "experiment_config.json", dict(run, temperature=temperature, do_eval=do_eval, pair_kinds=kinds,
+    write_json(out / "experiment_config.json", dict(run, **sampling, do_eval=do_eval, pair_kinds=kinds,
                                                     runs={s: str(d) for s, (d, _) in runs.items()},
                                                     n_pairs=len(pairs)))  # fmt: skip
     logger.info("Saved %d pairs (%s): %d train rows, %d test rows -> %s", len(pairs), kinds, len(dd["train"]),
