@@ -1,8 +1,10 @@
 """LoRA (or full) supervised fine-tuning, and LoRA DPO, on the Hugging Face `Trainer` machinery.
 
-The same code runs on one CPU, one GPU, `torchrun --nproc_per_node N` (DDP) and `accelerate launch`
-with FSDP/DeepSpeed configs: the effective batch `batch_size` is reached by gradient accumulation
-over minibatches of `minibatch_size_per_device` on each process.
+The same code runs on one CPU, one GPU, `torchrun --nproc_per_node N` (DDP: gloo on CPUs, NCCL on
+GPUs) and `accelerate launch` with FSDP/DeepSpeed configs: the effective batch `batch_size` is reached
+by gradient accumulation over minibatches of `minibatch_size_per_device` on each process, and the rows
+of every optimizer step do not depend on the number of processes (`EffectiveBatchSampler`), so N
+processes train the same weights as one.
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def accumulation_steps(batch_size: int, minibatch_size_per_device: int) -> int:
+    """Gradient-accumulation steps that make `batch_size` from minibatches on every process."""
+    per_step = minibatch_size_per_device * world_size()
+    if batch_size % per_step:
+        raise ConfigError(
+            f"--batch_size={batch_size} is not a multiple of minibatch_size_per_device x processes "
+            f"= {minibatch_size_per_device} x {world_size()} = {per_step}"
+        )
+    return batch_size // per_step
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs besides the model and data."""
@@ -58,23 +71,23 @@ class TrainConfig:
 
         validate_optimizer(self.optim)
         validate_schedule(self.lr_schedule)
-        per_step = self.minibatch_size_per_device * world_size()
-        if self.batch_size % per_step:
-            raise ConfigError(
-                f"batch_size={self.batch_size} is not a multiple of minibatch_size_per_device x processes = {per_step}"
-            )
         scheduler, warmup = LR_SCHEDULES[self.lr_schedule]
+        on_cpu = not torch.cuda.is_available()
         kwargs: dict[str, Any] = dict(
             output_dir=self.output_dir,
             learning_rate=self.lr,
             num_train_epochs=self.epochs,
             per_device_train_batch_size=self.minibatch_size_per_device,
             per_device_eval_batch_size=self.minibatch_size_per_device,
-            gradient_accumulation_steps=self.batch_size // per_step,
+            gradient_accumulation_steps=accumulation_steps(self.batch_size, self.minibatch_size_per_device),
             optim=OPTIMIZERS[self.optim],
             lr_scheduler_type=scheduler,
             warmup_steps=self.warmup_ratio if warmup else 0,
             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            # Without use_cpu, accelerate sees no GPU and no multi-CPU request: torchrun's processes
+            # would each train a full replica on all rows instead of one data-parallel run.
+            use_cpu=on_cpu,
+            ddp_backend="gloo" if on_cpu and world_size() > 1 else None,
             activation_checkpointing=self.gradient_checkpointing,
             activation_checkpointing_kwargs={"use_reentrant": False} if self.gradient_checkpointing else None,
             dataloader_pin_memory=torch.cuda.is_available(),
@@ -88,8 +101,6 @@ class TrainConfig:
             seed=self.seed,
             data_seed=self.seed,
             remove_unused_columns=False,
-            train_sampling_strategy="group_by_length" if self.minibatch_size_per_device > 1 else "random",
-            length_column_name="length",
             disable_tqdm=False,
             ddp_find_unused_parameters=False,
         )
@@ -133,17 +144,54 @@ def add_lora(model: torch.nn.Module, lora_rank: int, target_modules: str | list[
     return model
 
 
-def train_sft(model: torch.nn.Module, tokenizer, train_ds: Dataset, cfg: TrainConfig) -> dict[str, float]:
-    """Train `model` (already LoRA-wrapped or full) on a tokenized dataset; returns train metrics."""
+class EffectiveBatchSampler(torch.utils.data.Sampler):
+    """A seeded permutation of the rows per epoch, each effective batch sorted longest first.
+
+    The order depends on the seed, the epoch, `batch_size` and the lengths, never on the number of
+    processes: accelerate deals the minibatches round-robin to the processes, so every optimizer step
+    sees the same rows on one process as on N. Sorting inside an effective batch changes no gradient
+    (the loss is normalised over the whole effective batch) and keeps minibatches of similar length.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        for start in range(0, len(order), self.batch_size):
+            yield from sorted(order[start : start + self.batch_size], key=lambda i: -self.lengths[i])
+
+
+def trainer_class(base=None):
+    """`base` (default: `transformers.Trainer`) drawing its training rows from `EffectiveBatchSampler`."""
     from transformers import Trainer
 
+    class ILRTrainer(base or Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            lengths = ds["length"] if "length" in ds.column_names else [1] * len(ds)
+            effective_batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+            return EffectiveBatchSampler(lengths, effective_batch * self.args.world_size, self.args.data_seed)
+
+    return ILRTrainer
+
+
+def train_sft(model: torch.nn.Module, tokenizer, train_ds: Dataset, cfg: TrainConfig) -> dict[str, float]:
+    """Train `model` (already LoRA-wrapped or full) on a tokenized dataset; returns train metrics."""
     if len(train_ds) == 0:
         raise ConfigError("No training examples left (all filtered out or too long for max_len)")
     train_ds = train_ds.map(lambda r: {"length": len(r["input_ids"])})
     keep = ["input_ids", "labels", "length"]
     train_ds = train_ds.remove_columns([c for c in train_ds.column_names if c not in keep])
     args = cfg.training_arguments()
-    trainer = Trainer(
+    trainer = trainer_class()(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -170,13 +218,20 @@ DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 POLICY, REFERENCE = "default", "reference"  # PEFT saves the "default" adapter at the folder's root
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of log-probabilities of the labelled tokens (labels != -100), one value per sequence."""
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """Sum (or, with `average`, mean) of the log-probabilities of the labelled tokens (labels != -100),
+    one value per sequence. The logits at position t predict the token at t + 1."""
     logits = logits[:, :-1].float()
     labels = labels[:, 1:]
     mask = labels != -100
     token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(-1)
+    total = (token_logps * mask).sum(-1)
+    return total / mask.sum(-1) if average else total
+
+
+def averages_logps(loss_type: str) -> bool:
+    """IPO's log-ratios are per answer token (Azar et al., as TRL implements it); the others are sums."""
+    return loss_type == "ipo"
 
 
 def dpo_loss(
@@ -189,8 +244,15 @@ def dpo_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-example DPO losses and the implicit rewards of the chosen and rejected answers.
 
-    sigmoid: -log sigmoid(beta * h) (Rafailov et al.); ipo: (h - 1/(2 beta))^2 (Azar et al.);
-    hinge: max(0, 1 - beta * h) (SLiC), where h is the policy's log-ratio margin over the reference.
+    With h = (log pi(y_w) - log pi(y_l)) - (log ref(y_w) - log ref(y_l)), the policy's log-ratio
+    margin over the reference:
+
+        sigmoid: -log sigmoid(beta * h)       (DPO, Rafailov et al.)
+        ipo:     (h - 1 / (2 beta))^2         (IPO, Azar et al.)
+        hinge:   max(0, 1 - beta * h)         (SLiC)
+
+    The log-probs come in as `sequence_logps` gives them: sums over answer tokens, except for ipo,
+    whose callers pass per-token means (`averages_logps`).
     """
     if loss_type not in DPO_LOSS_TYPES:
         raise ConfigError(f"Unknown dpo_loss_type {loss_type!r}. Valid: {list(DPO_LOSS_TYPES)}")
@@ -246,15 +308,15 @@ def _pair_batch(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torc
     return batch
 
 
-def _pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_logps(model, batch: dict[str, torch.Tensor], average: bool) -> tuple[torch.Tensor, torch.Tensor]:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps = sequence_logps(logits, batch["labels"])
+    logps = sequence_logps(logits, batch["labels"], average)
     n = logps.shape[0] // 2
     return logps[:n], logps[n:]
 
 
 @torch.no_grad()
-def add_reference_logps(model, ds: Dataset, pad_token_id: int, batch_size: int = 16) -> Dataset:
+def add_reference_logps(model, ds: Dataset, pad_token_id: int, batch_size: int = 16, average: bool = False) -> Dataset:
     """The frozen reference never changes, so its log-probs are computed once, before training."""
     model.set_adapter(REFERENCE)
     was_training = model.training
@@ -265,7 +327,7 @@ def add_reference_logps(model, ds: Dataset, pad_token_id: int, batch_size: int =
         for start in range(0, len(ds), batch_size):
             rows = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
             batch = {k: v.to(device) for k, v in _pair_batch(rows, pad_token_id).items()}
-            c, r = _pair_logps(model, batch)
+            c, r = _pair_logps(model, batch, average)
             chosen += c.tolist()
             rejected += r.tolist()
     finally:
@@ -276,9 +338,7 @@ def add_reference_logps(model, ds: Dataset, pad_token_id: int, batch_size: int =
 
 
 def _dpo_trainer_class():
-    from transformers import Trainer
-
-    class DPOTrainer(Trainer):
+    class DPOTrainer(trainer_class()):
         """`Trainer` with the DPO loss; logs loss and rewards/{chosen,rejected,accuracies,margins}."""
 
         def __init__(self, *args, beta: float, loss_type: str, **kwargs):
@@ -288,7 +348,7 @@ def _dpo_trainer_class():
             self._stored: dict[str, list[float]] = {}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            chosen, rejected = _pair_logps(model, inputs)
+            chosen, rejected = _pair_logps(model, inputs, averages_logps(self.loss_type))
             losses, chosen_r, rejected_r = dpo_loss(chosen, rejected, inputs["reference_chosen_logps"],
                                                     inputs["reference_rejected_logps"], self.beta, self.loss_type)  # fmt: skip
             for key, value in {
@@ -317,7 +377,9 @@ def train_dpo(model, tokenizer, train_ds: Dataset, cfg: TrainConfig, beta: float
         raise ConfigError("No preference pairs left to train DPO on (all filtered out or too long for max_len)")
     keep = ["chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"]
     train_ds = train_ds.remove_columns([c for c in train_ds.column_names if c not in keep])
-    train_ds = add_reference_logps(model, train_ds, tokenizer.pad_token_id, 4 * cfg.minibatch_size_per_device)
+    train_ds = add_reference_logps(
+        model, train_ds, tokenizer.pad_token_id, 4 * cfg.minibatch_size_per_device, averages_logps(loss_type)
+    )
     train_ds = train_ds.map(lambda r: {"length": len(r["chosen_input_ids"]) + len(r["rejected_input_ids"])})
     trainer = _dpo_trainer_class()(
         model=model,
