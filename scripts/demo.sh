@@ -15,6 +15,7 @@ export BATCH_SIZE=16 WEAK_EPOCHS=4 GT_EPOCHS=3 MAX_REPLACE=0.15 BETA=0.1 SUBSAMP
 export WEAK_FLAGS=""      # the weak supervisor: the same LoRA recipe on the weak base
 export GT_FLAGS="--lora_rank=0 --lr=1e-3"
 export PARALLEL=1 PARALLEL_THREADS=1  # the two half-data jobs of a round share the CPU cores
+export NUM_BEAMS=1          # greedy decoding: beam search would cost the CPU demo 4x in generation
 # small and full: the toy world's bases and recipe; quick replaces them with random tiny models.
 export WEAK_MODEL=tiny-llama-weak STRONG_MODEL=tiny-llama-strong EVALUATOR_MODEL=${EVALUATOR_MODEL:-tiny-llama-weak}
 export EPOCHS=4 LORA_RANK=16 SAVE_FREQUENCY=0.25 EVALUATOR_FLAGS="--epochs=2 --evaluator_kind=likelihood"

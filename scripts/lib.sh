@@ -17,6 +17,7 @@ SEED=${SEED:-0}
 SWEEP=${SWEEP:-default}
 RESULTS_FOLDER=${RESULTS_FOLDER:-${ILR_SAVE_PATH:-results}}
 EXTRA_FLAGS=${EXTRA_FLAGS:-}   # appended to every experiments.main call
+NUM_BEAMS=${NUM_BEAMS:-4}      # beam search of test evaluation and temperature-0 labels (the reference's 4)
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -37,7 +38,8 @@ query() {
 
 common_flags() {
   echo "--ds_name=$DS_NAME --n_docs=$N_DOCS --n_test_docs=$N_TEST_DOCS --seed=$SEED --batch_size=$BATCH_SIZE" \
-       "--lora_rank=$LORA_RANK --results_folder=$RESULTS_FOLDER --sweep_subfolder=$SWEEP $EXTRA_FLAGS"
+       "--lora_rank=$LORA_RANK --num_beams=$NUM_BEAMS --results_folder=$RESULTS_FOLDER --sweep_subfolder=$SWEEP" \
+       "$EXTRA_FLAGS"
 }
 
 # train OUTPUTS FLAGS...: one experiments.main run, skipped when every file in OUTPUTS (space

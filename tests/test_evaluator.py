@@ -110,6 +110,23 @@ class LengthEvaluator(Evaluator):
         return 1 / (1 + np.exp(-(gap + self.bias)))
 
 
+def test_debiased_scores_forward_the_batch_size_and_refuse_unequal_lengths():
+    seen = []
+
+    class Recorder(LengthEvaluator):
+        def p_accept(self, questions, answers_a, answers_b, batch_size=32):
+            seen.append(batch_size)
+            return super().p_accept(questions, answers_a, answers_b)
+
+    evaluator = Recorder()
+    debiased_scores(evaluator, ["q"], ["a"], ["b"])
+    debiased_scores(evaluator, ["q"], ["a"], ["b"], batch_size=5)
+    assert seen == [32, 5]
+    for args in ((["q", "q"], ["a"], ["b"]), (["q"], ["a", "a"], ["b"]), (["q"], ["a"], ["b", "b"])):
+        with pytest.raises(ConfigError, match="must have the same length"):
+            debiased_scores(evaluator, *args)
+
+
 def test_debiased_score_is_antisymmetric_and_swaps_positions():
     qs, a, b = ["q1", "q2", "q3"], ["x", "xxx", "xx"], ["xxx", "x", "xx"]
     sym = LengthEvaluator()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from iterative_label_refinement.core.refinement import (
     ilr_decide,
     ilr_threshold,
     match_proposals,
+    method_name,
     naive_choice,
     oracle_pair_score,
     refined_rows,
@@ -80,13 +83,71 @@ def test_match_proposals_refuses_missing_questions():
 
 def test_dpo_pairing_ranking_and_subsample():
     assert sample_pairs(list("abcdef")) == [(0, 1), (2, 3), (4, 5)]
+    assert sample_pairs(list("abcde")) == [(0, 1), (2, 3)]  # an odd sample out is left unpaired
     pairs = [(0, 0, 1), (0, 2, 3), (0, 4, 5), (1, 0, 1), (1, 2, 3), (1, 4, 5)]
     scores = [0.55, 0.1, 0.5, 0.97, 0.7, 0.35]
     kept = select_preferences(pairs, scores, subsample=0.5)  # 3 most confident: 0.97, 0.1, 0.7
     assert [(p.row, p.first, p.second) for p in kept] == [(0, 2, 3), (1, 0, 1), (1, 2, 3)]
     assert [p.chosen_is_second for p in kept] == [False, True, True]
+    assert [p.score for p in kept] == [0.1, 0.97, 0.7]
     assert len(select_preferences(pairs, scores, subsample=1.0)) == 6
-    assert oracle_pair_score(0, 1) == 1.0 and oracle_pair_score(1, 0) == 0.0 and oracle_pair_score(1, 1) == 0.5
+    assert len(select_preferences(pairs, scores, subsample=0.34)) == 2  # int(6 * 0.34)
+    assert not select_preferences(pairs, [0.5] * 6, subsample=1.0)[0].chosen_is_second  # 0.5: no preference
+
+
+def test_oracle_pair_score_reference_rule_and_neutral_variant():
+    # Reference: 1 only when the second answer is right and the first is not; ties are 0, not 0.5.
+    assert [oracle_pair_score(a, b) for a, b in [(0, 1), (1, 0), (1, 1), (0, 0)]] == [1.0, 0.0, 0.0, 0.0]
+    assert [oracle_pair_score(a, b, neutral_ties=True) for a, b in [(0, 1), (1, 0), (1, 1), (0, 0)]] == [
+        1.0, 0.0, 0.5, 0.5]  # fmt: skip
+
+
+def test_confidence_ties_are_cut_in_a_seeded_random_order():
+    """Reference oracle scores are all 0 or 1, so every pair is equally confident: which are kept is
+    a random subset, reproducible from the seed, not the first prompts' pairs."""
+    pairs = [(r, 0, 1) for r in range(40)]
+    scores = [1.0, 0.0] * 20
+    kept = {seed: [p.row for p in select_preferences(pairs, scores, 0.25, seed=seed)] for seed in range(200)}
+    assert all(len(rows) == 10 and rows == sorted(rows) for rows in kept.values())
+    assert kept[3] == [p.row for p in select_preferences(pairs, scores, 0.25, seed=3)]
+    assert len({tuple(rows) for rows in kept.values()}) > 150
+    counts = [sum(r in rows for rows in kept.values()) for r in range(40)]
+    assert min(counts) > 20 and max(counts) < 80  # each kept about 50 times in 200, first rows no more
+    # More confident pairs always go first, whatever the seed; the cut only randomises within a tie.
+    scores = [0.9] * 5 + [0.6] * 30 + [0.5] * 5
+    for seed in range(20):
+        rows = [p.row for p in select_preferences(pairs, scores, 0.25, seed=seed)]
+        assert rows[:5] == [0, 1, 2, 3, 4] and all(5 <= r < 35 for r in rows[5:])
+
+
+def reference_ilr(agree, scores, max_replace, oracle):
+    """SPEC step by step: agreeing rows keep their label; the rest are replaced when their score is
+    strictly above max(0.5, the (1 - max_replace) quantile of their scores), or 0.5 with an oracle."""
+    compared = [s for a, s in zip(agree, scores) if not a]
+    if oracle:
+        threshold = 0.5
+    elif compared:
+        threshold = max(0.5, float(np.percentile(compared, 100 * (1 - max_replace))))
+    else:
+        threshold = 0.5
+    return [(not a) and s > threshold for a, s in zip(agree, scores)], threshold
+
+
+def test_ilr_decision_equals_the_rule_on_random_rows_with_ties():
+    rng = random.Random(0)
+    for trial in range(500):
+        n = rng.randint(1, 30)
+        agree = [rng.random() < 0.3 for _ in range(n)]
+        # Scores on a coarse grid: many ties, some exactly at 0.5 and at the quantile.
+        scores = [rng.choice([0.0, 0.25, 0.5, 0.6, 0.75, 0.9, 1.0]) for _ in range(n)]
+        max_replace = rng.choice([0.1, 0.15, 0.25, 0.5, 1.0])
+        oracle = trial % 5 == 0
+        expected, threshold = reference_ilr(agree, scores, max_replace, oracle)
+        decision = ilr_decide(agree, scores, max_replace, oracle=oracle)
+        assert decision.replace == expected and decision.threshold == pytest.approx(threshold)
+        compared = n - sum(agree)
+        if not oracle:
+            assert sum(decision.replace) <= max(1, math.ceil(max_replace * compared))
 
 
 def test_dpo_loss_by_hand():
@@ -120,3 +181,40 @@ def test_sequence_logps_counts_only_labelled_tokens():
     logits = torch.zeros(1, 4, 5)  # uniform: log p = -log 5 per token
     labels = torch.tensor([[-100, -100, 2, 3]])  # the last two positions are labelled
     assert sequence_logps(logits, labels).item() == pytest.approx(-2 * math.log(5))
+
+
+def test_method_names_as_the_reference_writes_them():
+    assert method_name("ilr", correct=False, oracle=False, suffix="0.15") == "ilr0.15"
+    assert method_name("ilr", correct=True, oracle=True, suffix="0.15") == "cororailr0.15"
+    assert method_name("dpo", correct=False, oracle=True, suffix="0.10.15") == "oradpo0.10.15"
+    assert method_name("naive", correct=True, oracle=False, suffix="0.1") == "cornaive0.1"
+
+
+def test_naive_and_matching_errors_name_the_flag_and_the_cause():
+    with pytest.raises(ConfigError, match=r"^--max_replace must be in \(0, 1\], got 0$"):
+        naive_choice(10, 0, seed=0)
+    with pytest.raises(ConfigError, match="the half-data runs were not trained on this round's labels"):
+        match_proposals(["q1"], [[]])
+
+
+def test_refined_rows_replace_answer_acc_and_score_and_drop_stale_fields():
+    labels = [{"question": "q0", "answer": ["a0", "b0"], "acc": [0.0, 1.0], "gt_answer": "g", "answer_ids": [1, 2],
+               "score": 0.3, "db_name": "x"},
+              {"question": "q1", "answer": "a1", "acc": 1.0, "gt_answer": "g", "answer_ids": [3], "score": 0.4,
+               "db_name": "y"}]  # fmt: skip
+    proposals = [{"question": "q0", "answer": "p0", "acc": 1.0}, {"question": "q1", "answer": ["p1"], "acc": [0.0]}]
+    rows = refined_rows(labels, proposals, [True, False], [0.9, -1.0])
+    assert rows == [
+        {"question": "q0", "gt_answer": "g", "db_name": "x", "answer": "p0", "acc": 1.0, "score": 0.9},
+        {"question": "q1", "gt_answer": "g", "db_name": "y", "answer": "a1", "acc": 1.0, "score": -1.0},
+    ]
+    assert all(isinstance(r["score"], float) for r in rows)
+
+
+def test_default_seeds_and_beta_are_the_reference_values():
+    pairs = [(r, 0, 1) for r in range(20)]
+    scores = [1.0] * 20
+    assert select_preferences(pairs, scores, 0.3) == select_preferences(pairs, scores, 0.3, seed=0)
+    h = torch.tensor([2.0])
+    zero = torch.zeros(1)
+    assert dpo_loss(h, zero, zero, zero)[0].item() == pytest.approx(math.log1p(math.exp(-0.1 * 2.0)))

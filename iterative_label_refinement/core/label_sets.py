@@ -19,6 +19,8 @@ logger = get_logger(__name__)
 
 LABEL_COLUMNS = ("question", "answer", "gt_answer")
 PREFERENCE_COLUMNS = ("question", "chosen", "rejected")
+# Refinement steps carry each label's correctness along (`acc`, None where it was not computed).
+REFINEMENT_COLUMNS = (*LABEL_COLUMNS, "acc")
 
 
 def is_label_set(path: Path) -> bool:
@@ -96,10 +98,20 @@ def label_accuracy(acc: list[Any]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def check_known_acc(ds: Dataset, path: str | Path, purpose: str) -> None:
+    """Oracle feedback and correct-only starts read every row's correctness: None is not a 0."""
+    unknown = sum(first(a) is None for a in ds["acc"])
+    if unknown:
+        raise ConfigError(f"Label set {path} has acc=None in {unknown} of {len(ds)} rows, but {purpose} needs each "
+                          "label's correctness: generate the labels with --compute_weak_label_acc=True")  # fmt: skip
+
+
 def load_current_labels(weak_dir: str | Path, method: str, round_id: int, correct_only: bool = False) -> Dataset:
     """The labels a refinement round starts from; `correct_only` keeps correct round-0 demonstrations."""
-    labels = load_label_set(current_labels_path(weak_dir, method, round_id))
+    path = current_labels_path(weak_dir, method, round_id)
+    labels = load_label_set(path, REFINEMENT_COLUMNS)
     if round_id == 0 and correct_only:
+        check_known_acc(labels, path, "--start_with_correct_labels")
         labels = labels.filter(lambda r: first(r["acc"]) == 1)
     return labels
 

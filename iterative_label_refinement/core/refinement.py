@@ -110,13 +110,17 @@ def sample_pairs(samples: Sequence[str]) -> list[tuple[int, int]]:
     return [(i, i + 1) for i in range(0, len(samples) - 1, 2)]
 
 
-def oracle_pair_score(acc_first: float, acc_second: float) -> float:
-    """P(second is better) from correctness: 1 if only the second is right, 0 if only the first, else 0.5.
+def oracle_pair_score(acc_first: float, acc_second: float, neutral_ties: bool = False) -> float:
+    """P(second is better) from correctness.
 
-    Ties score 0.5, i.e. zero confidence, so they rank last and are kept only if `subsample` asks
-    for more pairs than there are real preferences.
+    Reference rule (default): 1 when the second is correct and the first is not, else 0, so a tie
+    (both right or both wrong) is as confident as a real preference and keeps the first as chosen.
+    `neutral_ties`: a tie scores 0.5 instead (zero confidence), so ties rank last and are kept only
+    when `subsample` asks for more pairs than there are real preferences.
     """
-    return 0.5 + 0.5 * (float(acc_second) - float(acc_first))
+    if neutral_ties:
+        return 0.5 + 0.5 * (float(acc_second) - float(acc_first))
+    return float(float(acc_second) > float(acc_first))
 
 
 @dataclass(frozen=True)
@@ -135,11 +139,17 @@ class Preference:
         return self.score > 0.5
 
 
-def select_preferences(pairs: Sequence[tuple[int, int, int]], scores: Sequence[float],
-                       subsample: float) -> list[Preference]:  # fmt: skip
-    """Rank pairs by confidence |score - 0.5| and keep the top `subsample` fraction (stable on ties)."""
+def select_preferences(pairs: Sequence[tuple[int, int, int]], scores: Sequence[float], subsample: float,
+                       seed: int = 0) -> list[Preference]:  # fmt: skip
+    """Keep the int(n * subsample) most confident pairs (|score - 0.5|), in their original order.
+
+    Pairs of equal confidence are ranked in a seeded random order, as the reference did, so a cut
+    through a tie takes a random subset of it rather than the first prompts.
+    """
     check_fraction("subsample", subsample)
     prefs = [Preference(row, a, b, float(s)) for (row, a, b), s in zip(pairs, scores)]
-    ranked = sorted(range(len(prefs)), key=lambda i: -prefs[i].confidence)
+    shuffled = list(range(len(prefs)))
+    random.Random(seed).shuffle(shuffled)
+    ranked = sorted(shuffled, key=lambda i: -prefs[i].confidence)
     keep = sorted(ranked[: int(len(prefs) * subsample)])
     return [prefs[i] for i in keep]

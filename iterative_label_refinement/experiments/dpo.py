@@ -5,8 +5,10 @@
 
 The round's model drew 6 samples per prompt; samples are paired (0,1), (2,3), (4,5), the evaluator
 says how likely the second is better (both orders, debiased: the reference release asked in one
-order only), and the most confident `subsample` fraction becomes chosen/rejected pairs.
-Writes `<weak run>/<cor?><ora?>dpo<beta><subsample>_<round>_weak_labels`.
+order only), and the most confident `subsample` fraction becomes chosen/rejected pairs; pairs of
+equal confidence are ranked in a seeded random order, as in the reference.
+Writes `<weak run>/<cor?><ora?>dpo<beta><subsample>_<round>_weak_labels` (with `nt` after the
+subsample for `--neutral_oracle_ties`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from datasets import Dataset
 from iterative_label_refinement.core.common import ConfigError, get_logger
 from iterative_label_refinement.core.datasets import get_dataset_config
 from iterative_label_refinement.core.label_sets import (
+    REFINEMENT_COLUMNS,
     already_done,
+    check_known_acc,
     check_round,
     load_label_set,
     refined_path,
@@ -36,9 +40,10 @@ from iterative_label_refinement.core.refinement import (
 logger = get_logger(__name__)
 
 
-def preference_rows(samples: Dataset, extras: tuple[str, ...], scorer, subsample: float) -> list[dict[str, Any]]:
+def preference_rows(samples: Dataset, extras: tuple[str, ...], scorer, subsample: float,
+                    seed: int = 0) -> list[dict[str, Any]]:  # fmt: skip
     """Pair every prompt's samples, score each pair with `scorer(pairs) -> P(second better)`, keep the
-    most confident `subsample` fraction, and return SPEC §3 preference rows."""
+    most confident `subsample` fraction (ties in seeded random order), and return preference rows."""
     rows = list(samples)
     for i, row in enumerate(rows):
         if not isinstance(row["answer"], list) or len(row["answer"]) < 2:
@@ -46,7 +51,7 @@ def preference_rows(samples: Dataset, extras: tuple[str, ...], scorer, subsample
     pairs = [(r, a, b) for r, row in enumerate(rows) for a, b in sample_pairs(row["answer"])]
     scores = scorer(rows, pairs)
     out = []
-    for pref in select_preferences(pairs, scores, subsample):
+    for pref in select_preferences(pairs, scores, subsample, seed):
         row = rows[pref.row]
         chosen, rejected = (pref.second, pref.first) if pref.chosen_is_second else (pref.first, pref.second)
         record = {
@@ -74,13 +79,23 @@ def main(
     start_with_correct_labels: bool = False,
     beta: float = 0.1,
     batch_size: int = 32,
+    neutral_oracle_ties: bool = False,
     force: bool = False,
 ) -> str:
+    """Write the preference pairs of round `round_id` (flags as in the reference, plus):
+
+    batch_size: evaluator batch size. neutral_oracle_ties: with oracle feedback, a pair whose two
+    answers are both right or both wrong scores 0.5 (no preference) instead of the reference's 0.
+    force: redo a finished step.
+    """
     ds_cfg = get_dataset_config(ds_name)
     check_fraction("subsample", subsample)
     check_round(round_id, strong_model_path=strong_model_path)
+    if neutral_oracle_ties and not use_oracle_feedback:
+        raise ConfigError("--neutral_oracle_ties changes oracle scores only: pass --use_oracle_feedback=True too")
+    # The variant writes its own label set ("nt"), so it never passes for a reference-rule run.
     method = method_name("dpo", correct=start_with_correct_labels, oracle=use_oracle_feedback,
-                         suffix=f"{beta}{subsample}")  # fmt: skip
+                         suffix=f"{beta}{subsample}" + ("nt" if neutral_oracle_ties else ""))  # fmt: skip
     out_path = refined_path(weak_model_path, method, round_id)
     if already_done(out_path, force):
         return str(out_path)
@@ -90,7 +105,7 @@ def main(
     if evaluator is None:
 
         def scorer(rows, pairs):
-            return [oracle_pair_score(rows[r]["acc"][a], rows[r]["acc"][b]) for r, a, b in pairs]
+            return [oracle_pair_score(rows[r]["acc"][a], rows[r]["acc"][b], neutral_oracle_ties) for r, a, b in pairs]
 
     else:
 
@@ -100,8 +115,11 @@ def main(
                                    [rows[r]["answer"][a] for r, a, _ in pairs],
                                    [rows[r]["answer"][b] for r, _, b in pairs], batch_size=batch_size).tolist()  # fmt: skip
 
-    samples = load_label_set(Path(strong_model_path) / "weak_labels")
-    rows = preference_rows(samples, ds_cfg.extra_columns, scorer, subsample)
+    samples_path = Path(strong_model_path) / "weak_labels"
+    samples = load_label_set(samples_path, REFINEMENT_COLUMNS)
+    if use_oracle_feedback:
+        check_known_acc(samples, samples_path, "--use_oracle_feedback")
+    rows = preference_rows(samples, ds_cfg.extra_columns, scorer, subsample, seed)
     accs = [r["acc"] for r in rows if r["acc"] is not None]
     logger.info("DPO round %d: kept %d preference pairs; chosen answers correct: %s", round_id, len(rows),
                 f"{sum(accs) / len(accs):.4f}" if accs else "n/a")  # fmt: skip

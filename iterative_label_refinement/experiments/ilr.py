@@ -15,7 +15,9 @@ from pathlib import Path
 from iterative_label_refinement.core.common import get_logger
 from iterative_label_refinement.core.datasets import get_dataset_config
 from iterative_label_refinement.core.label_sets import (
+    REFINEMENT_COLUMNS,
     already_done,
+    check_known_acc,
     check_round,
     first,
     label_accuracy,
@@ -63,7 +65,11 @@ def main(
     evaluator = load_feedback_evaluator(evaluator_path, use_oracle_feedback)
 
     labels = load_current_labels(weak_model_path, method, round_id, start_with_correct_labels)
-    proposal_sets = [load_label_set(Path(p) / "weak_labels") for p in (model1_path, model2_path)]
+    proposal_paths = [Path(p) / "weak_labels" for p in (model1_path, model2_path)]
+    proposal_sets = [load_label_set(p, REFINEMENT_COLUMNS) for p in proposal_paths]
+    if use_oracle_feedback:
+        for ds, path in zip(proposal_sets, proposal_paths):
+            check_known_acc(ds, path, "--use_oracle_feedback")
     questions = list(labels["question"])
     proposals = match_proposals(questions, proposal_sets)
     current = [first(a) for a in labels["answer"]]

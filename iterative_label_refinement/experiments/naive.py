@@ -14,6 +14,7 @@ from pathlib import Path
 from iterative_label_refinement.core.common import get_logger
 from iterative_label_refinement.core.datasets import get_dataset_config
 from iterative_label_refinement.core.label_sets import (
+    REFINEMENT_COLUMNS,
     already_done,
     check_round,
     label_accuracy,
@@ -53,7 +54,7 @@ def main(
     if already_done(out_path, force):
         return str(out_path)
     labels = load_current_labels(weak_model_path, method, round_id, start_with_correct_labels)
-    proposal_sets = [load_label_set(Path(p) / "weak_labels") for p in (model1_path, model2_path)]
+    proposal_sets = [load_label_set(Path(p) / "weak_labels", REFINEMENT_COLUMNS) for p in (model1_path, model2_path)]
     proposals = match_proposals(list(labels["question"]), proposal_sets)
     replace = naive_choice(len(labels), max_replace, seed=seed + round_id)
     rows = refined_rows(labels, proposals, replace, [-1.0] * len(labels))

@@ -1,0 +1,186 @@
+"""Where label sets live, how they are read, which round a run dir is, and refusals of bad label sets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, load_from_disk
+
+from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.label_sets import (
+    LABEL_COLUMNS,
+    REFINEMENT_COLUMNS,
+    already_done,
+    check_known_acc,
+    check_round,
+    current_labels_path,
+    first,
+    is_label_set,
+    label_accuracy,
+    load_current_labels,
+    load_label_set,
+    refined_path,
+    run_round,
+    save_label_set,
+)
+
+
+def rows(n: int, acc=1.0, **extra):
+    return [{"question": f"q{i}", "answer": f"#### {i}", "gt_answer": f"#### {i}", "acc": acc, **extra} for i in range(n)]
+
+
+def test_paths_of_each_round(tmp_path):
+    assert refined_path(tmp_path, "ilr0.15", 2) == tmp_path / "ilr0.15_2_weak_labels"
+    assert current_labels_path(tmp_path, "ilr0.15", 0) == tmp_path / "weak_labels"
+    assert current_labels_path(tmp_path, None, 0) == tmp_path / "weak_labels"
+    assert current_labels_path(tmp_path, "ilr0.15", 1) == tmp_path / "ilr0.15_0_weak_labels"
+    assert current_labels_path(tmp_path, "dpo0.10.15", 3) == tmp_path / "dpo0.10.15_2_weak_labels"
+    with pytest.raises(ConfigError, match="round_id=2 on labels needs a method"):
+        current_labels_path(tmp_path, None, 2)
+
+
+@pytest.mark.parametrize(
+    "name, round_id",
+    [("bs=32-ri=0-s=0", 0), ("ri=12-s=0", 12), ("bs=32-ri=3", 3), ("ri=7", 7), ("a=1-ri=10-b=2", 10)],
+)
+def test_run_round_reads_the_ri_field_only(name, round_id):
+    assert run_round(Path("/x") / name) == round_id
+
+
+@pytest.mark.parametrize("name", ["bs=32-s=0", "xri=1-s=0", "bs=32-ri=-s=0", "bri=1", "ri=1x"])
+def test_a_name_without_a_round_field_is_refused(name):
+    with pytest.raises(ConfigError, match="is not a run dir of experiments.main"):
+        run_round(Path(name))
+
+
+def test_check_round(tmp_path):
+    good = tmp_path / "bs=8-ri=1-s=0"
+    other = tmp_path / "bs=8-ri=11-s=0"
+    good.mkdir()
+    other.mkdir()
+    check_round(1, model1_path=good, model2_path=good)
+    with pytest.raises(ConfigError, match=r"round mismatch: --round_id=1 but .*--model2_path=.* is round 11"):
+        check_round(1, model1_path=good, model2_path=other)
+    with pytest.raises(ConfigError, match="--model1_path=.* does not exist"):
+        check_round(1, model1_path=tmp_path / "bs=8-ri=1-s=1")
+
+
+def test_first_and_label_accuracy():
+    assert first([3, 4]) == 3 and first(5) == 5 and first("ab") == "ab" and first(None) is None
+    assert label_accuracy([1.0, 0.0, 0.0, 1.0]) == 0.5
+    assert label_accuracy([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]) == pytest.approx(2 / 3)  # the first sample counts
+    assert label_accuracy([None, 1.0, 0.0, None]) == 0.5  # unknown rows are left out, not counted as 0
+    assert label_accuracy([None, None]) is None and label_accuracy([]) is None
+
+
+def test_save_shuffles_with_the_seed_and_load_checks_columns(tmp_path, capsys):
+    data = rows(20, extra_col="x")
+    path = Path(save_label_set(data, tmp_path / "set", seed=3))
+    assert capsys.readouterr().out.strip() == str(path) and is_label_set(path)
+    loaded = load_label_set(path)
+    assert sorted(loaded["question"]) == sorted(r["question"] for r in data)
+    assert loaded["question"] != [r["question"] for r in data]  # shuffled
+    again = Path(save_label_set(data, tmp_path / "again", seed=3))
+    assert load_from_disk(str(again))["question"] == loaded["question"]  # the same seed, the same order
+    assert load_label_set(path, ("question",)).num_rows == 20
+    assert save_label_set(data, tmp_path / "dry", seed=0, save=False) == str(tmp_path / "dry")
+    assert not (tmp_path / "dry").exists()
+
+    Dataset.from_list([{"question": "q", "answer": "a"}]).save_to_disk(str(tmp_path / "no_gt"))
+    with pytest.raises(ConfigError, match=r"missing column\(s\) \['gt_answer'\]"):
+        load_label_set(tmp_path / "no_gt")
+    with pytest.raises(ConfigError, match="No label set at"):
+        load_label_set(tmp_path / "nothing")
+    (tmp_path / "empty_dir").mkdir()
+    assert not is_label_set(tmp_path / "empty_dir")
+
+
+def test_already_done(tmp_path, capsys):
+    out = tmp_path / "ilr0.1_0_weak_labels"
+    assert not already_done(out)
+    out.mkdir()
+    assert already_done(out) and capsys.readouterr().out.strip() == str(out)
+    assert not already_done(out, force=True)
+
+
+def test_current_labels_need_acc_and_correct_only_needs_known_acc(tmp_path):
+    weak = tmp_path / "weak"
+    Dataset.from_list([{k: v for k, v in r.items() if k != "acc"} for r in rows(4)]).save_to_disk(
+        str(weak / "weak_labels"))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"missing column\(s\) \['acc'\]"):
+        load_current_labels(weak, "ilr0.1", 0)
+    mixed = rows(6, acc=0.0)
+    mixed[1]["acc"], mixed[4]["acc"] = 1.0, 1.0
+    Dataset.from_list(mixed).save_to_disk(str(tmp_path / "w2" / "weak_labels"))
+    assert load_current_labels(tmp_path / "w2", "ilr0.1", 0).num_rows == 6
+    assert load_current_labels(tmp_path / "w2", "ilr0.1", 0, correct_only=True)["question"] == ["q1", "q4"]
+    # correct_only is a round-0 filter: later rounds read the previous refinement as it is
+    Dataset.from_list(mixed).save_to_disk(str(tmp_path / "w2" / "corilr0.1_0_weak_labels"))
+    assert load_current_labels(tmp_path / "w2", "corilr0.1", 1, correct_only=True).num_rows == 6
+
+    unknown = rows(3, acc=None)
+    Dataset.from_list(unknown).save_to_disk(str(tmp_path / "w3" / "weak_labels"))
+    with pytest.raises(ConfigError, match="acc=None in 3 of 3 rows, but --start_with_correct_labels needs"):
+        load_current_labels(tmp_path / "w3", "corilr0.1", 0, correct_only=True)
+    check_known_acc(Dataset.from_list(rows(2)), "p", "x")
+    with pytest.raises(ConfigError, match="acc=None in 1 of 2 rows"):
+        check_known_acc(Dataset.from_list([{"acc": [1.0, 0.0]}, {"acc": [None, 1.0]}]), "p", "oracle feedback")
+    assert REFINEMENT_COLUMNS == (*LABEL_COLUMNS, "acc")
+
+
+@pytest.mark.parametrize("drop_acc", [True, False])
+def test_ilr_oracle_on_proposals_without_correctness_exits_2_and_writes_nothing(tmp_path, drop_acc):
+    """No traceback and no label set: one line naming the set and what is missing."""
+    weak = tmp_path / "weak"
+    Dataset.from_list(rows(4)).save_to_disk(str(weak / "weak_labels"))
+    halves = []
+    for h in (1, 2):
+        half = tmp_path / f"bs=8-hd={h}-ri=0-s=0"
+        data = rows(4, acc=None)
+        if drop_acc:
+            data = [{k: v for k, v in r.items() if k != "acc"} for r in data]
+        Dataset.from_list(data).save_to_disk(str(half / "weak_labels"))
+        halves.append(half)
+    cmd = [sys.executable, "-m", "iterative_label_refinement.experiments.ilr", "--ds_name=toy_arith",
+           f"--weak_model_path={weak}", f"--model1_path={halves[0]}", f"--model2_path={halves[1]}",
+           "--round_id=0", "--use_oracle_feedback=True"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Label set") and "Traceback" not in proc.stderr
+    assert ("missing column(s) ['acc']" if drop_acc else "acc=None in 4 of 4 rows") in lines[0]
+    assert sorted(p.name for p in weak.iterdir()) == ["weak_labels"]
+
+
+def test_error_messages_name_the_path_and_the_round(tmp_path, caplog):
+    with pytest.raises(ConfigError, match="needs a method to find <method>_2_weak_labels"):
+        current_labels_path(tmp_path, None, 3)
+    a, b = tmp_path / "x-ri=2", tmp_path / "y-ri=3"
+    a.mkdir()
+    b.mkdir()
+    with pytest.raises(ConfigError) as error:
+        check_round(1, model1_path=a, model2_path=b)
+    assert str(error.value).endswith(f"--model1_path={a} is round 2, --model2_path={b} is round 3")
+    Dataset.from_list([{"question": "q", "answer": "a"}]).save_to_disk(str(tmp_path / "no_gt"))
+    with pytest.raises(ConfigError, match=f"^Label set {tmp_path / 'no_gt'} is missing"):
+        load_label_set(tmp_path / "no_gt")
+    Dataset.from_list(rows(2, acc=None)).save_to_disk(str(tmp_path / "w" / "weak_labels"))
+    with pytest.raises(ConfigError) as error:
+        load_current_labels(tmp_path / "w", "corilr0.1", 0, correct_only=True)
+    assert str(error.value) == (f"Label set {tmp_path / 'w' / 'weak_labels'} has acc=None in 2 of 2 rows, but "
+                                "--start_with_correct_labels needs each label's correctness: generate the labels "
+                                "with --compute_weak_label_acc=True")  # fmt: skip
+    out = tmp_path / "done"
+    out.mkdir()
+    with caplog.at_level("INFO"):
+        assert already_done(out)
+    assert f"{out} exists, nothing to do (pass --force to redo)" in caplog.text
+
+
+@pytest.mark.parametrize("marker", ["dataset_info.json", "state.json"])
+def test_either_datasets_file_marks_a_label_set(tmp_path, marker):
+    (tmp_path / marker).write_text("{}")
+    assert is_label_set(tmp_path)
