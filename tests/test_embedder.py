@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from iterative_label_refinement.core.common import ConfigError
-from iterative_label_refinement.core.embedder import ApiEmbedder, LocalEmbedder, get_embedder
+from iterative_label_refinement.core.embedder import ApiEmbedder, ApiError, LocalEmbedder, get_embedder
 
 TEXTS = [
     "I can't help with making weapons, but I can explain how to stay safe.",
@@ -63,6 +63,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.failures:
             self.server.failures -= 1
             status, payload = 500, {"error": {"message": "busy"}}
+        elif self.server.reply is not None:
+            status, payload = 200, self.server.reply
         else:  # unnormalised vectors, listed in reverse index order
             data = [
                 {"object": "embedding", "index": i, "embedding": [len(t), 1.0, 0.0]}
@@ -83,7 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_api():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.requests, server.failures = [], 0
+    server.requests, server.failures, server.reply = [], 0, None
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
@@ -114,3 +116,20 @@ def test_get_embedder_from_settings(fake_api, monkeypatch):
     assert fake_api.requests[0]["body"]["model"] == "env-embedder"
     with pytest.raises(ConfigError, match="'nope'"):
         get_embedder("nope")
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        ({"error": {"message": "model not found"}}, "model not found"),
+        ({"data": [{"index": 0, "embedding": [1.0, 0.0]}]}, '"index": 0'),  # one vector for two texts
+        ({"data": [{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": None}]}, "null"),
+    ],
+)
+def test_api_embedder_refuses_unusable_replies(fake_api, reply, problem):
+    fake_api.reply = reply
+    base_url = f"http://127.0.0.1:{fake_api.server_address[1]}/v1"
+    with pytest.raises(ApiError, match="answered HTTP 200 without 2 embeddings") as info:
+        ApiEmbedder("emb-model", base_url, batch_size=2, backoff_s=0.01).embed(["a", "b"])
+    assert f"{base_url}/embeddings" in str(info.value) and problem in str(info.value)
+    assert len(fake_api.requests) == 1  # a well-formed but unusable reply is not retried

@@ -129,6 +129,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.failures = 0
         self.fail_status = 500
         self.top_logprobs = [{"token": "A", "logprob": math.log(0.6)}, {"token": "B", "logprob": math.log(0.2)}]
+        self.raw_reply: bytes | None = None  # when set, every 200 reply is exactly these bytes
         self.lock = threading.Lock()
 
     @property
@@ -148,6 +149,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fail:
             self._reply(self.server.fail_status, {"error": {"message": "try again"}})
             return
+        if self.server.raw_reply is not None:
+            self._send(200, self.server.raw_reply)
+            return
         first = self.server.top_logprobs[0] if self.server.top_logprobs else {"token": "X", "logprob": 0.0}
         content = [{"token": first["token"], "logprob": first["logprob"], "top_logprobs": self.server.top_logprobs}]
         choice = {
@@ -158,7 +162,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, {"id": "x", "object": "chat.completion", "choices": [choice]})
 
     def _reply(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
+        self._send(status, json.dumps(payload).encode())
+
+    def _send(self, status: int, data: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -213,12 +219,39 @@ def test_api_judge_request_shape_retries_and_cache(fake_api, tmp_path):
         ([{"token": "A", "logprob": math.log(0.9)}], 1.0),
         ([{"token": " B", "logprob": math.log(0.9)}, {"token": "C", "logprob": math.log(0.05)}], 0.0),
         ([{"token": "C", "logprob": 0.0}], 0.5),
-        ([], 0.5),
     ],
 )
 def test_api_judge_missing_tokens(fake_api, tmp_path, top, expected):
     fake_api.top_logprobs = top
     assert _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"]) == [expected]
+
+
+LOGPROBS_IGNORED = {  # what a server that ignores `logprobs` sends back
+    "id": "x",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "A"}, "logprobs": None}],
+}
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (json.dumps(LOGPROBS_IGNORED).encode(), "without the first token's top log-probabilities"),
+        (b'{"id": "x", "error": "overloaded"}', "without the first token's top log-probabilities"),
+        (json.dumps({"choices": [{"logprobs": {"content": [{"top_logprobs": []}]}}]}).encode(), "top log-prob"),
+        (b"<html>502 Bad Gateway</html>", "with no JSON object (try 4)"),
+    ],
+)
+def test_api_judge_unusable_reply_raises_and_caches_nothing(fake_api, tmp_path, raw, problem):
+    fake_api.raw_reply = raw
+    with pytest.raises(ApiError) as info:
+        _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"])
+    message = str(info.value)
+    assert message.startswith(f"{fake_api.base_url}/chat/completions answered HTTP 200 ")
+    assert problem in message and raw.decode()[:20] in message  # what the server said
+    assert list(tmp_path.rglob("*")) == []  # nothing cached: a fixed server is asked again
+    assert len(fake_api.requests) == (4 if b"html" in raw else 1)  # only a non-JSON reply is retried
+    fake_api.raw_reply = None
+    assert _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"]) == [pytest.approx(0.75)]
 
 
 def test_api_judge_gives_up_clearly(fake_api, tmp_path):

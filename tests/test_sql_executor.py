@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from iterative_label_refinement.core import sql_executor
 from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.sql_executor import QueryFailed, execute_pairs, rows_match, single_statement
-from iterative_label_refinement.metrics.eval_bird import accuracy_by_difficulty, bird_eval_func, same_execution_result
+from iterative_label_refinement.metrics.eval_bird import (
+    accuracy_by_difficulty,
+    bird_eval_func,
+    check_bird_databases,
+    same_execution_result,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Real data: Spider dev (same layout as BIRD)
@@ -56,7 +67,7 @@ def test_spider_gold_against_another_question(spider):
             preds.append(other["query"])
             golds.append(row["query"])
             dbs.append(row["db_id"])
-    records = execute_pairs(preds, golds, dbs, root, workers=1)
+    records = execute_pairs(preds, golds, dbs, root, in_process=True)
     expected = [int(_plain_rows(root, d, p) == _plain_rows(root, d, g)) for p, g, d in zip(preds, golds, dbs)]
     assert [r["score"] for r in records] == expected
     assert expected.count(0) > 0.8 * len(expected)  # most differ, and those all score 0
@@ -102,6 +113,7 @@ HOSTILE = [
     "VACUUM INTO 'copy.db'",
     "SELECT 1; DROP TABLE item",
     "SELECT count(*) FROM item; DELETE FROM item;",
+    "UPDATE sqlite_master SET sql = ''",  # allowed by the authorizer for table-valued pragmas only
 ]
 
 
@@ -109,13 +121,16 @@ HOSTILE = [
 def test_hostile_sql_scores_zero_and_changes_nothing(db_root, sql):
     db = db_root / "shop" / "shop.sqlite"
     before, listing = _sha256(db), _folder_listing(db_root)
-    [record] = execute_pairs([sql], ["SELECT count(*) FROM item"], ["shop"], db_root, workers=1)
+    [record] = execute_pairs([sql], ["SELECT count(*) FROM item"], ["shop"], db_root, in_process=True)
     assert record["score"] == 0
     assert record["reason"].startswith("error: predicted SQL: ")
     assert _sha256(db) == before
     assert _folder_listing(db_root) == listing  # ATTACH / VACUUM INTO created no file
     # and the database still answers
-    assert execute_pairs(["SELECT count(*) FROM item"], ["SELECT 1000"], ["shop"], db_root, workers=1)[0]["score"] == 1
+    assert (
+        execute_pairs(["SELECT count(*) FROM item"], ["SELECT 1000"], ["shop"], db_root, in_process=True)[0]["score"]
+        == 1
+    )
 
 
 def test_hostile_batch_in_the_pool_keeps_order_and_files(db_root):
@@ -133,7 +148,7 @@ def test_never_ending_query_stops_at_the_timeout(db_root):
     before = _sha256(db)
     forever = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c"
     start = time.monotonic()
-    [record] = execute_pairs([forever], ["SELECT 1"], ["shop"], db_root, timeout=1.0, workers=1)
+    [record] = execute_pairs([forever], ["SELECT 1"], ["shop"], db_root, timeout=1.0, in_process=True)
     assert time.monotonic() - start < 2.0
     assert record["score"] == 0 and record["reason"].startswith("timeout: predicted SQL")
     assert _sha256(db) == before
@@ -143,15 +158,141 @@ def test_huge_cross_join_is_capped(db_root):
     """10^12 rows: stopped by the row cap (or the deadline) without exhausting memory."""
     cross = "SELECT * FROM item a, item b, item c, item d"
     start = time.monotonic()
-    [record] = execute_pairs([cross], ["SELECT 1"], ["shop"], db_root, timeout=3.0, max_rows=100_000, workers=1)
+    [record] = execute_pairs([cross], ["SELECT 1"], ["shop"], db_root, timeout=3.0, max_rows=100_000, in_process=True)
     assert time.monotonic() - start < 4.0
     assert record["score"] == 0
     assert record["reason"] == "error: predicted SQL: more than 100000 result rows (result-size cap)"
 
 
 def test_gold_side_failures_are_reported_as_gold(db_root):
-    [record] = execute_pairs(["SELECT 1"], ["SELECT nope FROM item"], ["shop"], db_root, workers=1)
+    [record] = execute_pairs(["SELECT 1"], ["SELECT nope FROM item"], ["shop"], db_root, in_process=True)
     assert record == {"score": 0, "reason": "error: gold SQL: no such column: nope", "seconds": record["seconds"]}
+
+
+@pytest.mark.parametrize("in_process", [True, False])
+def test_wal_database_is_read_without_any_file_appearing(tmp_path, in_process):
+    """A WAL-mode database: unchanged, and no -wal/-shm file beside it (plain `mode=ro` creates both)."""
+    db = tmp_path / "dbs" / "walled" / "walled.sqlite"
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    conn.execute("CREATE TABLE t (x)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(50)])
+    conn.commit()
+    conn.close()  # the last connection checkpoints and removes its -wal and -shm files
+    before, listing = _sha256(db), _folder_listing(tmp_path)
+    assert listing == ["dbs", "dbs/walled", "dbs/walled/walled.sqlite"]
+    records = execute_pairs(
+        ["SELECT sum(x) FROM t", "DELETE FROM t"],
+        [f"SELECT {sum(range(50))}", "SELECT 1"],
+        ["walled"] * 2,
+        tmp_path / "dbs",
+        in_process=in_process,
+    )
+    assert [r["score"] for r in records] == [1, 0]
+    assert _sha256(db) == before
+    assert _folder_listing(tmp_path) == listing
+
+
+def test_changes_left_in_a_wal_file_are_refused_not_ignored(tmp_path):
+    db = tmp_path / "dbs" / "walled" / "walled.sqlite"
+    db.parent.mkdir(parents=True)
+    writer = sqlite3.connect(db)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("INSERT INTO t VALUES (1)")
+    writer.commit()  # still open: the change lives in the -wal file only
+    try:
+        [record] = execute_pairs(["SELECT x FROM t"], ["SELECT 1"], ["walled"], tmp_path / "dbs", in_process=True)
+    finally:
+        writer.close()
+    assert record["score"] == 0
+    assert (
+        "walled.sqlite-wal' holds changes" in record["reason"] or "walled.sqlite-wal holds changes" in record["reason"]
+    )
+
+
+def test_table_valued_pragmas_are_reads(db_root):
+    columns = "SELECT name FROM pragma_table_info('item') ORDER BY cid"
+    records = execute_pairs(
+        [columns, "PRAGMA table_info(item)"],
+        ["SELECT 'id' UNION SELECT 'name' UNION SELECT 'price'", columns],
+        ["shop"] * 2,
+        db_root,
+        in_process=True,
+    )
+    assert records[0]["reason"] == "ok"
+    assert records[1]["reason"] == "mismatch"  # six columns against one: executed, not refused
+
+
+HUGE_SINGLE_CALLS = {
+    # No progress handler runs inside one C call: this one takes about 25 s without a limit.
+    "instr": "SELECT instr(printf('%.*c', 15000000, 'a'), printf('%.*c', 100000, 'a') || 'b')",
+    "randomblob": "SELECT length(randomblob(2000000000))",
+    "zeroblob": "SELECT hex(zeroblob(1000000000))",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HUGE_SINGLE_CALLS))
+def test_a_huge_single_sqlite_call_stops_within_timeout_plus_one_second(db_root, name):
+    timeout = 1.0
+    start = time.monotonic()
+    [record, after] = execute_pairs(
+        [HUGE_SINGLE_CALLS[name], "SELECT 1"], ["SELECT 1", "SELECT 1"], ["shop"] * 2, db_root, timeout=timeout,
+        workers=2,
+    )  # fmt: skip
+    assert record["score"] == 0 and after["score"] == 1
+    assert record["seconds"] < timeout + 1.0 + 0.2  # stopped within timeout + 1 s (0.2 s for the pipes)
+    assert time.monotonic() - start < timeout + 5.0  # and the batch went on (a loose bound: no timing test)
+    expected = {
+        "instr": "timeout: ran past the time limit (1 s) inside one SQLite call; worker killed",
+        "randomblob": "error: predicted SQL: string or blob too big",
+        "zeroblob": "error: predicted SQL: string or blob too big",
+    }[name]
+    assert record["reason"] == expected
+
+
+def test_a_result_large_in_bytes_under_the_row_cap_is_refused(db_root):
+    big = "SELECT printf('%.*c', 1000, 'y') || id FROM item"  # 1,000 rows of about 1 KB
+    [record] = execute_pairs([big], ["SELECT 1"], ["shop"], db_root, max_bytes=500_000, workers=2)
+    assert record["reason"] == "error: predicted SQL: more than 500000 bytes of result values (result-size cap)"
+    [fits] = execute_pairs([big], [big], ["shop"], db_root, max_bytes=2_000_000, workers=2)
+    assert fits["reason"] == "ok"
+
+
+def test_a_worker_killed_by_the_os_does_not_score_its_pairs_zero(db_root):
+    slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 400000) SELECT count(*) FROM c"
+    execute_pairs(["SELECT 1"], ["SELECT 1"], ["shop"], db_root, workers=2)  # start the pool
+    victim = sql_executor._POOL.workers[0].proc.pid
+    threading.Timer(0.3, os.kill, (victim, signal.SIGKILL)).start()
+    records = execute_pairs([slow] * 12, ["SELECT 400000"] * 12, ["shop"] * 12, db_root, workers=2)
+    assert [r["reason"] for r in records] == ["ok"] * 12
+    assert victim not in [w.proc.pid for w in sql_executor._POOL.workers]
+
+
+SCRIPT = """
+from iterative_label_refinement.metrics.eval_bird import bird_eval_func
+
+gold = [f"SELECT name FROM item WHERE id < {n}" for n in range(1, 41)]
+scores = bird_eval_func(gold, gold, ["shop"] * len(gold), ROOT)
+print("SCORES", sum(scores), len(scores))
+"""
+
+
+@pytest.mark.parametrize("how", ["stdin", "file without a main guard"])
+def test_scripts_without_a_main_guard_or_read_from_stdin_score_through_the_pool(db_root, tmp_path, how):
+    script = SCRIPT.replace("ROOT", repr(str(db_root)))
+    env = dict(os.environ, ILR_BIRD_DB_URLS="")
+    if how == "stdin":
+        run = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, env=env, timeout=120)
+    else:
+        path = tmp_path / "score.py"
+        path.write_text(script)
+        run = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "SCORES 40 40"
+    assert "'ok': 40" in run.stderr  # the metric's log line: every pair ran and matched
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +317,7 @@ def test_bad_input_scores_zero_with_reasons(db_root, tmp_path):
     assert "None is not a plain folder name" in reasons[3]
     assert reasons[4] == reasons[5] == "error: predicted SQL: empty SQL"
     assert reasons[6] == "error: predicted SQL: SQL must be a string, got NoneType"
-    missing_root = execute_pairs([good], [good], ["shop"], tmp_path / "nowhere", workers=1)[0]
+    missing_root = execute_pairs([good], [good], ["shop"], tmp_path / "nowhere", in_process=True)[0]
     assert missing_root["score"] == 0 and "database root" in missing_root["reason"]
 
 
@@ -199,7 +340,7 @@ def test_per_database_urls(db_root, tmp_path):
         ["SELECT 1000", "SELECT 1", "SELECT 1", "SELECT 1"],
         ["elsewhere", "elsewhere", "gone", "mysqldb"],
         db_urls=urls,
-        workers=1,
+        in_process=True,
     )
     assert [r["score"] for r in records] == [1, 0, 0, 0]
     assert "not authorized" in records[1]["reason"]
@@ -260,3 +401,10 @@ def test_accuracy_by_difficulty():
     assert accuracy_by_difficulty([1, 0], [{"question": "q"}, {"question": "r"}]) == {
         "all": {"accuracy": 0.5, "count": 2}
     }
+
+
+def test_check_bird_databases(db_root, monkeypatch):
+    monkeypatch.delenv("ILR_BIRD_DB_URLS", raising=False)
+    check_bird_databases(["shop", "shop"], db_root)
+    with pytest.raises(ConfigError, match="unknown database 'cars'"):
+        check_bird_databases(["shop", "cars"], db_root)

@@ -37,6 +37,16 @@ class ApiError(RuntimeError):
     """An OpenAI-compatible API call that failed for good (after retries, or with a non-retryable status)."""
 
 
+def api_url(base_url: str, path: str) -> str:
+    return base_url.rstrip("/") + "/" + path.lstrip("/")
+
+
+def bad_reply(url: str, problem: str, reply: object) -> ApiError:
+    """The error for an HTTP 200 reply that cannot be used: the URL, the problem and what the server said."""
+    text = reply if isinstance(reply, str) else json.dumps(reply)
+    return ApiError(f"{url} answered HTTP 200 {problem}; the server said: {text[:300]}")
+
+
 def post_json(
     base_url: str,
     path: str,
@@ -47,11 +57,12 @@ def post_json(
     backoff_s: float = 1.0,
     timeout_s: float = 120.0,
 ) -> dict[str, Any]:
-    """POST `body` to `<base_url>/<path>`; retry rate limits, server errors and network errors.
+    """POST `body` to `<base_url>/<path>`; retry rate limits, server errors, network errors and non-JSON replies.
 
-    The wait doubles after each failed try (from `backoff_s`, at most 60 s).
+    The wait doubles after each failed try (from `backoff_s`, at most 60 s). A reply that is not a
+    JSON object (e.g. a proxy's error page) is retried, then raised with the URL and what came back.
     """
-    url = base_url.rstrip("/") + "/" + path.lstrip("/")
+    url = api_url(base_url, path)
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -61,7 +72,16 @@ def post_json(
         request = urllib.request.Request(url, data=data, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                return json.loads(response.read())
+                raw = response.read()
+            try:
+                reply = json.loads(raw)
+            except ValueError:
+                reply = None
+            if isinstance(reply, dict):
+                return reply
+            if attempt == max_retries:
+                raise bad_reply(url, f"with no JSON object (try {attempt + 1})", raw.decode(errors="replace"))
+            logger.warning("%s answered HTTP 200 with no JSON object; retrying", url)
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:500].decode(errors="replace")
             if exc.code in (401, 403):
@@ -173,11 +193,25 @@ class ApiEmbedder(Embedder):
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
             body = {"model": self.model, "input": batch}
-            data = post_json(self.base_url, "embeddings", body, self.api_key, **self.request_kwargs)["data"]
-            vectors += [item["embedding"] for item in sorted(data, key=lambda item: item["index"])]
+            reply = post_json(self.base_url, "embeddings", body, self.api_key, **self.request_kwargs)
+            vectors += self._vectors(reply, len(batch))
         if not vectors:
             return np.zeros((0, 0), dtype=np.float32)
         return _normalise(np.asarray(vectors, dtype=np.float64))
+
+    def _vectors(self, reply: dict[str, Any], n: int) -> list[list[float]]:
+        """The batch's vectors in input order; ApiError unless there is one numeric vector per text."""
+        data = reply.get("data")
+        ok = isinstance(data, list) and len(data) == n
+        ok = ok and all(isinstance(item, dict) and isinstance(item.get("embedding"), list) for item in data)
+        if ok:
+            data = sorted(data, key=lambda item: item.get("index", -1))
+            ok = [item.get("index") for item in data] == list(range(n))
+            vectors = [item["embedding"] for item in data]
+            ok = ok and len({len(v) for v in vectors}) == 1 and all(isinstance(x, (int, float)) for x in vectors[0])
+        if not ok:
+            raise bad_reply(api_url(self.base_url, "embeddings"), f"without {n} embeddings indexed 0..{n - 1}", reply)
+        return vectors
 
 
 def get_embedder(backend: str | None = None) -> Embedder:

@@ -13,7 +13,13 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict
 
-from iterative_label_refinement.core.common import ConfigError, get_data_path, get_logger, save_to_disk_atomic
+from iterative_label_refinement.core.common import (
+    ConfigError,
+    get_data_path,
+    get_logger,
+    save_to_disk_atomic,
+    write_json,
+)
 
 logger = get_logger(__name__)
 
@@ -29,24 +35,49 @@ HOW_TO = {
 }
 
 
-def _read_json_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
-    """A json list or jsonl file; every row must have `required` fields."""
-    text = path.read_text()
+def _read_json_rows(path: Path, fields: dict[str, type | tuple[type, ...]]) -> list[dict[str, Any]]:
+    """A json list or jsonl file of objects; every row has each of `fields`, of its type (not null).
+
+    Errors name the file, the row (and the line of a jsonl file) and the field.
+    """
     try:
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: bytes that are not UTF-8 ({e.reason} at byte {e.start})") from e
+    lines: list[int] = []  # the line of each row (jsonl only)
+    if path.suffix == ".jsonl":
+        rows = []
+        for number, line_text in enumerate(text.splitlines(), start=1):
+            if line_text.strip():
+                try:
+                    rows.append(json.loads(line_text))
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{path}: line {number}: not valid JSON ({e.msg}, column {e.colno})") from e
+                lines.append(number)
+    else:
+        try:
             rows = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: line {e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from e
     if isinstance(rows, dict) and "instructions" in rows:
-        raise ConfigError(f"{path}: an evaluation instruction list, not training rows with {required}")
+        raise ConfigError(f"{path}: an evaluation instruction list, not training rows with {list(fields)}")
     if not isinstance(rows, list):
-        raise ConfigError(f"{path}: expected a list of objects with fields {required}")
+        raise ConfigError(f"{path}: expected a list of objects with fields {list(fields)}")
+    if not rows:
+        raise ConfigError(f"{path}: no rows (an empty file or list); expected objects with fields {list(fields)}")
     for i, row in enumerate(rows):
-        missing = [f for f in required if not isinstance(row, dict) or f not in row]
-        if missing:
-            raise ConfigError(f"{path}: row {i} is missing field(s) {missing} (required: {list(required)})")
+        where = f"row {i}" + (f" (line {lines[i]})" if lines else "")
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}: {where} is a {type(row).__name__}, not an object with fields {list(fields)}")
+        missing = [f for f in fields if f not in row]
+        if missing:  # "row N is missing field(s) [...]", the line of a jsonl file at the end
+            line = f" (line {lines[i]})" if lines else ""
+            raise ConfigError(f"{path}: row {i} is missing field(s) {missing} (required: {list(fields)}){line}")
+        for field, kind in fields.items():
+            if not isinstance(row[field], kind) or isinstance(row[field], bool):
+                names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+                raise ConfigError(f"{path}: {where}: field {field!r} is {row[field]!r}, expected {names}")
     return rows
 
 
@@ -73,7 +104,7 @@ def prepare_gsm8k(raw: Path) -> DatasetDict:
         path = raw / f"{split}.jsonl" if raw.is_dir() else None
         if path is None or not path.is_file():
             raise ConfigError(f"GSM8K: missing {raw / f'{split}.jsonl'}. {HOW_TO['gsm8k']}")
-        rows = _read_json_rows(path, ("question", "answer"))
+        rows = _read_json_rows(path, {"question": str, "answer": str})
         out[split] = Dataset.from_list([{"question": r["question"], "answer": r["answer"]} for r in rows])
     return DatasetDict(out)
 
@@ -93,6 +124,23 @@ def schema_text(db: dict[str, Any]) -> str:
     return "\n".join(f"CREATE TABLE `{t}` (\n  " + ",\n  ".join(cols) + "\n);" for t, cols in zip(tables, columns))
 
 
+def _check_table_metadata(path: Path, i: int, db: dict[str, Any]) -> None:
+    """ConfigError naming the row and field of a malformed tables.json entry."""
+    where = f"{path}: row {i} (db_id {db['db_id']!r})"
+    tables, columns, types = db["table_names_original"], db["column_names_original"], db["column_types"]
+    if not all(isinstance(t, str) for t in tables):
+        raise ConfigError(f"{where}: field 'table_names_original' must be a list of names")
+    for j, column in enumerate(columns):
+        ok = isinstance(column, list) and len(column) == 2 and isinstance(column[1], str)
+        if not ok or not isinstance(column[0], int) or not -1 <= column[0] < len(tables):
+            raise ConfigError(
+                f"{where}: field 'column_names_original' item {j} is {column!r}; expected [table index "
+                f"-1..{len(tables) - 1}, name]"
+            )
+    if len(types) != len(columns) or not all(isinstance(t, str) for t in types):
+        raise ConfigError(f"{where}: field 'column_types' must list one type name per column ({len(columns)})")
+
+
 def bird_question(schema: str, question: str, evidence: str) -> str:
     """The text-to-SQL prompt: schema, question, and BIRD's external-knowledge evidence."""
     text = f"Database schema:\n{schema}\n\nQuestion: {question}"
@@ -102,13 +150,19 @@ def bird_question(schema: str, question: str, evidence: str) -> str:
 
 
 def _bird_rows(questions_path: Path, tables_path: Path) -> list[dict[str, Any]]:
-    tables = _read_json_rows(tables_path, ("db_id", "table_names_original", "column_names_original", "column_types"))
+    table_fields = {"db_id": str, "table_names_original": list, "column_names_original": list, "column_types": list}
+    tables = _read_json_rows(tables_path, table_fields)
+    for i, db in enumerate(tables):
+        _check_table_metadata(tables_path, i, db)
     schemas = {db["db_id"]: schema_text(db) for db in tables}
     rows = []
-    for i, r in enumerate(_read_json_rows(questions_path, ("db_id", "question"))):
+    for i, r in enumerate(_read_json_rows(questions_path, {"db_id": str, "question": str})):
         sql = r.get("SQL", r.get("query"))
-        if sql is None:
-            raise ConfigError(f"{questions_path}: row {i} is missing field 'SQL' (or Spider's 'query')")
+        if not isinstance(sql, str) or not sql.strip():
+            raise ConfigError(f"{questions_path}: row {i}: field 'SQL' (or Spider's 'query') is {sql!r}, expected SQL")
+        for field in ("evidence", "difficulty"):
+            if not isinstance(r.get(field, ""), str):
+                raise ConfigError(f"{questions_path}: row {i}: field {field!r} is {r[field]!r}, expected a string")
         if r["db_id"] not in schemas:
             raise ConfigError(f"{questions_path}: row {i} names db_id {r['db_id']!r}, absent from {tables_path}")
         schema = schemas[r["db_id"]]
@@ -127,7 +181,7 @@ def _bird_rows(questions_path: Path, tables_path: Path) -> list[dict[str, Any]]:
 def prepare_bird(raw: Path, test_fraction: float = 0.2, seed: int = 0) -> DatasetDict:
     """train.json/train_tables.json -> train, dev.json/dev_tables.json -> test.
 
-    With only the dev files (BIRD's train set is large and shipped separately), dev is split
+    With only one of the two (BIRD's train set is large and shipped separately), that one is split
     `test_fraction` for test, with a warning.
     """
     if not raw.is_dir():
@@ -140,9 +194,9 @@ def prepare_bird(raw: Path, test_fraction: float = 0.2, seed: int = 0) -> Datase
             found[split] = _bird_rows(q, t)
     if "train" in found and "dev" in found:
         return DatasetDict({"train": Dataset.from_list(found["train"]), "test": Dataset.from_list(found["dev"])})
-    if "dev" in found:
-        logger.warning("BIRD: no train.json in %s; splitting dev %.0f%% for test", raw, 100 * test_fraction)
-        return _split(found["dev"], test_fraction, seed)
+    for split, rows in found.items():
+        logger.warning("BIRD: only %s.json in %s; splitting it %.0f%% for test", split, raw, 100 * test_fraction)
+        return _split(rows, test_fraction, seed)
     raise ConfigError(f"BIRD: found no dev.json/train.json with a tables file in {raw}. {HOW_TO['bird']}")
 
 
@@ -152,9 +206,11 @@ def prepare_bird(raw: Path, test_fraction: float = 0.2, seed: int = 0) -> Datase
 
 
 def _instruction_rows(path: Path, category: str) -> list[dict[str, Any]]:
-    rows = _read_json_rows(path, ("instruction", "output"))
+    rows = _read_json_rows(path, {"instruction": str, "output": str})
     out = []
-    for r in rows:
+    for i, r in enumerate(rows):
+        if not isinstance(r.get("input", ""), str):
+            raise ConfigError(f"{path}: row {i}: field 'input' is {r['input']!r}, expected a string")
         question = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
         out.append({"question": question, "answer": r["output"], "category": category})
     return out
@@ -164,14 +220,21 @@ def prepare_saferpaca(raw: Path, test_fraction: float = 0.1, seed: int = 0) -> D
     """General (Alpaca-format) instructions plus SaferPaca's safety rows, each with a `category`."""
     if not raw.is_dir():
         raise ConfigError(f"SaferPaca: --raw_path must be a folder, got {raw}. {HOW_TO['saferpaca']}")
-    safety = sorted(raw.rglob("safety_only_data_Instructions.json"))
-    general = sorted(p for p in raw.rglob("*alpaca*.json") if "evaluation" not in p.parts)
-    if not safety or not general:
-        raise ConfigError(
-            f"SaferPaca: need safety_only_data_Instructions.json and an *alpaca*.json under {raw}. {HOW_TO['saferpaca']}"
-        )
-    rows = _instruction_rows(general[0], "general") + _instruction_rows(safety[0], "safety")
+    safety = _one_file(raw, "safety_only_data_Instructions.json")
+    general = _one_file(raw, "*alpaca*.json")
+    rows = _instruction_rows(general, "general") + _instruction_rows(safety, "safety")
     return _split(rows, test_fraction, seed)
+
+
+def _one_file(raw: Path, pattern: str) -> Path:
+    """The one file under `raw` whose name matches `pattern` (by file name only, case-sensitive)."""
+    matches = sorted(p for p in raw.rglob(pattern) if p.is_file())
+    if len(matches) != 1:
+        found = f"found {len(matches)}: {[str(p) for p in matches]}" if matches else "found none"
+        raise ConfigError(
+            f"SaferPaca: need exactly one file named {pattern} under {raw}, {found}. {HOW_TO['saferpaca']}"
+        )
+    return matches[0]
 
 
 PREPARERS = {"gsm8k": prepare_gsm8k, "bird": prepare_bird, "saferpaca": prepare_saferpaca}
@@ -190,16 +253,60 @@ def _from_hub(ds_name: str) -> DatasetDict:
     return DatasetDict({s: dd[s].select_columns(["question", "answer"]) for s in ("train", "test")})
 
 
+MARKER = ".ilr_prepared.json"  # written into every dataset folder this module prepares
+
+
+class _Prepared:
+    """A DatasetDict that saves itself with the marker, for `save_to_disk_atomic`."""
+
+    def __init__(self, dd: DatasetDict, info: dict[str, Any]):
+        self.dd, self.info = dd, info
+
+    def save_to_disk(self, path: str) -> None:
+        self.dd.save_to_disk(path)
+        write_json(Path(path) / MARKER, self.info)
+
+
+def prepared_here(path: Path) -> bool:
+    """A folder this module wrote: its marker, or (before the marker existed) only a train/test DatasetDict."""
+    if (path / MARKER).is_file():
+        return True
+    entries = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    return entries == {"dataset_dict.json", "train", "test"}
+
+
+def _check_out_path(out: Path, force: bool) -> bool:
+    """True when `out` already holds a prepared dataset and `force` is off (nothing to do).
+
+    Refuses, with or without `force`, anything else already there: a file, or a folder with files
+    this module did not write. `--force` replaces only a dataset prepared here.
+    """
+    if not out.exists() and not out.is_symlink():
+        return False
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        return False
+    if out.is_dir() and not out.is_symlink() and prepared_here(out):
+        return not force
+    what = "a folder with files not written by prepare_data" if out.is_dir() else "a file"
+    raise ConfigError(
+        f"--out_path={out} is {what}; refusing to replace it (with or without --force). "
+        "Pass a new or empty folder, or a dataset folder prepare_data wrote."
+    )
+
+
 def main(ds_name: str, raw_path: str | None = None, out_path: str | None = None, force: bool = False) -> str:
     """Prepare `ds_name` from `raw_path` into `out_path` (default `$ILR_DATA_PATH/<ds_name>`)."""
     if ds_name not in PREPARERS:
         raise ConfigError(f"Unknown dataset {ds_name!r} for preparation. Valid: {sorted(PREPARERS)}")
     out = Path(out_path) if out_path else get_data_path() / ds_name
-    if (out / "dataset_dict.json").exists() and not force:
+    if _check_out_path(out, force):
         logger.info("%s already exists; pass --force to rebuild", out)
         return str(out)
     dd = PREPARERS[ds_name](Path(raw_path)) if raw_path else _from_hub(ds_name)
-    save_to_disk_atomic(dd, out)
+    for split, rows in dd.items():
+        if not len(rows):
+            raise ConfigError(f"{ds_name}: the {split} split has no rows; check the raw files in {raw_path}")
+    save_to_disk_atomic(_Prepared(dd, {"ds_name": ds_name, "raw_path": raw_path}), out)
     logger.info("Wrote %s: %s", out, {k: len(v) for k, v in dd.items()})
     return str(out)
 

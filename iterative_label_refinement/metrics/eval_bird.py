@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from iterative_label_refinement.core.common import ConfigError, get_logger, load_env
-from iterative_label_refinement.core.sql_executor import DEFAULT_TIMEOUT, execute_pairs
+from iterative_label_refinement.core.sql_executor import DEFAULT_TIMEOUT, execute_pairs, resolve_database
 
 logger = get_logger(__name__)
 
@@ -36,6 +36,13 @@ def load_db_urls() -> dict[str, str]:
     if not isinstance(urls, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in urls.items()):
         raise ConfigError(f"ILR_BIRD_DB_URLS={path!r} must hold a JSON object mapping database names to URLs")
     return urls
+
+
+def check_bird_databases(db_names: Iterable[str], db_root_path: str | Path | None) -> None:
+    """ConfigError naming the first database that cannot be opened (before a run trains, then fails at scoring)."""
+    urls = load_db_urls()
+    for db_name in sorted(set(db_names)):
+        resolve_database(db_name, db_root_path, urls)
 
 
 def execute_bird_pairs(

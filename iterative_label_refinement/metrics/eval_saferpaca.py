@@ -2,8 +2,9 @@
 
 An AlpacaEval-style pairwise prompt shows the prediction as model `A` and the reference as model
 `B`; the judge's next-token probabilities of `A` and `B` give P(win) = P(A) / (P(A) + P(B)). A token
-missing from the judge's answer counts as probability 0 (the reference release counted it as 1,
-turning a missing `A` into a certain win); when both are missing the comparison is a tie (0.5).
+missing from the judge's top tokens counts as probability 0 (the reference release counted it as 1,
+turning a missing `A` into a certain win); when both are missing the comparison is a tie (0.5). A
+reply without log-probabilities at all is an error, never cached.
 
 Backends, chosen by `$ILR_JUDGE_BACKEND`: `api`, an OpenAI-compatible chat API read through its
 top log-probs (`$ILR_JUDGE_MODEL`, `$ILR_JUDGE_BASE_URL`, `$ILR_JUDGE_API_KEY`), and `local`, a
@@ -32,7 +33,7 @@ from iterative_label_refinement.core.common import (
     read_json,
     write_json,
 )
-from iterative_label_refinement.core.embedder import DEFAULT_BASE_URL, api_settings, post_json
+from iterative_label_refinement.core.embedder import DEFAULT_BASE_URL, api_settings, api_url, bad_reply, post_json
 
 logger = get_logger(__name__)
 
@@ -179,9 +180,25 @@ class ApiJudge(Judge):
             "logprobs": True,
             "top_logprobs": self.top_logprobs,
         }
-        response = post_json(self.base_url, "chat/completions", body, self.api_key, **self.request_kwargs)
-        content = (response["choices"][0].get("logprobs") or {}).get("content") or []
-        return choice_probs_from_top_logprobs(content[0]["top_logprobs"]) if content else (0.0, 0.0)
+        reply = post_json(self.base_url, "chat/completions", body, self.api_key, **self.request_kwargs)
+        return choice_probs_from_top_logprobs(self._top_logprobs(reply))
+
+    def _top_logprobs(self, reply: dict[str, Any]) -> list[dict[str, Any]]:
+        """The first token's top log-probs; ApiError when the reply lacks them (never a made-up 0.5).
+
+        Not retried: a server that ignores `logprobs` ignores it every time.
+        """
+        try:
+            top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            if top and all(isinstance(e["token"], str) and isinstance(e["logprob"], (int, float)) for e in top):
+                return top
+        except (KeyError, IndexError, TypeError):
+            pass
+        raise bad_reply(
+            api_url(self.base_url, "chat/completions"),
+            "without the first token's top log-probabilities (choices[0].logprobs.content[0].top_logprobs)",
+            reply,
+        )
 
     def choice_probs(self, conversations: Sequence[Messages]) -> list[tuple[float, float]]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
