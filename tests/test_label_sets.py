@@ -177,7 +177,7 @@ def test_error_messages_name_the_path_and_the_round(tmp_path, caplog):
     out.mkdir()
     with caplog.at_level("INFO"):
         assert already_done(out)
-    assert f"{out} exists, nothing to do (pass --force to redo)" in caplog.text
+    assert f"{out} exists, nothing to do (pass --force to redo)" in caplog.messages
 
 
 @pytest.mark.parametrize("marker", ["dataset_info.json", "state.json"])

@@ -80,7 +80,7 @@ def refined_rows(labels: Sequence[dict[str, Any]], proposals: list[dict[str, Any
     """SPEC §3 refined-label rows; task extras (db_name, category, ...) are carried along."""
     rows = []
     for row, prop, rep, score in zip(labels, proposals, replace, scores):
-        out = {k: v for k, v in row.items() if k not in ("answer", "acc", "answer_ids", "score")}
+        out = {k: v for k, v in row.items() if k != "answer_ids"}  # the ids of the old answer would be stale
         out["answer"] = first(prop["answer"]) if rep else first(row["answer"])
         out["acc"] = first(prop.get("acc")) if rep else first(row.get("acc"))
         out["score"] = float(score)
