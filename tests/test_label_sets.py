@@ -29,7 +29,9 @@ from iterative_label_refinement.core.label_sets import (
 
 
 def rows(n: int, acc=1.0, **extra):
-    return [{"question": f"q{i}", "answer": f"#### {i}", "gt_answer": f"#### {i}", "acc": acc, **extra} for i in range(n)]
+    return [
+        {"question": f"q{i}", "answer": f"#### {i}", "gt_answer": f"#### {i}", "acc": acc, **extra} for i in range(n)
+    ]
 
 
 def test_paths_of_each_round(tmp_path):

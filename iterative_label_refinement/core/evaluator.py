@@ -94,7 +94,10 @@ class ClassifierEvaluator(Evaluator):
             return np.zeros(0)
         tok = self.tokenizer
         prompts = [format_evaluator_prompt(q, a, b) for q, a, b in zip(questions, answers_a, answers_b)]
-        ids = tok(prompts, add_special_tokens=False)["input_ids"]
+        from iterative_label_refinement.core.models import prompt_prefix_ids
+
+        # As the evaluator was trained: the model's BOS policy, no other special tokens.
+        ids = [prompt_prefix_ids(tok) + x for x in tok(prompts, add_special_tokens=False)["input_ids"]]
         out = np.zeros(n, dtype=np.float64)
         for batch in _length_batches([len(x) for x in ids], batch_size, "evaluator"):
             seqs = [ids[i] for i in batch]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from iterative_label_refinement.core.common import ConfigError, format_prompt, get_logger
+from iterative_label_refinement.core.common import ConfigError, get_logger
 
 logger = get_logger(__name__)
 
@@ -58,7 +58,10 @@ def generate_answers(
     if num_samples > 1 and temperature <= 0:
         raise ConfigError(f"num_samples={num_samples} needs temperature > 0 (got {temperature})")
     check_sampling(top_k, top_p)
-    prompts = [format_prompt(q) for q in questions]
+    from iterative_label_refinement.core.datasets import prompt_ids
+
+    # Token ids exactly as training built them: the template, no special tokens but the model's BOS policy.
+    prompts = [prompt_ids(tokenizer, q) for q in questions]
     if backend == "vllm":
         if num_beams > 1 and temperature <= 0:
             raise ConfigError(f"num_beams={num_beams}: beam search runs on the 'hf' backend only")
@@ -125,7 +128,7 @@ def _generate_hf(model, tokenizer, prompts, max_new_tokens, batch_size, num_samp
     ids: list[list[list[int]]] = [[] for _ in prompts]
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=len(order) <= batch_size):
         batch = order[start : start + batch_size]
-        enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, return_tensors="pt")  # left padding
         enc = {k: v.to(device) for k, v in enc.items()}
         out = model.generate(**enc, generation_config=gen_config)
         new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
@@ -164,16 +167,15 @@ class VLLMModel:
             dtype="bfloat16",
         )
 
-    def generate(self, prompts: list[str], *, max_new_tokens: int, num_samples: int, seed: int,
+    def generate(self, prompts: list[list[int]], *, max_new_tokens: int, num_samples: int, seed: int,
                  sampling: dict[str, Any]) -> Generations:  # fmt: skip
+        """`prompts` are token ids, built as training built them (vLLM would add a BOS to text)."""
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
         params = SamplingParams(n=num_samples, max_tokens=max_new_tokens, seed=seed, **sampling)
         lora = LoRARequest("adapter", 1, self.adapter_path) if self.adapter_path else None
-        # Tokenise exactly as training did: no special tokens added (vLLM would add a BOS otherwise).
-        tokenizer = self.llm.get_tokenizer()
-        inputs = [{"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        inputs = [{"prompt_token_ids": ids} for ids in prompts]
         outputs = self.llm.generate(inputs, params, lora_request=lora)
         return Generations(
             texts=[[c.text.strip() for c in o.outputs] for o in outputs],

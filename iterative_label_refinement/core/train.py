@@ -71,6 +71,8 @@ class TrainConfig:
 
         validate_optimizer(self.optim)
         validate_schedule(self.lr_schedule)
+        from iterative_label_refinement.core.models import mixed_precision
+
         scheduler, warmup = LR_SCHEDULES[self.lr_schedule]
         on_cpu = not torch.cuda.is_available()
         kwargs: dict[str, Any] = dict(
@@ -83,7 +85,9 @@ class TrainConfig:
             optim=OPTIMIZERS[self.optim],
             lr_scheduler_type=scheduler,
             warmup_steps=self.warmup_ratio if warmup else 0,
-            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            # Autocast by capability; the weights stay as loaded (float32 for full fine-tunes).
+            bf16=mixed_precision() == "bf16",
+            fp16=mixed_precision() == "fp16",
             # Without use_cpu, accelerate sees no GPU and no multi-CPU request: torchrun's processes
             # would each train a full replica on all rows instead of one data-parallel run.
             use_cpu=on_cpu,

@@ -185,7 +185,9 @@ def main(
     saferpaca_mode: int | None = None,
     weak_model_size: str | None = None,
     eval_batch_size: int | None = None,
-    num_beams: int = 1,
+    num_beams: int = 4,
+    top_k: int = 0,
+    top_p: float = 1.0,
     inference_backend: str = "hf",
     do_eval: bool | None = None,
     print_save_path: bool = False,
@@ -193,9 +195,11 @@ def main(
     """Train, evaluate on test, and generate labels; see SPEC §4 for every flag.
 
     Extensions over the reference: `minibatch_size_per_device` (default: the model's registered
-    value) may exceed 1; `eval_batch_size` (default: the model's), `num_beams` (default greedy) and
+    value) may exceed 1; `eval_batch_size` (default: the model's), `num_beams` (the reference's 4-beam
+    search for test evaluation and temperature-0 labels; 1 is greedy) and
     `inference_backend` (`hf` or `vllm`) control generation; `do_eval` is an alias of `force_eval`;
-    `weak_model_size` names the weak model when its run dir cannot be read (dry runs).
+    `weak_model_size` names the weak model when its run dir cannot be read (dry runs); `top_k` and
+    `top_p` truncate label sampling (off by default: samples come from the whole distribution).
     """
     # ----- validate and resolve every flag before anything touches the disk -----
     ds_cfg = get_dataset_config(ds_name)
@@ -209,6 +213,9 @@ def main(
         raise ConfigError(f"round_id must be a non-negative integer, got {round_id!r}")
     if dpo_loss_type not in ("sigmoid", "ipo", "hinge"):
         raise ConfigError(f"Unknown dpo_loss_type {dpo_loss_type!r}. Valid: ['hinge', 'ipo', 'sigmoid']")
+    from iterative_label_refinement.core.generation import check_sampling
+
+    check_sampling(top_k, top_p)
     if inference_backend not in ("hf", "vllm"):
         raise ConfigError(f"Unknown inference_backend {inference_backend!r}. Valid: ['hf', 'vllm']")
     if dpo_round and not dpo_path:
@@ -230,6 +237,9 @@ def main(
         raise ConfigError(f"num_samples={num_samples} needs --label_temp > 0 (got {label_temp})")
     minibatch_size_per_device = minibatch_size_per_device or model_cfg.minibatch_size_per_device
     eval_batch_size = eval_batch_size or model_cfg.eval_batch_size
+    _check_sizes(n_docs=n_docs, n_test_docs=n_test_docs, epochs=epochs, batch_size=batch_size, max_len=max_len,
+                 minibatch_size_per_device=minibatch_size_per_device, eval_batch_size=eval_batch_size,
+                 num_samples=num_samples)  # fmt: skip
     if compute_weak_label_acc is None:
         compute_weak_label_acc = ds_name != "saferpaca"
     if compute_test_acc is None:
@@ -265,6 +275,12 @@ def main(
         raise ConfigError(f"--dpo_path={dpo_path} holds no LoRA adapter (adapter_config.json)")
     data = _load_run_data(ds_name, seed, n_docs, n_test_docs, half_data, train_with_all_data, labels_path,
                           method, round_id, saferpaca_mode, dpo_round)  # fmt: skip
+    if ds_name == "bird":  # scoring executes SQL on every database: check them before hours of training
+        from iterative_label_refinement.core.datasets import _bird_root
+        from iterative_label_refinement.metrics.eval_bird import check_bird_databases
+
+        splits = [data.test] + ([data.label_targets] if data.label_targets is not None else [])
+        check_bird_databases([name for ds in splits for name in ds["db_name"]], _bird_root())
     do_test = force_eval if force_eval is not None else half_data == 0
     outputs = [run_dir / "results_summary.json"] if do_test else []
     if generate_weak_labels and data.label_targets is not None:
@@ -276,12 +292,14 @@ def main(
 
     from iterative_label_refinement.core.train import is_main_process, world_size
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(run_dir)
+    if is_main_process():  # the other processes of a DDP run only train; rank 0 owns the run dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(run_dir)
     full_config = dict(config, method=method, num_samples=num_samples, label_temp=label_temp, max_len=max_len,
                        minibatch_size_per_device=minibatch_size_per_device, save_model=save_model,
                        weak_labels_path=str(labels_path) if labels_path else None, dpo_path=dpo_path,
-                       num_beams=num_beams, eval_batch_size=eval_batch_size, inference_backend=inference_backend,
+                       num_beams=num_beams, top_k=top_k, top_p=top_p, eval_batch_size=eval_batch_size,
+                       inference_backend=inference_backend,
                        do_dpo=do_dpo, world_size=world_size(), weak_model=weak_config)  # fmt: skip
     if is_main_process():
         write_json(run_dir / "experiment_config.json", full_config)
@@ -298,9 +316,11 @@ def main(
     gen_model = model
     if inference_backend == "vllm":
         from iterative_label_refinement.core.generation import VLLMModel
+        from iterative_label_refinement.core.models import resolve_model_path
 
         del model
-        gen_model = VLLMModel(get_model_config(model_size).name, str(model_dir(run_dir, dpo_round)), lora_rank,
+        # The weights' folder, not the registry name: tiny and packaged models have no hub id vLLM could fetch.
+        gen_model = VLLMModel(resolve_model_path(model_size), str(model_dir(run_dir, dpo_round)), lora_rank,
                               model_cfg.tensor_parallel_size, gpu_usage)  # fmt: skip
     gen = dict(max_new_tokens=max_len, batch_size=eval_batch_size, seed=seed, backend=inference_backend)
     summary: dict[str, Any] = {}
@@ -324,7 +344,7 @@ def main(
         records = evaluate_dataset(gen_model, tokenizer, data.label_targets, ds_name,
                                    compute_acc=compute_weak_label_acc, desc="labels", temperature=label_temp,
                                    num_samples=num_samples, num_beams=num_beams if label_temp <= 0 else 1,
-                                   **gen)  # fmt: skip
+                                   top_k=top_k, top_p=top_p, **gen)  # fmt: skip
         labels = Dataset.from_list(records)
         save_to_disk_atomic(labels, run_dir / "weak_labels")
         if compute_weak_label_acc:
@@ -342,6 +362,16 @@ def main(
 
 def _gt_answers(ds: Dataset) -> list[str]:
     return list(ds["gt_answer"]) if "gt_answer" in ds.column_names else list(ds["answer"])
+
+
+def _check_sizes(**sizes: float) -> None:
+    """Positive sizes, and a batch that minibatches on every process divide (before any file is written)."""
+    from iterative_label_refinement.core.train import accumulation_steps
+
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"--{name} must be a positive number, got {value!r}")
+    accumulation_steps(sizes["batch_size"], sizes["minibatch_size_per_device"])
 
 
 def _load_run_data(ds_name, seed, n_docs, n_test_docs, half_data, train_with_all_data, labels_path,
@@ -408,7 +438,7 @@ def _train_or_load(model_size, run_dir, train_ds, force_retrain, dpo_round, dpo_
         tokenized = tokenize_dataset(train_ds, tokenizer, preference=True, max_len=max_len)
         train_dpo(model, tokenizer, tokenized, train_cfg, beta=dpo_beta, loss_type=dpo_loss_type)
     else:
-        model = load_model(model_size, dropout=train_with_dropout)
+        model = load_model(model_size, dropout=train_with_dropout, full_finetune=lora_rank == 0)
         model = add_lora(model, lora_rank, model_cfg.lora_target_modules)
         tokenized = tokenize_dataset(train_ds, tokenizer, max_len=max_len)
         train_sft(model, tokenizer, tokenized, train_cfg)
