@@ -20,8 +20,11 @@ PACKAGE = "iterative_label_refinement"
 TARGETS = {
     "core/refinement.py": [f"{PACKAGE}.core.refinement.*"],
     "core/label_sets.py": [f"{PACKAGE}.core.label_sets.*"],
-    "dpo_loss (core/train.py)": [f"{PACKAGE}.core.train.x_dpo_loss__*", f"{PACKAGE}.core.train.x_sequence_logps__*",
-                                 f"{PACKAGE}.core.train.x_averages_logps__*"],  # fmt: skip
+    "dpo_loss (core/train.py)": [
+        f"{PACKAGE}.core.train.x_dpo_loss__*",
+        f"{PACKAGE}.core.train.x_sequence_logps__*",
+        f"{PACKAGE}.core.train.x_averages_logps__*",
+    ],  # fmt: skip
     "debiased_scores (core/evaluator.py)": [f"{PACKAGE}.core.evaluator.x_debiased_scores__*"],
     "metrics/eval_gsm8k.py": [f"{PACKAGE}.metrics.eval_gsm8k.*"],
 }
@@ -69,7 +72,9 @@ def main() -> int:
         for name in survivors:
             diff = subprocess.run([str(Path(sys.executable).with_name("mutmut")), "show", name], cwd=root,
                                   capture_output=True, text=True).stdout  # fmt: skip
-            print(f"  survived ({results[name]}): {name}\n" + "\n".join("    " + line for line in diff.splitlines()[2:]))
+            print(
+                f"  survived ({results[name]}): {name}\n" + "\n".join("    " + line for line in diff.splitlines()[2:])
+            )
     return 1 if failing else 0
 
 
