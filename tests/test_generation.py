@@ -171,3 +171,30 @@ def test_vllm_backend_receives_the_same_settings(tiny, monkeypatch):
 
     with pytest.raises(ConfigError, match="beam search runs on the 'hf' backend only"):
         generate_answers(model, tok, [QUESTION], max_new_tokens=9, num_beams=4, backend="vllm")
+
+
+def test_generation_prompts_follow_the_models_bos_policy(tiny, monkeypatch):
+    """With the BOS switch on, generation sees [BOS] + prompt ids, as training did (left-padded)."""
+    from iterative_label_refinement.core.models import BOS_FLAG
+
+    model, _ = tiny
+    tok = load_tokenizer("tiny-random")
+    seen = []
+    real_generate = model.generate
+
+    def spy(**kwargs):
+        seen.append((kwargs["input_ids"].tolist(), kwargs["attention_mask"].tolist()))
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    questions = [QUESTION, "another, longer question?"]
+    for bos in (False, True):
+        tok.init_kwargs[BOS_FLAG] = bos
+        seen.clear()
+        generate_answers(model, tok, questions, max_new_tokens=2)
+        ((ids, mask),) = seen
+        for q in questions:
+            expected = [tok.bos_token_id] * bos + tok(format_prompt(q), add_special_tokens=False)["input_ids"]
+            rows = [[t for t, m in zip(r, k) if m] for r, k in zip(ids, mask)]
+            assert expected in rows
+        assert all(k[-1] == 1 for k in mask)  # left padding: every prompt ends at the last position
