@@ -170,7 +170,7 @@ def _gsm8k_metric(predictions, references, rows=None):
     return [gsm8k_eval_func(p, r, normalize) for p, r in zip(predictions, references)]
 
 
-def _bird_root() -> str | None:
+def bird_root() -> str | None:
     """$ILR_BIRD_PATH; may be unset only when $ILR_BIRD_DB_URLS names every database."""
     load_env()
     root = os.environ.get("ILR_BIRD_PATH")
@@ -185,7 +185,7 @@ def _bird_root() -> str | None:
 def _bird_metric(predictions, references, rows):
     from iterative_label_refinement.metrics.eval_bird import bird_eval_func
 
-    return bird_eval_func(list(predictions), list(references), [r["db_name"] for r in rows], _bird_root(), 30.0)
+    return bird_eval_func(list(predictions), list(references), [r["db_name"] for r in rows], bird_root(), 30.0)
 
 
 def _saferpaca_metric(predictions, references, rows):
@@ -205,7 +205,7 @@ def _same_execution_result(current, proposals, rows):
     """BIRD: two queries agree when they return the same set of rows (the metric's own executor)."""
     from iterative_label_refinement.metrics.eval_bird import same_execution_result
 
-    return same_execution_result(list(current), list(proposals), [r["db_name"] for r in rows], _bird_root())
+    return same_execution_result(list(current), list(proposals), [r["db_name"] for r in rows], bird_root())
 
 
 def _similar_embedding(current, proposals, rows=None):

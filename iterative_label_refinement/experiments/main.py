@@ -276,11 +276,11 @@ def main(
     data = _load_run_data(ds_name, seed, n_docs, n_test_docs, half_data, train_with_all_data, labels_path,
                           method, round_id, saferpaca_mode, dpo_round)  # fmt: skip
     if ds_name == "bird":  # scoring executes SQL on every database: check them before hours of training
-        from iterative_label_refinement.core.datasets import _bird_root
+        from iterative_label_refinement.core.datasets import bird_root
         from iterative_label_refinement.metrics.eval_bird import check_bird_databases
 
         splits = [data.test] + ([data.label_targets] if data.label_targets is not None else [])
-        check_bird_databases([name for ds in splits for name in ds["db_name"]], _bird_root())
+        check_bird_databases([name for ds in splits for name in ds["db_name"]], bird_root())
     do_test = force_eval if force_eval is not None else half_data == 0
     outputs = [run_dir / "results_summary.json"] if do_test else []
     if generate_weak_labels and data.label_targets is not None:
