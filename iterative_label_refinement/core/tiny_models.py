@@ -15,17 +15,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
-import shutil
 import string
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from iterative_label_refinement.core.arithmetic import sample_problem
-from iterative_label_refinement.core.common import format_prompt, get_logger
+from iterative_label_refinement.core.common import format_prompt, get_logger, save_model_dir
 from iterative_label_refinement.core.models import ModelConfig, register_model
 
 if TYPE_CHECKING:
@@ -150,16 +148,6 @@ def pretrain(model, tokenizer, spec: TinySpec) -> None:
         _train_phase(model, "pretrain (prompt template)", spec.prompt_steps, spec.prompt_lr,
                      _linear_decay(spec.prompt_steps, 10),
                      lambda: _pretrain_batch(tokenizer, rng, spec.prompt_batch, spec.prompt_window, templated=0.5))  # fmt: skip
-
-
-def save_model_dir(model, tokenizer, path: Path) -> None:
-    """Write a model dir into a temporary sibling, then rename it into place (never half-written)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
 
 
 def build_tiny_model(spec: TinySpec, path: Path) -> None:
