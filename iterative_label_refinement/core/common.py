@@ -107,6 +107,7 @@ def get_cache_path() -> Path:
 # Training options (validated before a run writes anything)
 # ---------------------------------------------------------------------------------------------
 
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")  # core.train.dpo_loss
 OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "rmsprop": "rmsprop"}
 # name -> (transformers scheduler, whether warmup applies)
 LR_SCHEDULES = {
@@ -201,6 +202,26 @@ def save_to_disk_atomic(dataset: Any, path: str | Path) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# The processes of a torchrun (DDP) launch; kept torch-free, since run-dir queries check batch sizes.
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def accumulation_steps(batch_size: int, minibatch_size_per_device: int) -> int:
+    """Gradient-accumulation steps that make `batch_size` from minibatches on every process."""
+    per_step = minibatch_size_per_device * world_size()
+    if batch_size % per_step:
+        raise ConfigError(
+            f"--batch_size={batch_size} is not a multiple of minibatch_size_per_device x processes "
+            f"= {minibatch_size_per_device} x {world_size()} = {per_step}"
+        )
+    return batch_size // per_step
 
 
 def save_model_dir(model: Any, tokenizer: Any, path: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from iterative_label_refinement.core.common import ConfigError, get_logger
@@ -105,9 +104,9 @@ def vllm_sampling(temperature: float, top_k: int = 0, top_p: float = 1.0) -> dic
     )
 
 
-@torch.no_grad()
 def _generate_hf(model, tokenizer, prompts, max_new_tokens, batch_size, num_samples, seed, desc,
                  sampling: dict[str, Any]) -> Generations:  # fmt: skip
+    import torch  # here, not at module import: run-dir queries check sampling flags without loading torch
     from transformers import GenerationConfig
 
     was_training = model.training
@@ -130,7 +129,8 @@ def _generate_hf(model, tokenizer, prompts, max_new_tokens, batch_size, num_samp
         batch = order[start : start + batch_size]
         enc = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, return_tensors="pt")  # left padding
         enc = {k: v.to(device) for k, v in enc.items()}
-        out = model.generate(**enc, generation_config=gen_config)
+        with torch.no_grad():
+            out = model.generate(**enc, generation_config=gen_config)
         new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
         for j, i in enumerate(batch):
             for seq in new_tokens[j * num_samples : (j + 1) * num_samples]:

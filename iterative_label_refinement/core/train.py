@@ -2,14 +2,13 @@
 
 The same code runs on one CPU, one GPU, `torchrun --nproc_per_node N` (DDP: gloo on CPUs, NCCL on
 GPUs) and `accelerate launch` with FSDP/DeepSpeed configs: the effective batch `batch_size` is reached
-by gradient accumulation over minibatches of `minibatch_size_per_device` on each process, and the rows
-of every optimizer step do not depend on the number of processes (`EffectiveBatchSampler`), so N
-processes train the same weights as one.
+by gradient accumulation over minibatches of `minibatch_size_per_device` on each process. In SFT and
+DPO the rows of every optimizer step do not depend on the number of processes (`EffectiveBatchSampler`),
+so N processes train the same weights as one.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,34 +17,19 @@ import torch
 from datasets import Dataset
 
 from iterative_label_refinement.core.common import (
+    DPO_LOSS_TYPES,
     LR_SCHEDULES,
     OPTIMIZERS,
     ConfigError,
+    accumulation_steps,
     get_logger,
+    is_main_process,
     validate_optimizer,
     validate_schedule,
+    world_size,
 )
 
 logger = get_logger(__name__)
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def accumulation_steps(batch_size: int, minibatch_size_per_device: int) -> int:
-    """Gradient-accumulation steps that make `batch_size` from minibatches on every process."""
-    per_step = minibatch_size_per_device * world_size()
-    if batch_size % per_step:
-        raise ConfigError(
-            f"--batch_size={batch_size} is not a multiple of minibatch_size_per_device x processes "
-            f"= {minibatch_size_per_device} x {world_size()} = {per_step}"
-        )
-    return batch_size // per_step
 
 
 @dataclass
@@ -173,11 +157,11 @@ class EffectiveBatchSampler(torch.utils.data.Sampler):
             yield from sorted(order[start : start + self.batch_size], key=lambda i: -self.lengths[i])
 
 
-def trainer_class(base=None):
-    """`base` (default: `transformers.Trainer`) drawing its training rows from `EffectiveBatchSampler`."""
+def trainer_class():
+    """`transformers.Trainer` drawing its training rows from `EffectiveBatchSampler`."""
     from transformers import Trainer
 
-    class ILRTrainer(base or Trainer):
+    class ILRTrainer(Trainer):
         def _get_train_sampler(self, train_dataset=None):
             ds = train_dataset if train_dataset is not None else self.train_dataset
             lengths = ds["length"] if "length" in ds.column_names else [1] * len(ds)
@@ -218,7 +202,6 @@ def save_trained(model: torch.nn.Module, tokenizer, path: str | Path) -> None:
 # DPO
 # ---------------------------------------------------------------------------------------------
 
-DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 POLICY, REFERENCE = "default", "reference"  # PEFT saves the "default" adapter at the folder's root
 
 

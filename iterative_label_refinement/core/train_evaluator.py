@@ -240,8 +240,9 @@ def main(
     rate for the classifier head (default: lr). lora_rank=0: full fine-tune; >0: LoRA, merged when saved.
     evaluator_kind: "classifier" (the paper's) or "likelihood" (a toy-scale stand-in).
     """
+    from iterative_label_refinement.core.common import is_main_process
     from iterative_label_refinement.core.models import get_model_config, load_tokenizer
-    from iterative_label_refinement.core.train import TrainConfig, is_main_process, sft_collate
+    from iterative_label_refinement.core.train import TrainConfig, sft_collate
 
     model_cfg = get_model_config(model_size)
     check_evaluator_kind(evaluator_kind)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iterative_label_refinement.core.common import (
+    DPO_LOSS_TYPES,
     ConfigError,
     clean_stale_tmp,
     get_config_foldername,
@@ -211,13 +212,13 @@ def main(
         raise ConfigError(f"half_data must be 0, 1 or 2, got {half_data!r}")
     if not isinstance(round_id, int) or round_id < 0:
         raise ConfigError(f"round_id must be a non-negative integer, got {round_id!r}")
-    if dpo_loss_type not in ("sigmoid", "ipo", "hinge"):
-        raise ConfigError(f"Unknown dpo_loss_type {dpo_loss_type!r}. Valid: ['hinge', 'ipo', 'sigmoid']")
-    from iterative_label_refinement.core.generation import check_sampling
+    from iterative_label_refinement.core.generation import BACKENDS, check_sampling
 
+    if dpo_loss_type not in DPO_LOSS_TYPES:
+        raise ConfigError(f"Unknown dpo_loss_type {dpo_loss_type!r}. Valid: {list(DPO_LOSS_TYPES)}")
     check_sampling(top_k, top_p)
-    if inference_backend not in ("hf", "vllm"):
-        raise ConfigError(f"Unknown inference_backend {inference_backend!r}. Valid: ['hf', 'vllm']")
+    if inference_backend not in BACKENDS:
+        raise ConfigError(f"Unknown inference_backend {inference_backend!r}. Valid: {list(BACKENDS)}")
     if dpo_round and not dpo_path:
         raise ConfigError(f"DPO round {round_id} needs --dpo_path: the previous round's adapter dir")
     if round_id > 0 and not weak_labels_path:
@@ -290,7 +291,7 @@ def main(
         print(run_dir)
         return {"save_path": str(run_dir), "skipped": True}
 
-    from iterative_label_refinement.core.train import is_main_process, world_size
+    from iterative_label_refinement.core.common import is_main_process, world_size
 
     if is_main_process():  # the other processes of a DDP run only train; rank 0 owns the run dir
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -366,7 +367,7 @@ def _gt_answers(ds: Dataset) -> list[str]:
 
 def _check_sizes(**sizes: float) -> None:
     """Positive sizes, and a batch that minibatches on every process divide (before any file is written)."""
-    from iterative_label_refinement.core.train import accumulation_steps
+    from iterative_label_refinement.core.common import accumulation_steps
 
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
