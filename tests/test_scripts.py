@@ -33,7 +33,7 @@ def module(cmd: list[str]) -> str:
 
 
 def test_gsm8k_ilr_rounds(tmp_path):
-    cmds = dry_run("gsm8k/ilr.sh", tmp_path)
+    cmds = dry_run("main-experiments/run-ilr-gsm8k.sh", tmp_path)
     weak, sft0, rest = cmds[0], cmds[1], cmds[2:]
     assert module(weak) == "main" and flags(weak)["model_size"] == "google/gemma-2b"
     assert "weak_labels_path" not in flags(weak)
@@ -57,7 +57,7 @@ def test_gsm8k_ilr_rounds(tmp_path):
 
 
 def test_gsm8k_dpo_rounds(tmp_path):
-    cmds = dry_run("gsm8k/dpo.sh", tmp_path)
+    cmds = dry_run("main-experiments/run-dpo-gsm8k.sh", tmp_path)
     sft0, rest = cmds[1], cmds[2:]
     assert flags(sft0)["method"] == "dpo0.10.15" and flags(sft0)["label_temp"] == "0.7"
     assert flags(sft0)["round_id"] == "0" and flags(sft0)["dpo_beta"] == "0.1"
@@ -81,16 +81,16 @@ def test_gsm8k_dpo_rounds(tmp_path):
 @pytest.mark.parametrize(
     "script, expect",
     [
-        ("gsm8k/ilr_ora.sh", {"method": "orailr0.15"}),
-        ("gsm8k/ilr_corora.sh", {"method": "corora" + "ilr0.15"}),
-        ("gsm8k/naive.sh", {"method": "naive0.15"}),
-        ("gsm8k/dpo_ora.sh", {"method": "oradpo0.10.15"}),
-        ("gsm8k/dpo_corora.sh", {"method": "corora" + "dpo0.10.15"}),
-        ("saferpaca/ilr.sh", {"method": "ilr0.15", "label_temp": "1.0", "epochs": "4"}),
-        ("saferpaca/dpo.sh", {"method": "dpo0.10.15", "label_temp": "1.0", "epochs": "4"}),
-        ("bird/ilr.sh", {"model_size": "meta-llama/Meta-Llama-3-70B"}),
+        ("supervision-quality/run-orailr-gsm8k.sh", {"method": "orailr0.15"}),
+        ("supervision-quality/run-cororailr-gsm8k.sh", {"method": "corora" + "ilr0.15"}),
+        ("main-experiments/run-naive-gsm8k.sh", {"method": "naive0.15"}),
+        ("supervision-quality/run-oradpo-gsm8k.sh", {"method": "oradpo0.10.15"}),
+        ("supervision-quality/run-cororadpo-gsm8k.sh", {"method": "corora" + "dpo0.10.15"}),
+        ("main-experiments/run-ilr-saferpaca.sh", {"method": "ilr0.15", "label_temp": "1.0", "epochs": "4"}),
+        ("main-experiments/run-dpo-saferpaca.sh", {"method": "dpo0.10.15", "label_temp": "1.0", "epochs": "4"}),
+        ("main-experiments/run-ilr-bird.sh", {"model_size": "meta-llama/Meta-Llama-3-70B"}),
         (
-            "gsm8k/ilr_70b.sh",
+            "main-experiments/run-ilr-gsm8k-70b.sh",
             {"model_size": "meta-llama/Meta-Llama-3-70B", "weak_model_size": "mistralai/Mistral-7B-v0.1"},
         ),
     ],
@@ -110,17 +110,17 @@ def test_settings(tmp_path, script, expect):
 
 
 def test_evaluator_scripts(tmp_path):
-    cmds = dry_run("saferpaca/evaluator.sh", tmp_path)
+    cmds = dry_run("evaluator-training/train-evaluator-saferpaca.sh", tmp_path)
     gt = [flags(c) for c in cmds if module(c) == "main"]
     assert [g["saferpaca_mode"] for g in gt] == ["1", "2"] and all(g["epochs"] == "4" for g in gt)
     assert all(g["save_frequency"] == "0.1" and g["generate_weak_labels"] == "False" for g in gt)
     assert [module(c) for c in cmds[2:]] == ["generate_evaluator_data", "train_evaluator"]
-    cmds = dry_run("gsm8k/evaluator_7b.sh", tmp_path)
+    cmds = dry_run("evaluator-training/train-evaluator-gsm8k-7b.sh", tmp_path)
     assert flags(cmds[0])["model_size"] == "mistralai/Mistral-7B-v0.1"
 
 
 def test_parallel_flavour_runs_both_halves(tmp_path):
-    cmds = dry_run("gsm8k/ilr_parallel.sh", tmp_path, ROUNDS="1")
+    cmds = dry_run("main-experiments/parallel/run-ilr-gsm8k.sh", tmp_path, ROUNDS="1")
     assert sorted(flags(c).get("half_data") for c in cmds if module(c) == "main" and "half_data" in flags(c)) == [
         "1",
         "2",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GSM8K evaluator on gemma-2b (SPEC §11).
+# GSM8K evaluator on gemma-2b.
 # Any setting of the pipeline script can be overridden from the environment.
 set -euo pipefail
 export DS_NAME=${DS_NAME:-gsm8k}

@@ -1,9 +1,0 @@
-#!/usr/bin/env bash
-# GSM8K SFT+ILR with the two half-data jobs of each round at once on one large GPU.
-# Any setting of the pipeline script can be overridden from the environment.
-set -euo pipefail
-export DS_NAME=${DS_NAME:-gsm8k}
-export REFINER=${REFINER:-ilr}
-export MAX_REPLACE=${MAX_REPLACE:-0.15}
-export PARALLEL=${PARALLEL:-1}
-exec bash "$(dirname "$0")/../sft_ilr.sh" "$@"

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# GSM8K naive ILR with the two half-data jobs of each round at once on one large GPU.
+# The settings are those of ../run-naive-gsm8k.sh (one place); only PARALLEL differs.
+set -euo pipefail
+export PARALLEL=${PARALLEL:-1}
+exec bash "$(dirname "$0")/../run-naive-gsm8k.sh" "$@"
