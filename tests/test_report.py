@@ -1,10 +1,10 @@
-"""The results report on a hand-made results folder: tables, partial rounds, CSV and plot."""
+"""The results report on hand-made results folders: tables, seeds, partial rounds, CSV, plot."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
-from pathlib import Path
+import math
+import statistics
 
 import pytest
 from datasets import Dataset
@@ -23,9 +23,16 @@ def make_run(root, name, acc, **config):
     return run
 
 
-def label_set(path, accs):
-    Dataset.from_list([{"question": str(i), "answer": "a", "gt_answer": "g", "acc": a} for i, a in enumerate(accs)]
-                      ).save_to_disk(str(path))  # fmt: skip
+def label_set(path, accs, answers=None):
+    answers = answers or ["a"] * len(accs)
+    rows = [
+        {"question": str(i), "answer": x, "gt_answer": "g", "acc": a} for i, (x, a) in enumerate(zip(answers, accs))
+    ]
+    Dataset.from_list(rows).save_to_disk(str(path))
+
+
+def rows_of(part, prefixes=("ilr0", "naiv", "dpo0")):
+    return {line.split()[0]: line.split() for line in part.splitlines() if line[:4] in prefixes}
 
 
 @pytest.fixture
@@ -35,7 +42,7 @@ def results(tmp_path):
     label_set(weak / "weak_labels", [1, 0, 0, 0])
     write_json(weak / "results_summary.json", {"accuracy": 0.4, "label_accuracy": 0.25})
     make_run(root, "sft0", 0.5, method="ilr0.15", weak_label_type="weak", weak_labels_path=str(weak / "weak_labels"))
-    label_set(weak / "ilr0.15_0_weak_labels", [1, 1, 0, 0])
+    label_set(weak / "ilr0.15_0_weak_labels", [1, 1, 0, 0], answers=["a", "b", "a", "a"])
     make_run(root, "ilr1", 0.6, method="ilr0.15", weak_label_type="ilr0.15", round_id=1,
              weak_labels_path=str(weak / "ilr0.15_0_weak_labels"))  # fmt: skip
     make_run(root, "naive1", 0.45, method="naive0.15", weak_label_type="naive0.15", round_id=1)
@@ -50,19 +57,21 @@ def test_report_tables_csv_and_plot(results, capsys):
     csv_path = report.main(results_folder=str(results))
     out = capsys.readouterr().out
     assert "weak model: test accuracy 40.0, weak-label accuracy 25.0" in out
-    test_part, label_part = out.split("Test accuracy")[1].split("Accuracy (%) of the training labels")
-
-    def rows_of(part):
-        return {line.split()[0]: line.split() for line in part.splitlines() if line[:4] in ("ilr0", "naiv", "dpo0")}
-
+    test_part, rest = out.split("Test accuracy")[1].split("Accuracy (%) of the training labels")
+    label_part, replaced_part = rest.split("Labels the refinement step")
     lines, labels = rows_of(test_part), rows_of(label_part)
     assert lines["ilr0.15"][1:4] == ["50.0", "60.0", "-"]  # round 0 is the shared SFT run; round 2 missing
     assert lines["naive0.15"][1:4] == ["50.0", "45.0", "-"]
     assert lines["dpo0.10.15"][1:4] == ["52.0", "-", "-"]  # round 1 missing, round 2 unscored
     assert labels["ilr0.15"][1:3] == ["25.0", "50.0"]  # weak labels, then the refined labels round 1 used
+    # ILR round 0 changed one label ("1": a -> b), from wrong to right: 1/0, precision 100%.
+    assert rows_of(replaced_part)["ilr0.15"][1:5] == ["-", "1/0", "100%", "-"]
     rows = list(csv.DictReader(open(csv_path)))
     assert {(r["method"], r["round"]) for r in rows} >= {("ilr0.15", "1"), ("naive0.15", "0"), ("dpo0.10.15", "2")}
-    assert all(r["run_dir"] != str(results / "half") for r in rows)
+    assert all(str(results / "half") not in r["run_dirs"] for r in rows)
+    assert [r["method"] for r in rows].count("weak model") == 1
+    (ilr1,) = [r for r in rows if (r["method"], r["round"]) == ("ilr0.15", "1")]
+    assert (ilr1["replaced"], ilr1["wrong_to_right"], ilr1["right_to_wrong"]) == ("1", "1", "0")
     assert (results / "accuracy_toy_arith_tiny-llama-strong.png").stat().st_size > 1000
 
 
@@ -74,10 +83,121 @@ def test_report_bad_folder(tmp_path):
         report.main(results_folder=str(tmp_path / "empty"))
 
 
+# Three seeds: test accuracies per (method, round, seed); seed 2 never finished ILR round 2.
+TEST_ACC = {
+    ("sft", 0): [0.50, 0.40, 0.45],
+    ("ilr", 1): [0.60, 0.52, 0.47],
+    ("ilr", 2): [0.70, 0.58],
+}
+WEAK_ACC = [0.30, 0.36, 0.33]
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    root = tmp_path / "res"
+    for seed in range(3):
+        weak = make_run(root, f"weak-s{seed}", WEAK_ACC[seed], model_size="tiny-llama-weak", weak_model=None,
+                        seed=seed)  # fmt: skip
+        label_set(weak / "weak_labels", [0, 0, 0, 0])
+        write_json(weak / "results_summary.json", {"accuracy": WEAK_ACC[seed], "label_accuracy": 0.0})
+        # Round 0's ILR step fixes `seed` + 1 labels and breaks none; round 1's breaks one of them.
+        fixed = [1] * (seed + 1) + [0] * (3 - seed)
+        label_set(weak / "ilr0.15_0_weak_labels", fixed, answers=["b" if a else "a" for a in fixed])
+        label_set(
+            weak / "ilr0.15_1_weak_labels", [0] + fixed[1:], answers=["c"] + ["b" if a else "a" for a in fixed[1:]]
+        )
+        common = dict(method="ilr0.15", seed=seed, weak_model={"model_size": "tiny-llama-weak", "seed": seed})
+        make_run(root, f"sft-s{seed}", TEST_ACC["sft", 0][seed], weak_label_type="weak",
+                 weak_labels_path=str(weak / "weak_labels"), **common)  # fmt: skip
+        for r in (1, 2):
+            if seed < len(TEST_ACC["ilr", r]):
+                make_run(root, f"ilr{r}-s{seed}", TEST_ACC["ilr", r][seed], weak_label_type="ilr0.15", round_id=r,
+                         weak_labels_path=str(weak / f"ilr0.15_{r - 1}_weak_labels"), **common)  # fmt: skip
+    return root
+
+
+def by_hand(values):
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) / math.sqrt(len(values))
+
+
+def test_mean_se_against_the_formula():
+    assert report.mean_se([0.6, 0.52, 0.47]) == pytest.approx(by_hand([0.6, 0.52, 0.47]))
+    assert report.mean_se([0.2, None, 0.4]) == pytest.approx((0.3, statistics.stdev([0.2, 0.4]) / math.sqrt(2)))
+    assert report.mean_se([0.7]) == (0.7, None)
+    assert report.mean_se([None]) == (None, None)
+
+
+def test_seeds_aggregate_into_mean_and_standard_error(seeded, capsys):
+    csv_path = report.main(results_folder=str(seeded))
+    out = capsys.readouterr().out
+    assert "3 seeds" in out
+    test_part = out.split("Test accuracy")[1].split("Accuracy (%)")[0]
+    ilr = rows_of(test_part)["ilr0.15"]
+    for r, cell in zip((0, 1), ilr[1:3]):
+        mean, se = by_hand(TEST_ACC["sft" if r == 0 else "ilr", r])
+        assert cell == f"{100 * mean:.1f}±{100 * se:.1f}"
+    mean, se = by_hand(TEST_ACC["ilr", 2])
+    assert ilr[3] == f"{100 * mean:.1f}±{100 * se:.1f}[2/3]"  # a partial round says so
+    mean, se = by_hand(WEAK_ACC)
+    assert f"weak model: test accuracy {100 * mean:.1f}±{100 * se:.1f}, weak-label accuracy 0.0" in out
+
+    rows = {(r["method"], r["round"]): r for r in csv.DictReader(open(csv_path))}
+    r2 = rows["ilr0.15", "2"]
+    assert (r2["seeds"], r2["n_seeds"]) == ("0;1", "2")
+    assert (float(r2["test_accuracy"]), float(r2["test_accuracy_se"])) == pytest.approx(by_hand(TEST_ACC["ilr", 2]))
+    # Replacements summed over seeds: round 1's labels gained 1+2+3 correct; round 2's lost one per seed
+    # that reached it, while changing one more label each (precision 0 in both seeds).
+    r1 = rows["ilr0.15", "1"]
+    assert (r1["replaced"], r1["wrong_to_right"], r1["right_to_wrong"]) == ("6", "6", "0")
+    assert (r2["replaced"], r2["wrong_to_right"], r2["right_to_wrong"]) == ("2", "0", "2")
+    assert float(r1["replacement_precision"]) == 1.0 and r1["replacement_precision_se"] == "0.0"
+    label_mean, label_se = by_hand([1 / 4, 2 / 4, 3 / 4])
+    assert (float(r1["label_accuracy"]), float(r1["label_accuracy_se"])) == pytest.approx((label_mean, label_se))
+
+
+def test_plot_draws_standard_errors(seeded, monkeypatch):
+    import matplotlib.axes
+
+    drawn = {}
+    original = matplotlib.axes.Axes.errorbar
+
+    def spy(self, x, y, yerr=None, **kwargs):
+        drawn[kwargs["label"]] = (list(x), list(y), list(yerr))
+        return original(self, x, y, yerr=yerr, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    report.main(results_folder=str(seeded))
+    x, y, yerr = drawn["ilr0.15"]
+    assert x == [0, 1, 2]
+    expected = [by_hand(TEST_ACC["sft", 0]), by_hand(TEST_ACC["ilr", 1]), by_hand(TEST_ACC["ilr", 2])]
+    assert y == pytest.approx([100 * m for m, _ in expected])
+    assert yerr == pytest.approx([100 * s for _, s in expected])
+
+
+def test_runs_that_differ_beyond_the_seed_are_not_averaged(seeded):
+    make_run(seeded, "ilr1-other-lr", 0.9, method="ilr0.15", weak_label_type="ilr0.15", round_id=1, seed=5, lr=1e-2,
+             weak_model={"model_size": "tiny-llama-weak", "seed": 5})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"differ in \['lr'\]"):
+        report.main(results_folder=str(seeded))
+
+
+def test_two_runs_of_one_seed_are_refused(seeded):
+    make_run(seeded, "ilr1-again", 0.9, method="ilr0.15", weak_label_type="ilr0.15", round_id=1, seed=0,
+             weak_model={"model_size": "tiny-llama-weak", "seed": 0})  # fmt: skip
+    with pytest.raises(ConfigError, match="two runs of ilr0.15 round 1 seed 0"):
+        report.main(results_folder=str(seeded))
+
+
 def test_replacement_counts_sorts_changed_labels_by_what_they_did():
-    spec = importlib.util.spec_from_file_location("rq", Path(__file__).parents[1] / "benchmarks/replacement_quality.py")
-    rq = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rq)
-    before = {"a": ("1", 0.0), "b": ("2", 1.0), "c": ("3", 0.0), "d": ("4", 1.0)}
-    after = {"a": ("5", 1.0), "b": ("6", 0.0), "c": ("7", 0.0), "d": ("4", 1.0)}
-    assert rq.replacement_counts(before, after) == {"changed": 3, "wrong_to_right": 1, "right_to_wrong": 1, "same": 1}
+    before = [("a", "1", 0), ("b", "2", 1), ("c", "3", 0), ("d", "4", 1)]
+    after = [("a", "5", 1), ("b", "6", 0), ("c", "7", 0), ("d", "4", 1)]
+    r = report.replacement_counts(before, after)
+    assert (r.changed, r.wrong_to_right, r.right_to_wrong, r.precision) == (3, 1, 1, 0.5)
+    # Rows in another order, a question asked twice (one of its copies fixed), an unchanged unknown label.
+    before = [("q", "1", 0), ("q", "1", 0), ("u", "9", None)]
+    after = [("u", "9", None), ("q", "2", 1), ("q", "1", 0)]
+    r = report.replacement_counts(before, after)
+    assert (r.changed, r.wrong_to_right, r.right_to_wrong) == (1, 1, 0)
+    assert report.replacement_counts([("u", "1", None)], [("u", "2", 1)]) is None  # unknown before: no guess
+    assert report.Replacements(2, 0, 0).precision is None  # nothing moved: no precision, not 0

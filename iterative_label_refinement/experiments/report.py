@@ -1,60 +1,175 @@
-"""The results report: method x round tables, a CSV, and the paper's accuracy-vs-round plot.
+"""The results report: method x round tables over seeds, a CSV, and the paper's accuracy-vs-round plot.
 
     python -m iterative_label_refinement.experiments.report --results_folder=results
 
 Runs are found from their `experiment_config.json`. Per dataset (and strong/weak model pair) it
 prints test accuracy per method and round, the accuracy of the labels each round trained on (when
-correctness is known), and the weak-model baseline. Missing rounds show as "-", never invented.
+correctness is known), what each refinement step's replacements did to the labels, and the
+weak-model baseline. Runs that differ only by seed are one cell: the mean over seeds, with the
+standard error of the mean when there are several, and `[2/3]` when only 2 of the group's 3 seeds
+have the cell. Missing rounds show as "-", never invented.
 """
 
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from iterative_label_refinement.core.common import ConfigError, get_logger, get_save_path, read_json
-from iterative_label_refinement.core.label_sets import first, is_label_set
+from iterative_label_refinement.core.label_sets import current_labels_path, first, is_label_set
 
 logger = get_logger(__name__)
+
+# Config entries that name where a run's inputs came from: they differ between seeds by construction.
+_SEED_KEYS = ("seed", "weak_labels_path", "dpo_path")
+
+
+@dataclass(frozen=True)
+class Replacements:
+    """What one refinement step did to the labels: how many it changed, and which way each went."""
+
+    changed: int
+    wrong_to_right: int
+    right_to_wrong: int
+
+    @property
+    def precision(self) -> float | None:
+        """Of the changes that altered a label's correctness, the share that fixed it."""
+        moved = self.wrong_to_right + self.right_to_wrong
+        return self.wrong_to_right / moved if moved else None
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One method at one round: test accuracy, and the accuracy of the labels it trained on."""
+    """One run: a method at one round for one seed."""
 
     dataset: str
     strong: str
     weak: str
     method: str
     round_id: int
+    seed: int | None
+    variant: str  # the run's config without its seed: runs aggregated together must share it
     test_accuracy: float | None
     label_accuracy: float | None
+    replacements: Replacements | None
     run_dir: str
+    weak_dir: str | None  # name of the weak run whose labels this run trained on (of itself for a weak run)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A method at one round over the seeds that have it."""
+
+    seeds: tuple[Any, ...]
+    of: int  # how many seeds the group has
+    test: tuple[float | None, float | None]  # (mean, standard error)
+    labels: tuple[float | None, float | None]
+    replacements: Replacements | None  # summed over seeds
+    precision: tuple[float | None, float | None]  # per-seed replacement precision: (mean, standard error)
+    run_dirs: tuple[str, ...]
+
+
+def mean_se(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n)) of the known values;
+    the error is None for fewer than two values."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return mean, None
+    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
+    return mean, math.sqrt(var / len(xs))
 
 
 def _short(name: str | None) -> str:
     return (name or "").rstrip("/").split("/")[-1]
 
 
-def label_set_accuracy(path: str | None) -> float | None:
-    """Mean correctness of a label set's `acc` column (first sample of each row), if known."""
-    if not path or not is_label_set(Path(path)):
+def _load(path: Path, columns: tuple[str, ...]) -> dict[str, list[Any]] | None:
+    """The named columns of a label set, or None when it is absent or lacks one of them."""
+    if not is_label_set(path):
         return None
     from datasets import load_from_disk
 
-    ds = load_from_disk(path)
-    if "acc" not in ds.column_names:
+    ds = load_from_disk(str(path))
+    if any(c not in ds.column_names for c in columns):
         return None
-    values = [first(a) for a in ds["acc"] if first(a) is not None]
+    return {c: ds[c] for c in columns}
+
+
+def _label_rows(path: Path) -> list[tuple[str, str, Any]] | None:
+    """(question, answer, acc) of a label set's rows, or None when it is absent or has no `acc`."""
+    cols = _load(path, ("question", "answer", "acc"))
+    if cols is None:
+        return None
+    return [(q, first(a), first(c)) for q, a, c in zip(cols["question"], cols["answer"], cols["acc"])]
+
+
+def label_set_accuracy(path: str | None) -> float | None:
+    """Mean correctness of a label set's `acc` column (first sample of each row; for a preference
+    set, the chosen answers), if known."""
+    cols = _load(Path(path), ("acc",)) if path else None
+    values = [first(c) for c in (cols or {}).get("acc", []) if first(c) is not None]
     return sum(values) / len(values) if values else None
+
+
+def replacement_counts(before: list[tuple[str, str, Any]], after: list[tuple[str, str, Any]]) -> Replacements | None:
+    """Compare two label sets row by row (matched by question): the answers that changed, and whether
+    each went from wrong to right or right to wrong. A question asked twice is compared as a multiset:
+    its net change in correct labels counts. None when a changed label's correctness is unknown."""
+    old: dict[str, Counter] = defaultdict(Counter)
+    new: dict[str, Counter] = defaultdict(Counter)
+    for q, a, c in before:
+        old[q][(a, c)] += 1
+    for q, a, c in after:
+        new[q][(a, c)] += 1
+    changed = up = down = 0
+    for q, answers in new.items():
+        added, removed = answers - old[q], old[q] - answers
+        if not added:
+            continue
+        if any(c is None for _, c in list(added) + list(removed)):
+            return None
+        net = sum(c * n for (_, c), n in added.items()) - sum(c * n for (_, c), n in removed.items())
+        changed += sum(added.values())
+        up += max(0, round(net))
+        down += max(0, -round(net))
+    return Replacements(changed, up, down)
+
+
+def _replacements(config: dict[str, Any]) -> Replacements | None:
+    """What the refinement step before this round did: its labels against the ones it started from."""
+    path = config.get("weak_labels_path")
+    if config["round_id"] < 1 or config.get("do_dpo") or not path:
+        return None
+    path = Path(path)
+    after = _label_rows(path)
+    before = _label_rows(current_labels_path(path.parent, config["method"], config["round_id"] - 1))
+    if after is None or before is None:
+        return None
+    return replacement_counts(before, after)
 
 
 def _accuracy(run_dir: Path) -> float | None:
     summary = run_dir / "results_summary.json"
     return read_json(summary).get("accuracy") if summary.exists() else None
+
+
+def _without_seed(config: dict[str, Any]) -> str:
+    def strip(c: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not isinstance(c, dict):
+            return c
+        return {k: strip(v) if k == "weak_model" else v for k, v in c.items() if k not in _SEED_KEYS}
+
+    return json.dumps(strip(config), sort_keys=True)
 
 
 def _family(config: dict[str, Any]) -> list[str]:
@@ -84,17 +199,22 @@ def collect(results_folder: Path) -> tuple[list[Cell], list[Cell]]:
     for run_dir, config in find_runs(results_folder):
         if config.get("half_data"):
             continue  # cross-fitting models: a means, not a result
-        dataset, strong = config["ds_name"], _short(config["model_size"])
+        dataset, strong, seed = config["ds_name"], _short(config["model_size"]), config.get("seed")
         if not config.get("weak_model"):
             summary = read_json(run_dir / "results_summary.json") if (run_dir / "results_summary.json").exists() else {}
             if (run_dir / "weak_labels").exists():
-                weak.append(Cell(dataset, strong, "-", "weak model", 0, summary.get("accuracy"),
-                                 summary.get("label_accuracy"), str(run_dir)))  # fmt: skip
+                weak.append(Cell(dataset, strong, "-", "weak model", 0, seed, _without_seed(config),
+                                 summary.get("accuracy"), summary.get("label_accuracy"), None, str(run_dir),
+                                 run_dir.name))  # fmt: skip
             continue
-        label_acc = label_set_accuracy(config.get("weak_labels_path"))
+        labels_path = config.get("weak_labels_path")
+        weak_dir = Path(labels_path).parent.name if labels_path else None
+        label_acc = label_set_accuracy(labels_path)
+        replaced = _replacements(config)
         for method in _family(config):
             cells.append(Cell(dataset, strong, _short(config["weak_model"]["model_size"]), method, config["round_id"],
-                              _accuracy(run_dir), label_acc, str(run_dir)))  # fmt: skip
+                              seed, _without_seed(config), _accuracy(run_dir), label_acc, replaced, str(run_dir),
+                              weak_dir))  # fmt: skip
     # The shared round-0 SFT run is every non-DPO method's round 0.
     for cell in list(cells):
         if cell.method.startswith("SFT"):
@@ -105,20 +225,74 @@ def collect(results_folder: Path) -> tuple[list[Cell], list[Cell]]:
     return cells, weak
 
 
-def table(cells: list[Cell], value: str) -> tuple[list[str], list[list[str]]]:
-    """Rows: methods; columns: rounds; entries formatted, "-" where a run is missing or unscored."""
-    rounds = sorted({c.round_id for c in cells})
-    grid: dict[str, dict[int, Cell]] = defaultdict(dict)
+def summarize(cells: list[Cell], seeds: tuple[Any, ...]) -> Summary:
+    """One method-round over seeds. Runs of one seed are one result; runs that differ in anything but
+    the seed are different experiments, and averaging them would be silently wrong."""
+    by_seed: dict[Any, Cell] = {}
     for c in cells:
-        grid[c.method][c.round_id] = c
+        if c.seed in by_seed:
+            raise ConfigError(f"two runs of {c.method} round {c.round_id} seed {c.seed}: {by_seed[c.seed].run_dir} "
+                              f"and {c.run_dir}; report one setting at a time (--sweep_subfolder)")  # fmt: skip
+        by_seed[c.seed] = c
+    variants = {c.variant for c in cells}
+    if len(variants) > 1:
+        configs = [json.loads(v) for v in variants]
+        differ = sorted({k for c in configs for k in c if any(c.get(k) != o.get(k) for o in configs)})
+        raise ConfigError(f"runs of {cells[0].method} round {cells[0].round_id} differ in {differ}, not only in "
+                          "their seed; report one setting at a time (--sweep_subfolder)")  # fmt: skip
+    ordered = [by_seed[s] for s in sorted(by_seed, key=str)]
+    reps = [c.replacements for c in ordered if c.replacements is not None]
+    total = Replacements(*(sum(getattr(r, f) for r in reps) for f in ("changed", "wrong_to_right", "right_to_wrong")))
+    return Summary(
+        seeds=tuple(c.seed for c in ordered),
+        of=len(seeds),
+        test=mean_se(c.test_accuracy for c in ordered),
+        labels=mean_se(c.label_accuracy for c in ordered),
+        replacements=total if reps else None,
+        precision=mean_se(r.precision for r in reps),
+        run_dirs=tuple(c.run_dir for c in ordered),
+    )
+
+
+def grid(cells: list[Cell]) -> dict[str, dict[int, Summary]]:
+    """method -> round -> summary over the seeds of these cells."""
+    seeds = tuple(sorted({c.seed for c in cells}, key=str))
+    groups: dict[tuple[str, int], list[Cell]] = defaultdict(list)
+    for c in cells:
+        groups[(c.method, c.round_id)].append(c)
+    out: dict[str, dict[int, Summary]] = defaultdict(dict)
+    for (method, round_id), cs in groups.items():
+        out[method][round_id] = summarize(cs, seeds)
+    return out
+
+
+def fmt_pct(mean_and_se: tuple[float | None, float | None], digits: int = 1) -> str:
+    mean, se = mean_and_se
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.{digits}f}" + (f"±{100 * se:.{digits}f}" if se is not None else "")
+
+
+def _coverage(s: Summary) -> str:
+    return f"[{len(s.seeds)}/{s.of}]" if len(s.seeds) < s.of else ""
+
+
+def fmt_replacements(s: Summary) -> str:
+    r = s.replacements
+    if r is None:
+        return "-"
+    return f"{r.wrong_to_right}/{r.right_to_wrong} {fmt_pct(s.precision, 0)}%" + _coverage(s)
+
+
+def table(summaries: dict[str, dict[int, Summary]], entry: Callable[[Summary], str],
+          keep: Callable[[str], bool] = lambda m: True) -> tuple[list[str], list[list[str]]]:  # fmt: skip
+    """Rows: methods; columns: rounds; `entry` formats a cell, "-" where a run is missing."""
+    rounds = sorted({r for by_round in summaries.values() for r in by_round})
     header = ["method"] + [f"r{r}" for r in rounds]
     rows = []
-    for method in sorted(grid, key=lambda m: (m.startswith("SFT"), "dpo" in m, m)):
-        row = [method]
-        for r in rounds:
-            v = getattr(grid[method][r], value) if r in grid[method] else None
-            row.append(f"{100 * v:.1f}" if v is not None else "-")
-        rows.append(row)
+    for method in sorted(summaries, key=lambda m: (m.startswith("SFT"), "dpo" in m, m)):
+        if keep(method):
+            rows.append([method] + [entry(summaries[method][r]) if r in summaries[method] else "-" for r in rounds])
     return header, rows
 
 
@@ -129,7 +303,7 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def plot(cells: list[Cell], weak: list[Cell], title: str, path: Path) -> None:
+def plot(summaries: dict[str, dict[int, Summary]], weak: Summary | None, title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,16 +311,15 @@ def plot(cells: list[Cell], weak: list[Cell], title: str, path: Path) -> None:
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    by_method: dict[str, list[Cell]] = defaultdict(list)
-    for c in cells:
-        if c.test_accuracy is not None and not c.method.startswith("SFT"):
-            by_method[c.method].append(c)
-    for method, cs in sorted(by_method.items()):
-        cs.sort(key=lambda c: c.round_id)
-        ax.plot([c.round_id for c in cs], [100 * c.test_accuracy for c in cs], marker="o", label=method)
-    for w in weak:
-        if w.test_accuracy is not None:
-            ax.axhline(100 * w.test_accuracy, color="gray", linestyle="--", label=f"weak model ({w.strong})")
+    for method, by_round in sorted(summaries.items()):
+        points = [(r, s.test) for r, s in sorted(by_round.items()) if s.test[0] is not None]
+        if method.startswith("SFT") or not points:
+            continue
+        errors = [100 * se if se is not None else 0.0 for _, (_, se) in points]
+        ax.errorbar([r for r, _ in points], [100 * m for _, (m, _) in points], yerr=errors, marker="o", capsize=3,
+                    label=method)  # fmt: skip
+    if weak is not None and weak.test[0] is not None:
+        ax.axhline(100 * weak.test[0], color="gray", linestyle="--", label="weak model")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
@@ -156,6 +329,18 @@ def plot(cells: list[Cell], weak: list[Cell], title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+CSV_COLUMNS = ["dataset", "strong", "weak", "method", "round", "seeds", "n_seeds", "test_accuracy", "test_accuracy_se",
+               "label_accuracy", "label_accuracy_se", "replaced", "wrong_to_right", "right_to_wrong",
+               "replacement_precision", "replacement_precision_se", "run_dirs"]  # fmt: skip
+
+
+def _csv_row(dataset: str, strong: str, weak: str, method: str, round_id: int, s: Summary) -> list[Any]:
+    r = s.replacements
+    return [dataset, strong, weak, method, round_id, ";".join(str(x) for x in s.seeds), len(s.seeds), *s.test,
+            *s.labels, r and r.changed, r and r.wrong_to_right, r and r.right_to_wrong, *s.precision,
+            ";".join(s.run_dirs)]  # fmt: skip
 
 
 def main(results_folder: str | None = None, out_dir: str | None = None, sweep_subfolder: str | None = None) -> str:
@@ -173,28 +358,42 @@ def main(results_folder: str | None = None, out_dir: str | None = None, sweep_su
     groups: dict[tuple[str, str, str], list[Cell]] = defaultdict(list)
     for c in cells:
         groups[(c.dataset, c.strong, c.weak)].append(c)
-    text = []
+    text, csv_rows, baselines_written = [], [], set()
     for (dataset, strong, weak_name), group in sorted(groups.items()):
-        baselines = [w for w in weak if w.dataset == dataset and w.strong == weak_name]
-        text.append(f"\n== {dataset}: strong {strong}, weak {weak_name} ==")
-        for w in baselines:
-            acc = f"{100 * w.test_accuracy:.1f}" if w.test_accuracy is not None else "-"
-            lab = f"{100 * w.label_accuracy:.1f}" if w.label_accuracy is not None else "-"
-            text.append(f"weak model: test accuracy {acc}, weak-label accuracy {lab}")
+        summaries = grid(group)
+        weak_dirs = {c.weak_dir for c in group}
+        baselines = [w for w in weak if w.dataset == dataset and w.weak_dir in weak_dirs]
+        baseline = grid(baselines)["weak model"][0] if baselines else None
+        n_seeds = len({c.seed for c in group})
+        text.append(f"\n== {dataset}: strong {strong}, weak {weak_name}" + (f", {n_seeds} seeds" if n_seeds > 1 else "")
+                    + " ==")  # fmt: skip
+        if baseline is not None:
+            text.append(f"weak model: test accuracy {fmt_pct(baseline.test)}, weak-label accuracy "
+                        f"{fmt_pct(baseline.labels)}{_coverage(baseline)}")  # fmt: skip
+            if baseline.run_dirs not in baselines_written:
+                baselines_written.add(baseline.run_dirs)
+                csv_rows.append(_csv_row(dataset, weak_name, "-", "weak model", 0, baseline))
+        if n_seeds > 1:
+            text.append("(mean±standard error over seeds; [k/n]: only k of the n seeds have that cell)")
         text.append("\nTest accuracy (%) by round:")
-        text.append(format_table(*table(group, "test_accuracy")))
+        text.append(format_table(*table(summaries, lambda s: fmt_pct(s.test) + _coverage(s))))
         text.append("\nAccuracy (%) of the training labels each round used:")
-        text.append(format_table(*table(group, "label_accuracy")))
+        text.append(format_table(*table(summaries, lambda s: fmt_pct(s.labels) + _coverage(s))))
+        refined = {m for m, by_round in summaries.items() if any(s.replacements for s in by_round.values())}
+        if refined:
+            text.append("\nLabels the refinement step before each round replaced: wrong->right/right->wrong, and "
+                        "precision (the share of those that fixed a label):")  # fmt: skip
+            text.append(format_table(*table(summaries, fmt_replacements, keep=refined.__contains__)))
         png = out / f"accuracy_{dataset}_{strong}.png"
-        plot(group, baselines, f"{dataset}: {strong} supervised by {weak_name}", png)
+        plot(summaries, baseline, f"{dataset}: {strong} supervised by {weak_name}", png)
         text.append(f"\nplot: {png}")
+        for method, by_round in sorted(summaries.items()):
+            csv_rows += [_csv_row(dataset, strong, weak_name, method, r, s) for r, s in sorted(by_round.items())]
     csv_path = out / "report.csv"
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["dataset", "strong", "weak", "method", "round", "test_accuracy", "label_accuracy", "run_dir"])
-        for c in sorted(weak + cells, key=lambda c: (c.dataset, c.strong, c.method, c.round_id)):
-            writer.writerow([c.dataset, c.strong, c.weak, c.method, c.round_id, c.test_accuracy, c.label_accuracy,
-                             c.run_dir])  # fmt: skip
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(csv_rows)
     text.append(f"csv: {csv_path}")
     print("\n".join(text))
     return str(csv_path)
