@@ -36,7 +36,11 @@ def ilr_world(tmp_path_factory):
 
 def test_ilr_round_then_retrain_from_base(ilr_world):
     results, weak, (h1, h2) = ilr_world
+    planned = ilr.main("toy_arith", str(weak), str(h1), str(h2), round_id=0, max_replace=0.5, use_oracle_feedback=True,
+                       print_save_path=True)  # fmt: skip
+    assert not Path(planned).exists()
     out = ilr.main("toy_arith", str(weak), str(h1), str(h2), round_id=0, max_replace=0.5, use_oracle_feedback=True)
+    assert out == planned
     path = Path(out)
     assert path == refined_path(weak, "orailr0.5", 0) and path.name == "orailr0.5_0_weak_labels"
     refined = load_from_disk(out)
@@ -61,7 +65,10 @@ def test_ilr_round_then_retrain_from_base(ilr_world):
 
 def test_naive_round(ilr_world):
     _, weak, (h1, h2) = ilr_world
+    planned = naive.main("toy_arith", str(weak), str(h1), str(h2), round_id=0, max_replace=0.5, print_save_path=True)
+    assert not Path(planned).exists()
     out = naive.main("toy_arith", str(weak), str(h1), str(h2), round_id=0, max_replace=0.5, seed=1)
+    assert out == planned
     refined, current = load_from_disk(out), load_from_disk(str(weak / "weak_labels"))
     assert Path(out).name == "naive0.5_0_weak_labels" and len(refined) == len(current) == 24
 
@@ -85,11 +92,40 @@ def test_refinement_bad_input(ilr_world, tmp_path):
     assert not list(weak.glob("ilr0.1_*")) and not list(tmp_path.glob("*_weak_labels"))
 
 
+@pytest.mark.parametrize(
+    "module, flags, name",
+    [
+        ("ilr", ["--model1_path=h1", "--model2_path=h2", "--max_replace=0.15", "--use_oracle_feedback=True",
+                 "--start_with_correct_labels=True", "--round_id=2"], "cororailr0.15_2_weak_labels"),
+        ("naive", ["--model1_path=h1", "--model2_path=h2", "--max_replace=0.15"], "naive0.15_0_weak_labels"),
+        ("dpo", ["--strong_model_path=s", "--beta=0.1", "--subsample=0.15", "--round_id=1"],
+         "dpo0.10.15_1_weak_labels"),
+    ],
+)  # fmt: skip
+def test_refinement_cli_prints_its_save_path_without_reading_anything(module, flags, name, tmp_path):
+    """A dry run (scripts name every step before any model exists): the planned label set is the last
+    stdout line, exit 0, and nothing is read or written (the model paths do not exist)."""
+    import subprocess
+    import sys
+
+    weak = tmp_path / "weak-run"
+    command = [sys.executable, "-m", f"iterative_label_refinement.experiments.{module}", "--ds_name=toy_arith",
+               f"--weak_model_path={weak}", *flags, "--print_save_path"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == str(weak / name)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_dpo_rounds_from_previous_adapter(tmp_path):
     results = tmp_path / "results"
     weak = run(results)
     r0 = run(results, weak_labels_path=str(weak), method="oradpo0.10.5", label_temp=1.0, force_eval=False)
+    planned = dpo.main("toy_arith", str(weak), str(r0), round_id=0, subsample=0.5, use_oracle_feedback=True,
+                       print_save_path=True)  # fmt: skip
+    assert not Path(planned).exists()
     out = dpo.main("toy_arith", str(weak), str(r0), round_id=0, subsample=0.5, use_oracle_feedback=True)
+    assert out == planned
     prefs = load_from_disk(out)
     assert Path(out).name == "oradpo0.10.5_0_weak_labels"
     assert len(prefs) == int(24 * 3 * 0.5)

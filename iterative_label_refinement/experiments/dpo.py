@@ -9,6 +9,8 @@ order only), and the most confident `subsample` fraction becomes chosen/rejected
 equal confidence are ranked in a seeded random order, as in the reference.
 Writes `<weak run>/<cor?><ora?>dpo<beta><subsample>_<round>_weak_labels` (with `nt` after the
 subsample for `--neutral_oracle_ties`).
+`--print_save_path` prints that path (the last stdout line) and reads nothing: the same flags name
+the step before any of its inputs exist.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def main(
     batch_size: int = 32,
     neutral_oracle_ties: bool = False,
     force: bool = False,
+    print_save_path: bool = False,
 ) -> str:
     """Write the preference pairs of round `round_id` (flags as in the reference, plus):
 
@@ -90,13 +93,16 @@ def main(
     """
     ds_cfg = get_dataset_config(ds_name)
     check_fraction("subsample", subsample)
-    check_round(round_id, strong_model_path=strong_model_path)
     if neutral_oracle_ties and not use_oracle_feedback:
         raise ConfigError("--neutral_oracle_ties changes oracle scores only: pass --use_oracle_feedback=True too")
     # The variant writes its own label set ("nt"), so it never passes for a reference-rule run.
     method = method_name("dpo", correct=start_with_correct_labels, oracle=use_oracle_feedback,
                          suffix=f"{beta}{subsample}" + ("nt" if neutral_oracle_ties else ""))  # fmt: skip
     out_path = refined_path(weak_model_path, method, round_id)
+    if print_save_path:  # naming needs only the flags: nothing is read
+        print(out_path)
+        return str(out_path)
+    check_round(round_id, strong_model_path=strong_model_path)
     if already_done(out_path, force):
         return str(out_path)
     from iterative_label_refinement.core.evaluator import debiased_scores, load_feedback_evaluator

@@ -6,6 +6,8 @@
 Cross-fitted proposals (each half model labelled the half it did not see) replace current labels
 that the evaluator prefers them to; at most `max_replace` of the disagreements change per round.
 Writes `<weak run>/<cor?><ora?>ilr<max_replace>_<round>_weak_labels`.
+`--print_save_path` prints that path (the last stdout line) and reads nothing: the same flags name
+the step before any of its inputs exist.
 """
 
 from __future__ import annotations
@@ -51,13 +53,17 @@ def main(
     start_with_correct_labels: bool = False,
     batch_size: int = 32,
     force: bool = False,
+    print_save_path: bool = False,
 ) -> str:
     """Refine the current labels with the half models' proposals and the evaluator's verdicts."""
     ds_cfg = get_dataset_config(ds_name)
     check_fraction("max_replace", max_replace)
-    check_round(round_id, model1_path=model1_path, model2_path=model2_path)
     method = method_name("ilr", correct=start_with_correct_labels, oracle=use_oracle_feedback, suffix=str(max_replace))
     out_path = refined_path(weak_model_path, method, round_id)
+    if print_save_path:  # naming needs only the flags: nothing is read
+        print(out_path)
+        return str(out_path)
+    check_round(round_id, model1_path=model1_path, model2_path=model2_path)
     if already_done(out_path, force):
         return str(out_path)
     from iterative_label_refinement.core.evaluator import load_feedback_evaluator

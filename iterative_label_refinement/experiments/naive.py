@@ -5,6 +5,8 @@
 
 Proposals are matched to labels by question (the reference paired them by sorted position).
 Writes `<weak run>/<cor?>naive<max_replace>_<round>_weak_labels`.
+`--print_save_path` prints that path (the last stdout line) and reads nothing: the same flags name
+the step before any of its inputs exist.
 """
 
 from __future__ import annotations
@@ -45,12 +47,16 @@ def main(
     seed: int = 0,
     start_with_correct_labels: bool = False,
     force: bool = False,
+    print_save_path: bool = False,
 ) -> str:
     get_dataset_config(ds_name)
     check_fraction("max_replace", max_replace)
-    check_round(round_id, model1_path=model1_path, model2_path=model2_path)
     method = method_name("naive", correct=start_with_correct_labels, oracle=False, suffix=str(max_replace))
     out_path = refined_path(weak_model_path, method, round_id)
+    if print_save_path:  # naming needs only the flags: nothing is read
+        print(out_path)
+        return str(out_path)
+    check_round(round_id, model1_path=model1_path, model2_path=model2_path)
     if already_done(out_path, force):
         return str(out_path)
     labels = load_current_labels(weak_model_path, method, round_id, start_with_correct_labels)
