@@ -14,7 +14,6 @@ from iterative_label_refinement.core.refinement import (
     ilr_decide,
     ilr_threshold,
     match_proposals,
-    method_name,
     naive_choice,
     oracle_pair_score,
     refined_rows,
@@ -181,13 +180,6 @@ def test_sequence_logps_counts_only_labelled_tokens():
     logits = torch.zeros(1, 4, 5)  # uniform: log p = -log 5 per token
     labels = torch.tensor([[-100, -100, 2, 3]])  # the last two positions are labelled
     assert sequence_logps(logits, labels).item() == pytest.approx(-2 * math.log(5))
-
-
-def test_method_names_as_the_reference_writes_them():
-    assert method_name("ilr", correct=False, oracle=False, suffix="0.15") == "ilr0.15"
-    assert method_name("ilr", correct=True, oracle=True, suffix="0.15") == "cororailr0.15"
-    assert method_name("dpo", correct=False, oracle=True, suffix="0.10.15") == "oradpo0.10.15"
-    assert method_name("naive", correct=True, oracle=False, suffix="0.1") == "cornaive0.1"
 
 
 def test_naive_and_matching_errors_name_the_flag_and_the_cause():

@@ -15,6 +15,8 @@ from iterative_label_refinement.core.common import ConfigError, get_logger, save
 if TYPE_CHECKING:
     from datasets import Dataset
 
+    from iterative_label_refinement.core.methods import Method
+
 logger = get_logger(__name__)
 
 LABEL_COLUMNS = ("question", "answer", "gt_answer")
@@ -27,12 +29,13 @@ def is_label_set(path: Path) -> bool:
     return (path / "dataset_info.json").exists() or (path / "state.json").exists()
 
 
-def refined_path(weak_dir: str | Path, method: str, round_id: int) -> Path:
-    """The label set a refinement step of `round_id` writes (and round `round_id + 1` trains on)."""
+def refined_path(weak_dir: str | Path, method: Method | str, round_id: int) -> Path:
+    """The label set a refinement step of `round_id` writes (and round `round_id + 1` trains on);
+    `method` is a Method or its name (`str(method)` is the name either way)."""
     return Path(weak_dir) / f"{method}_{round_id}_weak_labels"
 
 
-def current_labels_path(weak_dir: str | Path, method: str | None, round_id: int) -> Path:
+def current_labels_path(weak_dir: str | Path, method: Method | str | None, round_id: int) -> Path:
     """The labels a round starts from: `weak_labels` in round 0, else the previous round's output."""
     if round_id == 0:
         return Path(weak_dir) / "weak_labels"
@@ -106,7 +109,9 @@ def check_known_acc(ds: Dataset, path: str | Path, purpose: str) -> None:
                           "label's correctness: generate the labels with --compute_weak_label_acc=True")  # fmt: skip
 
 
-def load_current_labels(weak_dir: str | Path, method: str, round_id: int, correct_only: bool = False) -> Dataset:
+def load_current_labels(
+    weak_dir: str | Path, method: Method | str, round_id: int, correct_only: bool = False
+) -> Dataset:
     """The labels a refinement round starts from; `correct_only` keeps correct round-0 demonstrations."""
     path = current_labels_path(weak_dir, method, round_id)
     labels = load_label_set(path, REFINEMENT_COLUMNS)

@@ -16,17 +16,7 @@ import numpy as np
 
 from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.label_sets import first
-
-
-def check_fraction(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ConfigError(f"--{name} must be in (0, 1], got {value!r}")
-
-
-def method_name(base: str, *, correct: bool, oracle: bool, suffix: str) -> str:
-    """`cor`? + `ora`? + base + suffix, e.g. `ilr0.15`, `coraora...`, `dpo0.10.15`."""
-    return ("cor" if correct else "") + ("ora" if oracle else "") + base + suffix
-
+from iterative_label_refinement.core.methods import check_fraction
 
 # ---------------------------------------------------------------------------------------------
 # ILR

@@ -31,9 +31,8 @@ from iterative_label_refinement.core.label_sets import (
     refined_path,
     save_label_set,
 )
+from iterative_label_refinement.core.methods import Method
 from iterative_label_refinement.core.refinement import (
-    check_fraction,
-    method_name,
     oracle_pair_score,
     sample_pairs,
     select_preferences,
@@ -92,12 +91,9 @@ def main(
     force: redo a finished step.
     """
     ds_cfg = get_dataset_config(ds_name)
-    check_fraction("subsample", subsample)
-    if neutral_oracle_ties and not use_oracle_feedback:
-        raise ConfigError("--neutral_oracle_ties changes oracle scores only: pass --use_oracle_feedback=True too")
-    # The variant writes its own label set ("nt"), so it never passes for a reference-rule run.
-    method = method_name("dpo", correct=start_with_correct_labels, oracle=use_oracle_feedback,
-                         suffix=f"{beta}{subsample}" + ("nt" if neutral_oracle_ties else ""))  # fmt: skip
+    # The neutral-ties variant writes its own label set ("nt"), so it never passes for a reference-rule run.
+    method = Method("dpo", oracle=use_oracle_feedback, correct_start=start_with_correct_labels, beta=beta,
+                    subsample=subsample, neutral_ties=neutral_oracle_ties)  # fmt: skip
     out_path = refined_path(weak_model_path, method, round_id)
     if print_save_path:  # naming needs only the flags: nothing is read
         print(out_path)

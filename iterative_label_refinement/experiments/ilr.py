@@ -28,11 +28,10 @@ from iterative_label_refinement.core.label_sets import (
     refined_path,
     save_label_set,
 )
+from iterative_label_refinement.core.methods import Method
 from iterative_label_refinement.core.refinement import (
-    check_fraction,
     ilr_decide,
     match_proposals,
-    method_name,
     refined_rows,
 )
 
@@ -57,8 +56,7 @@ def main(
 ) -> str:
     """Refine the current labels with the half models' proposals and the evaluator's verdicts."""
     ds_cfg = get_dataset_config(ds_name)
-    check_fraction("max_replace", max_replace)
-    method = method_name("ilr", correct=start_with_correct_labels, oracle=use_oracle_feedback, suffix=str(max_replace))
+    method = Method("ilr", oracle=use_oracle_feedback, correct_start=start_with_correct_labels, max_replace=max_replace)
     out_path = refined_path(weak_model_path, method, round_id)
     if print_save_path:  # naming needs only the flags: nothing is read
         print(out_path)
@@ -70,7 +68,7 @@ def main(
 
     evaluator = load_feedback_evaluator(evaluator_path, use_oracle_feedback)
 
-    labels = load_current_labels(weak_model_path, method, round_id, start_with_correct_labels)
+    labels = load_current_labels(weak_model_path, method, round_id, method.correct_start)
     proposal_paths = [Path(p) / "weak_labels" for p in (model1_path, model2_path)]
     proposal_sets = [load_label_set(p, REFINEMENT_COLUMNS) for p in proposal_paths]
     if use_oracle_feedback:

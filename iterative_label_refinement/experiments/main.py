@@ -38,6 +38,7 @@ from iterative_label_refinement.core.label_sets import (
     is_label_set,
     load_label_set,
 )
+from iterative_label_refinement.core.methods import Method, parse_method
 from iterative_label_refinement.core.models import get_model_config
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ DPO_NUM_SAMPLES = 6
 # ---------------------------------------------------------------------------------------------
 
 
-def label_set_path(weak_labels_path: str | Path, method: str | None, round_id: int) -> tuple[Path, Path]:
+def label_set_path(weak_labels_path: str | Path, method: Method | str | None, round_id: int) -> tuple[Path, Path]:
     """(weak run dir, label set) for a run on labels (SPEC §4). A label set path is used as it is."""
     path = Path(weak_labels_path)
     if is_label_set(path):
@@ -61,10 +62,11 @@ def label_set_path(weak_labels_path: str | Path, method: str | None, round_id: i
     return path, current_labels_path(path, method, round_id)
 
 
-def weak_label_type(method: str, round_id: int) -> str:
+def weak_label_type(method: Method, round_id: int) -> str:
+    """Round 0 trains on the weak model's demonstrations (all, or the correct ones); later rounds on the method's."""
     if round_id == 0:
-        return "corweak" if "cor" in method else "weak"
-    return method
+        return "corweak" if method.correct_start else "weak"
+    return str(method)
 
 
 def run_config(**flags: Any) -> dict[str, Any]:
@@ -88,7 +90,7 @@ def run_config(**flags: Any) -> dict[str, Any]:
     return config
 
 
-def filter_rows(ds: Dataset, ds_name: str, method: str | None, round_id: int, saferpaca_mode: int | None,
+def filter_rows(ds: Dataset, ds_name: str, method: Method | None, round_id: int, saferpaca_mode: int | None,
                 preference: bool) -> Dataset:  # fmt: skip
     """SPEC §4 filters: saferpaca mode, correct-only demonstrations, oracle-correct DPO pairs, `####`."""
     n = len(ds)
@@ -98,9 +100,9 @@ def filter_rows(ds: Dataset, ds_name: str, method: str | None, round_id: int, sa
         if "category" in ds.column_names:
             keep = "general" if saferpaca_mode == 1 else "safety"
             ds = ds.filter(lambda r: r["category"] == keep)
-    if method and preference and "oradpo" in method:
+    if method and preference and method.is_dpo and method.oracle:
         ds = ds.filter(lambda r: first(r["acc"]) == 1)
-    if method and not preference and "cor" in method and round_id == 0 and "acc" in ds.column_names:
+    if method and not preference and method.correct_start and round_id == 0 and "acc" in ds.column_names:
         ds = ds.filter(lambda r: first(r["acc"]) == 1)
     if ds_name == "gsm8k":
         column = "chosen" if preference else "answer"
@@ -205,8 +207,8 @@ def main(
     # ----- validate and resolve every flag before anything touches the disk -----
     ds_cfg = get_dataset_config(ds_name)
     model_cfg = get_model_config(model_size)
-    method = method or None
-    do_dpo = bool(do_dpo or (method and "dpo" in method))
+    method = parse_method(method) if method else None
+    do_dpo = bool(do_dpo or (method and method.is_dpo))
     dpo_round = do_dpo and round_id >= 1
     if half_data not in (0, 1, 2):
         raise ConfigError(f"half_data must be 0, 1 or 2, got {half_data!r}")
@@ -296,7 +298,7 @@ def main(
     if is_main_process():  # the other processes of a DDP run only train; rank 0 owns the run dir
         run_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_tmp(run_dir)
-    full_config = dict(config, method=method, num_samples=num_samples, label_temp=label_temp, max_len=max_len,
+    full_config = dict(config, method=str(method) if method else None, num_samples=num_samples, label_temp=label_temp, max_len=max_len,
                        minibatch_size_per_device=minibatch_size_per_device, save_model=save_model,
                        weak_labels_path=str(labels_path) if labels_path else None, dpo_path=dpo_path,
                        num_beams=num_beams, top_k=top_k, top_p=top_p, eval_batch_size=eval_batch_size,

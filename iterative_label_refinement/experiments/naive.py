@@ -25,10 +25,9 @@ from iterative_label_refinement.core.label_sets import (
     refined_path,
     save_label_set,
 )
+from iterative_label_refinement.core.methods import Method
 from iterative_label_refinement.core.refinement import (
-    check_fraction,
     match_proposals,
-    method_name,
     naive_choice,
     refined_rows,
 )
@@ -50,8 +49,7 @@ def main(
     print_save_path: bool = False,
 ) -> str:
     get_dataset_config(ds_name)
-    check_fraction("max_replace", max_replace)
-    method = method_name("naive", correct=start_with_correct_labels, oracle=False, suffix=str(max_replace))
+    method = Method("naive", correct_start=start_with_correct_labels, max_replace=max_replace)
     out_path = refined_path(weak_model_path, method, round_id)
     if print_save_path:  # naming needs only the flags: nothing is read
         print(out_path)
@@ -59,7 +57,7 @@ def main(
     check_round(round_id, model1_path=model1_path, model2_path=model2_path)
     if already_done(out_path, force):
         return str(out_path)
-    labels = load_current_labels(weak_model_path, method, round_id, start_with_correct_labels)
+    labels = load_current_labels(weak_model_path, method, round_id, method.correct_start)
     proposal_sets = [load_label_set(Path(p) / "weak_labels", REFINEMENT_COLUMNS) for p in (model1_path, model2_path)]
     proposals = match_proposals(list(labels["question"]), proposal_sets)
     replace = naive_choice(len(labels), max_replace, seed=seed + round_id)
