@@ -16,6 +16,7 @@ from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import load_dataset, tokenize_dataset
 from iterative_label_refinement.core.generation import generate_answers
 from iterative_label_refinement.core.models import load_model, load_tokenizer
+from iterative_label_refinement.core.run_config import label_set_path
 from iterative_label_refinement.core.train import TrainConfig, add_lora, sft_collate, train_sft
 from iterative_label_refinement.experiments import main as main_module
 
@@ -80,8 +81,8 @@ def test_half_data_runs_train_on_complementary_halves(weak_run):
 
 def test_weak_labels_path_resolves_by_round(weak_run):
     results, weak_dir = weak_run
-    assert main_module.label_set_path(weak_dir, "ilr0.1", 0) == (weak_dir, weak_dir / "weak_labels")
-    assert main_module.label_set_path(weak_dir, "ilr0.1", 3) == (weak_dir, weak_dir / "ilr0.1_2_weak_labels")
+    assert label_set_path(weak_dir, "ilr0.1", 0) == (weak_dir, weak_dir / "weak_labels")
+    assert label_set_path(weak_dir, "ilr0.1", 3) == (weak_dir, weak_dir / "ilr0.1_2_weak_labels")
     shutil.copytree(weak_dir / "weak_labels", weak_dir / "ilr0.1_0_weak_labels")
     out = run(results, weak_labels_path=str(weak_dir), method="ilr0.1", round_id=1, generate_weak_labels=False)
     config = json.loads((Path(out["save_path"]) / "experiment_config.json").read_text())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from iterative_label_refinement.core import arithmetic
@@ -37,6 +37,16 @@ class DatasetConfig:
     agreement: Agreement
     extra_columns: tuple[str, ...] = ()
     prepare_hint: str = ""  # how to obtain the data, shown when it is missing
+    # Training keeps only answers that carry this final-answer marker: an answer without one can
+    # never be scored, so learning from it only teaches the model to omit it (GSM8K's `####`).
+    answer_marker: str | None = None
+    # Whether labels are scored by default: a metric that calls a paid judge scores only test answers.
+    score_labels: bool = True
+    # `--saferpaca_mode` values: mode -> the `category` a run keeps (general-only or safety-only runs).
+    modes: dict[int, str] = field(default_factory=dict)
+    # Checks the rows a run will score before training (e.g. every BIRD database can be opened):
+    # a missing input found after hours of training costs the run.
+    check_rows: Callable[[Sequence[Dataset]], None] | None = None
 
 
 _REGISTRY: dict[str, DatasetConfig] = {}
@@ -100,7 +110,7 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 def prompt_ids(tokenizer, question: str) -> list[int]:
-    """The prompt of SPEC §2, after a BOS token when the model's registry entry asks for one."""
+    """The SFT prompt of a question, after a BOS token when the model's registry entry asks for one."""
     from iterative_label_refinement.core.models import prompt_prefix_ids
 
     return prompt_prefix_ids(tokenizer) + _encode(tokenizer, format_prompt(question))
@@ -117,7 +127,7 @@ def tokenize_example(tokenizer, question: str, answer: str) -> dict[str, list[in
 
 
 def tokenize_dataset(ds: Dataset, tokenizer, preference: bool = False, max_len: int | None = None) -> Dataset:
-    """SPEC §2. SFT rows get `input_ids`/`labels`; preference rows get prompt, chosen and rejected ids.
+    """Token ids for training. SFT rows get `input_ids`/`labels`; preference rows get prompt, chosen and rejected ids.
 
     Rows whose answer is longer than `max_len` tokens are dropped (a truncated answer would teach a
     cut-off label); a generated answer is never longer, so labels a model wrote are always kept.
@@ -209,7 +219,7 @@ def _same_execution_result(current, proposals, rows):
 
 
 def _similar_embedding(current, proposals, rows=None):
-    """SaferPaca: cosine similarity of the two answers above the median of this batch (SPEC §5)."""
+    """SaferPaca: cosine similarity of the two answers above the median of this batch."""
     import numpy as np
 
     from iterative_label_refinement.core.embedder import get_embedder
@@ -238,6 +248,13 @@ def _arith_rows() -> dict[str, list[dict[str, str]]]:
     return _ARITH_CACHE
 
 
+def _check_bird_databases(splits: Sequence[Dataset]) -> None:
+    """Scoring executes SQL on every database the rows name: each must open before training starts."""
+    from iterative_label_refinement.metrics.eval_bird import check_bird_databases
+
+    check_bird_databases([name for ds in splits for name in ds["db_name"]], bird_root())
+
+
 register_dataset(
     DatasetConfig(
         name="gsm8k",
@@ -245,6 +262,7 @@ register_dataset(
         max_len=256,
         metric=_gsm8k_metric,
         agreement=_same_final_answer,
+        answer_marker="####",
         prepare_hint="Raw files: train.jsonl and test.jsonl of openai/grade-school-math (grade_school_math/data).",
     )
 )
@@ -256,6 +274,7 @@ register_dataset(
         metric=_bird_metric,
         agreement=_same_execution_result,
         extra_columns=("db_name", "db_schema"),
+        check_rows=_check_bird_databases,
         prepare_hint="Raw files: BIRD train/dev json (question, evidence, SQL, db_id) and its tables.json.",
     )
 )
@@ -267,6 +286,8 @@ register_dataset(
         metric=_saferpaca_metric,
         agreement=_similar_embedding,
         extra_columns=("category",),
+        score_labels=False,
+        modes={1: "general", 2: "safety"},
         prepare_hint="Raw files: an Alpaca-format general instruction json and SaferPaca's "
         "safety_only_data_Instructions.json.",
     )

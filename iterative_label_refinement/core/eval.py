@@ -8,7 +8,7 @@ from typing import Any
 from datasets import Dataset
 
 from iterative_label_refinement.core.common import get_logger
-from iterative_label_refinement.core.datasets import get_dataset_config
+from iterative_label_refinement.core.datasets import DatasetConfig
 from iterative_label_refinement.core.generation import generate_answers
 
 logger = get_logger(__name__)
@@ -27,7 +27,7 @@ def evaluate_dataset(
     model: Any,
     tokenizer: Any,
     ds: Dataset,
-    ds_name: str,
+    dataset: DatasetConfig,
     *,
     compute_acc: bool = True,
     desc: str = "eval",
@@ -41,7 +41,7 @@ def evaluate_dataset(
     rows = list(ds)
     flat_preds = [t for texts in gens.texts for t in texts]
     if compute_acc:
-        metric = get_dataset_config(ds_name).metric
+        metric = dataset.metric
         flat_refs = [r["answer"] for r in rows for _ in range(n_samples)]
         flat_rows = [r for r in rows for _ in range(n_samples)]
         flat_acc = [float(a) for a in metric(flat_preds, flat_refs, flat_rows)]
@@ -57,7 +57,7 @@ def evaluate_dataset(
             "acc": acc if n_samples > 1 else acc[0],
             "answer_ids": gens.token_ids[i] if n_samples > 1 else gens.token_ids[i][0],
         }
-        for extra in get_dataset_config(ds_name).extra_columns:
+        for extra in dataset.extra_columns:
             if extra in row:
                 record[extra] = row[extra]
         records.append(record)

@@ -1,4 +1,4 @@
-"""Pairwise comparison data for the evaluator, from the checkpoints of a ground-truth run (SPEC §8).
+"""Pairwise comparison data for the evaluator, from the checkpoints of a ground-truth run.
 
     python -m iterative_label_refinement.experiments.main --ds_name=gsm8k --save_frequency=0.1 \
         --generate_weak_labels=False
@@ -61,7 +61,8 @@ def _weighted_choice(rng: random.Random, samples: list[tuple[str, int]], n_check
 
 def build_pairs(questions: Sequence[str], gold: Sequence[str], answers: Sequence[Sequence[str]],
                 accs: Sequence[Sequence[float | None]], seed: int = 0) -> list[dict[str, str]]:  # fmt: skip
-    """(better, worse) pairs per question, SPEC §8.
+    """(better, worse) pairs per question: a later checkpoint's answer is taken as better than an
+    earlier one's when it scores higher.
 
     answers[c][q], accs[c][q]: the answer of checkpoint c (ascending) to question q, and its score.
     With a correct answer: (gold, a correct answer) and, if there is a wrong answer too, (gold or a
@@ -150,13 +151,13 @@ def find_checkpoints(run_dir: Path) -> list[Path]:
 
 def training_questions(ds_name: str, seed: int, n_docs: int, n_test_docs: int, saferpaca_mode: int | None,
                        train_with_all_data: bool) -> Dataset:  # fmt: skip
-    """The rows a ground-truth run trained on (SPEC §4: half A of the train split, after filters)."""
-    from iterative_label_refinement.core.datasets import load_dataset
-    from iterative_label_refinement.experiments.main import filter_rows
+    """The rows a ground-truth run trained on (half A of the train split, after the training filters)."""
+    from iterative_label_refinement.core.datasets import get_dataset_config, load_dataset
+    from iterative_label_refinement.core.run_data import filter_rows
 
     dd = load_dataset(ds_name, seed=seed, split_sizes={"train": n_docs, "test": n_test_docs})
     train = dd["train"] if train_with_all_data else dd["train"].train_test_split(test_size=0.5, seed=seed)["train"]
-    return filter_rows(train, ds_name, None, 0, saferpaca_mode, preference=False)
+    return filter_rows(train, get_dataset_config(ds_name), None, 0, saferpaca_mode, preference=False)
 
 
 def checkpoint_answers(checkpoint: Path, rows: Dataset, run: dict[str, Any], sampling: dict[str, float], seed: int,
@@ -193,7 +194,7 @@ def _generate(checkpoint: Path, questions: list[str], run: dict[str, Any], sampl
     from iterative_label_refinement.core.datasets import DATASET_MAX_LEN
     from iterative_label_refinement.core.generation import generate_answers
     from iterative_label_refinement.core.models import get_model_config, load_tokenizer
-    from iterative_label_refinement.experiments.main import load_trained
+    from iterative_label_refinement.core.saved_models import load_trained
 
     model = load_trained(run["model_size"], checkpoint)
     if hasattr(model, "merge_and_unload"):
@@ -275,7 +276,7 @@ def main(
     from iterative_label_refinement.core.generation import check_sampling
     from iterative_label_refinement.core.models import get_model_config
 
-    get_dataset_config(run["ds_name"])
+    dataset = get_dataset_config(run["ds_name"])
     get_model_config(run["model_size"])
     check_sampling(top_k, top_p)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -288,7 +289,7 @@ def main(
             f"--save_path={save_path} is not a directory: pass the ground-truth run dir with checkpoint-N"
         )
     runs = {"": (run_dir, run)}
-    if run["ds_name"] == "saferpaca":
+    if dataset.modes:  # a general-only and a safety-only run, each answering the questions of its mode
         safety_dir = safety_run_dir(run_dir, safety_save_path)
         if not safety_dir.is_dir():
             raise ConfigError(

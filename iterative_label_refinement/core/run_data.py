@@ -1,0 +1,97 @@
+"""The rows of one run: what it trains on, its test rows, and the prompts it labels.
+
+A ground-truth run (the weak supervisor) trains on half A of the task's train split and labels
+half B. A run on labels trains on all of them, or on one half (`half_data=1|2`, the cross-fitted
+models that propose refinements) and labels the other half; a DPO round trains on preference
+pairs and samples again on the prompts of half B. Filters come from the method and the task's
+registry entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from iterative_label_refinement.core.common import ConfigError, get_logger
+from iterative_label_refinement.core.datasets import DatasetConfig, load_dataset
+from iterative_label_refinement.core.label_sets import LABEL_COLUMNS, PREFERENCE_COLUMNS, first, load_label_set
+from iterative_label_refinement.core.methods import Method
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from iterative_label_refinement.core.run_config import RunConfig
+
+logger = get_logger(__name__)
+
+
+def filter_rows(ds: Dataset, dataset: DatasetConfig, method: Method | None, round_id: int,
+                saferpaca_mode: int | None, preference: bool) -> Dataset:  # fmt: skip
+    """The rows a run trains on: the task mode's category, correct-only round-0 demonstrations for a
+    `cor` method, oracle-correct chosen answers for an oracle DPO round, and the task's answer marker."""
+    n = len(ds)
+    if saferpaca_mode:
+        if saferpaca_mode not in dataset.modes:
+            valid = " or ".join(f"{m} ({c})" for m, c in dataset.modes.items()) or f"unset: {dataset.name} has no modes"
+            raise ConfigError(f"saferpaca_mode must be {valid}, got {saferpaca_mode!r}")
+        if "category" in ds.column_names:
+            keep = dataset.modes[saferpaca_mode]
+            ds = ds.filter(lambda r: r["category"] == keep)
+    if method and preference and method.is_dpo and method.oracle:
+        ds = ds.filter(lambda r: first(r["acc"]) == 1)
+    if method and not preference and method.correct_start and round_id == 0 and "acc" in ds.column_names:
+        ds = ds.filter(lambda r: first(r["acc"]) == 1)
+    if dataset.answer_marker:
+        column, marker = ("chosen" if preference else "answer"), dataset.answer_marker
+        ds = ds.filter(lambda r: marker in first(r[column]))
+    if len(ds) < n:
+        logger.info("Filters kept %d of %d rows", len(ds), n)
+    return ds
+
+
+@dataclass
+class RunData:
+    train: Dataset  # rows to train on (SFT: question/answer; DPO: question/chosen/rejected)
+    test: Dataset  # task test rows
+    label_targets: Dataset | None  # prompts to generate labels for, with ground-truth `answer`
+
+
+def gt_answers(ds: Dataset) -> list[str]:
+    return list(ds["gt_answer"]) if "gt_answer" in ds.column_names else list(ds["answer"])
+
+
+def load_run_data(cfg: RunConfig) -> RunData:
+    """Train on half A of the task's train split (ground truth) or on the labels (all, or one half);
+    label the other half (or, for a DPO round, the prompts the labels came from)."""
+    from datasets import Dataset
+
+    seed, method, round_id, mode = cfg.seed, cfg.method, cfg.round_id, cfg.saferpaca_mode
+    dd = load_dataset(cfg.ds_name, seed=seed, split_sizes={"train": cfg.n_docs, "test": cfg.n_test_docs})
+    halves = dd["train"].train_test_split(test_size=0.5, seed=seed)
+    extras = [c for c in cfg.dataset.extra_columns if c in dd["train"].column_names]
+
+    def as_targets(ds: Dataset) -> Dataset:
+        """Prompts to label, with the ground truth as `answer` (label sets carry it as `gt_answer`)."""
+        cols = {"question": list(ds["question"]), "answer": gt_answers(ds)}
+        for c in extras:
+            if c in ds.column_names:
+                cols[c] = list(ds[c])
+        return Dataset.from_dict(cols)
+
+    if cfg.labels_path is None:  # a ground-truth run: the weak supervisor
+        train = dd["train"] if cfg.train_with_all_data else halves["train"]
+        train = filter_rows(train, cfg.dataset, None, round_id, mode, preference=False)
+        return RunData(train=train, test=dd["test"], label_targets=as_targets(halves["test"]))
+
+    labels = load_label_set(cfg.labels_path, PREFERENCE_COLUMNS if cfg.dpo_round else LABEL_COLUMNS)
+    if cfg.dpo_round:
+        train = filter_rows(labels, cfg.dataset, method, round_id, mode, preference=True)
+        # DPO samples again on the prompts of the ground-truth half the labels came from.
+        return RunData(train=train, test=dd["test"], label_targets=as_targets(halves["test"]))
+    if cfg.half_data:
+        split = labels.train_test_split(test_size=0.5, seed=seed)
+        train, other = (split["train"], split["test"]) if cfg.half_data == 1 else (split["test"], split["train"])
+    else:
+        train, other = labels, labels
+    train = filter_rows(train, cfg.dataset, method, round_id, mode, preference=False)
+    return RunData(train=train, test=dd["test"], label_targets=as_targets(other))
