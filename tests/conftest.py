@@ -19,7 +19,7 @@ def shared_data_path() -> Path:
 
 @pytest.fixture
 def shared_data() -> Path:
-    """../shared/data (or $ILR_TEST_DATA); tests that need it skip when it is absent."""
+    """The real data: $ILR_TEST_DATA, else the `shared/data` folder beside the repository; tests that need it skip when it is absent."""
     path = shared_data_path()
     if not path.is_dir():
         pytest.skip(f"real data folder {path} is absent (set ILR_TEST_DATA to use another)")

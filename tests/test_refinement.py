@@ -120,7 +120,7 @@ def test_confidence_ties_are_cut_in_a_seeded_random_order():
 
 
 def reference_ilr(agree, scores, max_replace, oracle):
-    """SPEC step by step: agreeing rows keep their label; the rest are replaced when their score is
+    """The ILR rule step by step: agreeing rows keep their label; the rest are replaced when their score is
     strictly above max(0.5, the (1 - max_replace) quantile of their scores), or 0.5 with an oracle."""
     compared = [s for a, s in zip(agree, scores) if not a]
     if oracle:

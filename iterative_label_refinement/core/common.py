@@ -27,7 +27,7 @@ ACCEPT, REJECT = "<accept>", "<reject>"
 
 
 def format_prompt(question: str) -> str:
-    """The SFT prompt of SPEC §2; the answer follows directly."""
+    """The SFT prompt around a question; the answer follows directly."""
     return PROMPT_TEMPLATE.format(question=question)
 
 
@@ -130,7 +130,7 @@ def validate_schedule(lr_schedule: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Run-dir naming (SPEC §4)
+# Run-dir naming: a config's sorted, shortened keys and values
 # ---------------------------------------------------------------------------------------------
 
 
@@ -259,7 +259,7 @@ def clean_stale_tmp(folder: str | Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenizer set-up (SPEC §2)
+# Tokenizer set-up: padding and end-of-answer tokens
 # ---------------------------------------------------------------------------------------------
 
 

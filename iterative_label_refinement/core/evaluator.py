@@ -9,7 +9,7 @@ Two kinds answer through the same interface:
 * `likelihood` (a toy-scale stand-in, see README): a causal LM; P(accept) =
   sigmoid(scale * (log p(B | question) - log p(A | question))), `scale` fitted on the training pairs.
 
-`debiased_scores` is the one scoring function of `ilr` and `dpo` (SPEC §5 step 4): it asks both
+`debiased_scores` is the one scoring function of `ilr` and `dpo` (whether a proposal should replace a label): it asks both
 position orders, so a classifier that favours (A) or (B) cannot tilt the decision.
 """
 
@@ -153,7 +153,7 @@ class LikelihoodEvaluator(Evaluator):
 
 def debiased_scores(evaluator: Evaluator, questions: Sequence[str], current: Sequence[str],
                     proposal: Sequence[str], batch_size: int = 32) -> np.ndarray:  # fmt: skip
-    """P(the proposal should replace the current answer), position-debiased (SPEC §5 step 4):
+    """P(the proposal should replace the current answer), position-debiased:
     mean(P(accept | A=current, B=proposal), P(reject | A=proposal, B=current)).
 
     Both orders go through one batched call. Always score(A, B) = 1 - score(B, A).

@@ -1,6 +1,6 @@
 """Where label sets live on disk, how they are read safely, and which round a run dir belongs to.
 
-Label sets are `datasets` saved with `save_to_disk` (SPEC §3): `<weak run>/weak_labels` after round 0,
+Label sets are `datasets` saved with `save_to_disk` (question, answer, gt_answer, and acc where known): `<weak run>/weak_labels` after round 0,
 `<weak run>/<method>_<round>_weak_labels` after each refinement (ILR, naive, DPO preferences).
 """
 

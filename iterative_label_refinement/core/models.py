@@ -52,7 +52,7 @@ class ModelConfig:
     tensor_parallel_size: int = 1  # vLLM inference
     lora_target_modules: str | list[str] = "all-linear"
     custom_kwargs: dict[str, Any] = field(default_factory=dict)  # extra from_pretrained kwargs
-    trust_remote_code: bool = False  # off unless a model explicitly needs it (SPEC §12)
+    trust_remote_code: bool = False  # off unless a model explicitly needs it: it runs the model repo's own code
     # Put the tokenizer's BOS token before every training prompt. Off: the reference adds none
     # (Gemma is known to degrade without it; the README says what was measured).
     add_bos_token: bool = False

@@ -1,8 +1,8 @@
 """The decisions that spend comparison feedback, as pure functions of plain data.
 
-* ILR (SPEC §5): which disagreeing proposals replace the current label.
-* naive ILR (SPEC §6): which labels are replaced at random.
-* DPO (SPEC §7): how samples are paired, scored and kept as preferences.
+* ILR: which disagreeing proposals replace the current label.
+* naive ILR: which labels are replaced at random.
+* DPO: how samples are paired, scored and kept as preferences.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def match_proposals(questions: list[str], proposal_sets: Sequence[Sequence[dict[
 
 def refined_rows(labels: Sequence[dict[str, Any]], proposals: list[dict[str, Any]], replace: list[bool],
                  scores: list[float]) -> list[dict[str, Any]]:  # fmt: skip
-    """SPEC §3 refined-label rows; task extras (db_name, category, ...) are carried along."""
+    """Refined-label rows (the chosen answer, its acc, the evaluator's score); task extras (db_name, category, ...) are carried along."""
     rows = []
     for row, prop, rep, score in zip(labels, proposals, replace, scores):
         out = {k: v for k, v in row.items() if k != "answer_ids"}  # the ids of the old answer would be stale

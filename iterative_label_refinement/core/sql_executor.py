@@ -1,7 +1,7 @@
 """Execution accuracy for text-to-SQL: run predicted and gold SQL read-only and compare row sets.
 
 Model-written SQL is untrusted. The reference release ran it on writable connections with thread
-timeouts that left the query running (SPEC §12), so one generated `DROP TABLE` changed the
+timeouts that left the query running, so one generated `DROP TABLE` changed the
 benchmark for good. The threats and the defence against each:
 
 * Writing to a benchmark: SQLite databases are opened `mode=ro&immutable=1` (SQLite creates no

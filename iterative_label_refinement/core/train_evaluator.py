@@ -1,4 +1,4 @@
-"""Train the comparison evaluator on pair data from `experiments.generate_evaluator_data` (SPEC §8).
+"""Train the comparison evaluator on pair data from `experiments.generate_evaluator_data`.
 
     python -m iterative_label_refinement.core.train_evaluator --model_size=google/gemma-2b \
         --ds_name=$ILR_SAVE_PATH/evaluator-data/d=gsm8k-ms=gemma-2b-s=0

@@ -1,4 +1,4 @@
-"""Preference labels for a DPO round (SPEC §7).
+"""Preference labels for a DPO round.
 
     python -m iterative_label_refinement.experiments.dpo --ds_name=gsm8k --weak_model_path=<weak run> \
         --strong_model_path=<round r run> --evaluator_path=<evaluator> --round_id=r

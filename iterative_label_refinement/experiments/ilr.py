@@ -1,4 +1,4 @@
-"""One round of iterative label refinement (SPEC §5).
+"""One round of iterative label refinement.
 
     python -m iterative_label_refinement.experiments.ilr --ds_name=gsm8k --weak_model_path=<weak run> \
         --model1_path=<half 1 run> --model2_path=<half 2 run> --evaluator_path=<evaluator> --round_id=0

@@ -1,4 +1,4 @@
-"""naive ILR (SPEC §6): replace a random `max_replace` fraction of labels by proposals, no feedback.
+"""naive ILR: replace a random `max_replace` fraction of labels by proposals, no feedback.
 
     python -m iterative_label_refinement.experiments.naive --ds_name=gsm8k --weak_model_path=<weak run> \
         --model1_path=<half 1 run> --model2_path=<half 2 run> --round_id=0

@@ -1,6 +1,6 @@
-"""Build `$ILR_DATA_PATH/<ds_name>` (a DatasetDict with train/test, SPEC §3) from public raw files.
+"""Build `$ILR_DATA_PATH/<ds_name>` (a DatasetDict with train/test splits of question/answer rows) from public raw files.
 
-    python -m iterative_label_refinement.experiments.prepare_data --ds_name=gsm8k --raw_path=../shared/data/gsm8k
+    python -m iterative_label_refinement.experiments.prepare_data --ds_name=gsm8k --raw_path=<raw files>/gsm8k
 
 Without `--raw_path` it tries the Hugging Face hub (only where the internet is reachable).
 """

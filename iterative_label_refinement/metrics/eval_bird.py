@@ -1,4 +1,4 @@
-"""BIRD execution accuracy (SPEC §9) and ILR's BIRD agreement check, both on `core.sql_executor`.
+"""BIRD execution accuracy (a prediction scores 1 when its rows equal the gold query's) and ILR's BIRD agreement check, both on `core.sql_executor`.
 
 A pair scores 1 when predicted and gold SQL return the same set of rows on the read-only database,
 0 on a mismatch, an error or a timeout. Databases come from `<db_root_path>/<db>/<db>.sqlite`;

@@ -1,4 +1,4 @@
-"""SaferPaca: the judge's win probability of a prediction against the reference answer (SPEC §9).
+"""SaferPaca: the judge's win probability of a prediction against the reference answer (the test score of a SaferPaca answer).
 
 An AlpacaEval-style pairwise prompt shows the prediction as model `A` and the reference as model
 `B`; the judge's next-token probabilities of `A` and `B` give P(win) = P(A) / (P(A) + P(B)). A token
