@@ -23,6 +23,7 @@ from typing import Any
 
 from iterative_label_refinement.core.common import ConfigError, get_logger, get_save_path, read_json
 from iterative_label_refinement.core.label_sets import current_labels_path, first, is_label_set
+from iterative_label_refinement.core.methods import Method, parse_method
 
 logger = get_logger(__name__)
 
@@ -180,7 +181,12 @@ def _family(config: dict[str, Any]) -> list[str]:
         return [config["weak_label_type"]]
     if config.get("do_dpo"):
         return [method]
-    return ["SFT (corweak)" if "cor" in (config.get("weak_label_type") or "") else "SFT"]
+    return ["SFT (corweak)" if config.get("weak_label_type") == "corweak" else "SFT"]
+
+
+def _method(row: str) -> Method | None:
+    """The refinement method a table row is, or None for the round-0 SFT rows and the weak model."""
+    return None if row.startswith("SFT") or row == "weak model" else parse_method(row)
 
 
 def find_runs(results_folder: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -218,10 +224,11 @@ def collect(results_folder: Path) -> tuple[list[Cell], list[Cell]]:
     # The shared round-0 SFT run is every non-DPO method's round 0.
     for cell in list(cells):
         if cell.method.startswith("SFT"):
-            correct = "corweak" in cell.method
-            for method in {c.method for c in cells if c.round_id >= 1 and not c.method.startswith("SFT")}:
-                if "dpo" not in method and method.startswith("cor") == correct:
-                    cells.append(Cell(**{**cell.__dict__, "method": method}))
+            correct = cell.method == "SFT (corweak)"
+            for name in {c.method for c in cells if c.round_id >= 1 and _method(c.method) is not None}:
+                method = _method(name)
+                if not method.is_dpo and method.correct_start == correct:
+                    cells.append(Cell(**{**cell.__dict__, "method": name}))
     return cells, weak
 
 
@@ -290,7 +297,7 @@ def table(summaries: dict[str, dict[int, Summary]], entry: Callable[[Summary], s
     rounds = sorted({r for by_round in summaries.values() for r in by_round})
     header = ["method"] + [f"r{r}" for r in rounds]
     rows = []
-    for method in sorted(summaries, key=lambda m: (m.startswith("SFT"), "dpo" in m, m)):
+    for method in sorted(summaries, key=lambda m: (_method(m) is None, bool(_method(m) and _method(m).is_dpo), m)):
         if keep(method):
             rows.append([method] + [entry(summaries[method][r]) if r in summaries[method] else "-" for r in rounds])
     return header, rows
