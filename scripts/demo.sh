@@ -4,12 +4,19 @@
 # DEMO=quick (CI: plumbing only, random tiny models), small (default), full (the size where the
 # effects can be measured; it adds ILR with oracle comparisons, the ceiling of the feedback).
 # EVALUATOR_MODEL=tiny-llama-strong (small/full) trains the evaluator on the strong base instead.
-# Rerunning skips every finished step.
+# SEEDS=0,1,2 runs the whole pipeline once per seed into the same results folder (run dirs are
+# named by seed), then one report over all of them. Rerunning skips every finished step.
 set -euo pipefail
 DEMO=${DEMO:-small}
 HERE=$(dirname "${BASH_SOURCE[0]}")
 export DS_NAME=toy_arith
-export SEED=${SEED:-0}
+SEEDS=${SEEDS:-${SEED:-0}}
+IFS=, read -r -a seeds <<<"$SEEDS"
+for seed in "${seeds[@]}"; do
+  case "$seed" in
+    '' | *[!0-9]*) echo "SEEDS must be comma-separated integers (e.g. 0,1,2), got '$SEEDS'" >&2; exit 2 ;;
+  esac
+done
 export SWEEP=${SWEEP:-toy}
 export BATCH_SIZE=16 WEAK_EPOCHS=4 GT_EPOCHS=3 MAX_REPLACE=0.15 BETA=0.1 SUBSAMPLE=0.15 LABEL_TEMP=0.7
 export WEAK_FLAGS=""      # the weak supervisor: the same LoRA recipe on the weak base
@@ -41,8 +48,11 @@ if [ "$DEMO" != quick ] && [ "$EVALUATOR_MODEL" != tiny-llama-weak ]; then
 fi
 export RESULTS_FOLDER=${RESULTS_FOLDER:-$default_folder}
 . "$HERE/lib.sh"
-start=$(date +%s)
-log "demo ($DEMO): results in $RESULTS_FOLDER"
+# Progress is numbered across every sub-pipeline of every seed: they add to these.
+per_seed=$(($(evaluator_steps) + 2 * $(sft_ilr_steps) + $(sft_dpo_steps)))
+if [ "$DEMO" = full ]; then per_seed=$((per_seed + $(sft_ilr_steps))); fi
+export PROGRESS_START PROGRESS_TOTAL=$((${#seeds[@]} * per_seed))
+log "demo ($DEMO), seeds $SEEDS: $PROGRESS_TOTAL steps, results in $RESULTS_FOLDER"
 # The tiny bases are built once, on one thread each: build both at once (6-6.5 min here).
 builds=()
 for model in "$WEAK_MODEL" "$STRONG_MODEL"; do
@@ -50,10 +60,24 @@ for model in "$WEAK_MODEL" "$STRONG_MODEL"; do
   builds+=($!)
 done
 for pid in "${builds[@]}"; do wait "$pid"; done
-bash "$HERE/evaluator.sh"
-bash "$HERE/sft_ilr.sh"
-REFINER=naive bash "$HERE/sft_ilr.sh"
-if [ "$DEMO" = full ]; then ORACLE=1 bash "$HERE/sft_ilr.sh"; fi  # ILR with oracle comparisons (orailr)
-bash "$HERE/sft_dpo.sh"
+
+# pipeline STEPS COMMAND...: one sub-pipeline, its steps numbered after those run before it.
+steps_before=0
+pipeline() {
+  local steps=$1; shift
+  PROGRESS_DONE=$steps_before "$@"
+  steps_before=$((steps_before + steps))
+}
+for SEED in "${seeds[@]}"; do
+  export SEED
+  log "seed $SEED"
+  pipeline "$(evaluator_steps)" bash "$HERE/evaluator.sh"
+  pipeline "$(sft_ilr_steps)" bash "$HERE/sft_ilr.sh"
+  pipeline "$(sft_ilr_steps)" env REFINER=naive bash "$HERE/sft_ilr.sh"
+  if [ "$DEMO" = full ]; then  # ILR with oracle comparisons (orailr)
+    pipeline "$(sft_ilr_steps)" env ORACLE=1 bash "$HERE/sft_ilr.sh"
+  fi
+  pipeline "$(sft_dpo_steps)" bash "$HERE/sft_dpo.sh"
+done
+log "demo ($DEMO) finished in $(($(date +%s) - PROGRESS_START)) s; the report (its table, then the plot):"
 py experiments.report --results_folder="$RESULTS_FOLDER" --sweep_subfolder="$SWEEP"
-log "demo ($DEMO) finished in $(( $(date +%s) - start )) s"

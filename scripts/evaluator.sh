@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The comparison evaluator (SPEC §8, §11): a ground-truth small model saved every 10% of training,
-# answers from each checkpoint, good/bad answer pairs, then a 2-way classifier trained on them.
+# The comparison evaluator: a ground-truth small model saved every 10% of training, answers sampled
+# from each checkpoint, pairs of a better and a worse answer to the same prompt, then a classifier
+# trained to tell which of two answers is the better one.
 # SaferPaca builds its pairs from a general-only and a safety-only model (4 epochs each).
 set -euo pipefail
 DS_NAME=${DS_NAME:-gsm8k}
@@ -16,6 +17,7 @@ GT_FLAGS=${GT_FLAGS:-}                # extra flags of the ground-truth run(s)
 EVALUATOR_FLAGS=${EVALUATOR_FLAGS:-}  # extra flags of core.train_evaluator (epochs, lr, evaluator_kind, ...)
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+set_total "$(evaluator_steps)"
 log "evaluator for $DS_NAME on $EVALUATOR_MODEL"
 gt="--model_size=$EVALUATOR_MODEL --epochs=$GT_EPOCHS --save_frequency=$SAVE_FREQUENCY --generate_weak_labels=False \
 $GT_FLAGS"

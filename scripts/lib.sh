@@ -1,6 +1,7 @@
 # Shared by every pipeline script: settings, dry runs, resumable steps, run dirs from the project.
 # Source it; do not run it. Every setting is an environment variable with the paper's default
-# (set by the pipeline scripts before sourcing), so `ROUNDS=2 bash scripts/gsm8k/ilr.sh` just works.
+# (set by the pipeline scripts before sourcing), so
+# `ROUNDS=2 bash scripts/main-experiments/run-ilr-gsm8k.sh` just works.
 set -euo pipefail
 
 ILR_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,6 +21,29 @@ EXTRA_FLAGS=${EXTRA_FLAGS:-}   # appended to every experiments.main call
 NUM_BEAMS=${NUM_BEAMS:-4}      # beam search of test evaluation and temperature-0 labels (the reference's 4)
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Progress: every train/refine step logs "step N/TOTAL (+ELAPSED s) ...". A pipeline run on its own
+# numbers its own steps from its own start; demo.sh runs several and exports PROGRESS_TOTAL (the steps
+# of all of them), PROGRESS_DONE (the steps before this one) and PROGRESS_START (when it started).
+PROGRESS_START=${PROGRESS_START:-$(date +%s)}
+STEP=${PROGRESS_DONE:-0}
+TOTAL_STEPS=?
+
+# set_total N: this pipeline's number of steps, unless a caller counts for several pipelines.
+set_total() { TOTAL_STEPS=${PROGRESS_TOTAL:-$1}; }
+
+progress() {
+  STEP=$((STEP + 1))
+  log "step $STEP/$TOTAL_STEPS (+$(($(date +%s) - PROGRESS_START)) s) $*"
+}
+
+# The number of train/refine steps of each pipeline: its progress total, and demo.sh's sum. They
+# follow the pipelines' loops (a test counts the steps of their dry runs against them).
+evaluator_steps() {  # ground-truth run(s) (SaferPaca: general-only and safety-only), data, evaluator
+  if [ "$DS_NAME" = saferpaca ]; then echo 4; else echo 3; fi
+}
+sft_ilr_steps() { echo $((2 + 4 * ROUNDS)); }  # weak, SFT; per round: two halves, refinement, full
+sft_dpo_steps() { echo $((2 + 2 * ROUNDS)); }  # weak, SFT; per round: preference pairs, DPO
 
 # py MODULE FLAGS...: run `python -m iterative_label_refinement.MODULE`, or only print it in a dry run.
 py() {
@@ -51,31 +75,36 @@ train() {
   local done=1 out
   for out in $outputs; do [ -e "$RUN_DIR/$out" ] || done=0; done
   if [ "$done" = 1 ] && [ "$DRY_RUN" != 1 ]; then
-    log "done already: $RUN_DIR"
+    progress "done already: $RUN_DIR"
     return 0
   fi
-  log "train: $RUN_DIR"
+  progress "train: $RUN_DIR"
   # shellcheck disable=SC2046
   py experiments.main $(common_flags) "$@"
 }
 
-# refine OUTPUT MODULE FLAGS...: an ilr/naive/dpo step, skipped when its label set exists.
+# refine OUTPUT MODULE FLAGS...: an ilr/naive/dpo (or evaluator) step, skipped when OUTPUT exists.
 refine() {
   local output=$1; shift
   if [ -e "$output" ] && [ "$DRY_RUN" != 1 ]; then
-    log "done already: $output"
+    progress "done already: $output"
     return 0
   fi
-  log "refine: $output"
+  progress "refine: $output"
   py "$@"
 }
 
-# method_prefix: cor? + ora? as the refinement CLIs name their outputs.
-method_prefix() {
-  local p=""
-  if [ "${CORRECT:-0}" = 1 ]; then p="${p}cor"; fi
-  if [ "${ORACLE:-0}" = 1 ]; then p="${p}ora"; fi
-  echo "$p"
+# method_of LABEL_SET ROUND: the method of a refined label set, which the refinement CLIs name
+# <method>_<round>_weak_labels (the path comes from the CLI's --print_save_path; the strong runs
+# take the same method as --method, so the scripts never spell one).
+method_of() {
+  local name
+  name=$(basename "$1")
+  if [ "${name%_"$2"_weak_labels}" = "$name" ]; then
+    echo "method_of: $1 is not a round-$2 label set (<method>_$2_weak_labels)" >&2
+    return 1
+  fi
+  echo "${name%_"$2"_weak_labels}"
 }
 
 correct_flag() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# SFT+DPO, the RLHF baseline (SPEC §11). Every setting can be overridden from the environment; the
-# defaults are the paper's GSM8K settings. Rerunning skips every finished step.
+# SFT+DPO, the RLHF baseline. Every setting can be overridden from the environment; the defaults are
+# the paper's GSM8K settings. Rerunning skips every finished step.
 #
 #   round 0: SFT on the weak labels, drawing 6 samples per prompt at LABEL_TEMP;
 #   round r = 1..ROUNDS: `dpo` round r-1 turns round r-1's samples into preferences, then a DPO
@@ -27,18 +27,28 @@ STRONG_FLAGS=${STRONG_FLAGS:-}
 DPO_FLAGS=${DPO_FLAGS:-}              # extra flags of the DPO rounds (r >= 1), e.g. --lr=...
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-METHOD="$(method_prefix)dpo$BETA$SUBSAMPLE"
-log "SFT+DPO on $DS_NAME: weak $WEAK_MODEL, strong $STRONG_MODEL, method $METHOD, $ROUNDS rounds"
+set_total "$(sft_dpo_steps)"
+log "SFT+DPO on $DS_NAME: weak $WEAK_MODEL, strong $STRONG_MODEL, $ROUNDS rounds"
+
+# dpo_flags ROUND STRONG_RUN: the flags of the `dpo` step that turns round ROUND's samples into pairs.
+dpo_flags() {
+  echo "--ds_name=$DS_NAME --weak_model_path=$WEAK_DIR --strong_model_path=$2 --round_id=$1 --subsample=$SUBSAMPLE" \
+       "--beta=$BETA $(feedback_flags)"
+}
 
 weak_run
+# The method (the strong runs' --method) is the one the `dpo` CLI names its label sets by. The name
+# depends on the flags only, so round 0's is asked before the SFT model exists (the weak run stands in).
+METHOD=$(method_of "$(query experiments.dpo $(dpo_flags 0 "$WEAK_DIR"))" 0)
+log "method $METHOD"
 on_labels="--model_size=$STRONG_MODEL --epochs=$EPOCHS --weak_labels_path=$WEAK_DIR --weak_model_size=$WEAK_MODEL \
 --method=$METHOD --dpo_beta=$BETA --label_temp=$LABEL_TEMP $STRONG_FLAGS"
 
 train "results_summary.json weak_labels adapter_config.json" $on_labels --round_id=0
 PREV=$RUN_DIR
 for ((r = 1; r <= ROUNDS; r++)); do
-  refine "$WEAK_DIR/${METHOD}_$((r - 1))_weak_labels" experiments.dpo --ds_name="$DS_NAME" --weak_model_path="$WEAK_DIR" \
-    --strong_model_path="$PREV" --round_id=$((r - 1)) --subsample="$SUBSAMPLE" --beta="$BETA" $(feedback_flags)
+  PAIRS=$(query experiments.dpo $(dpo_flags $((r - 1)) "$PREV"))  # where round r-1's pairs go
+  refine "$PAIRS" experiments.dpo $(dpo_flags $((r - 1)) "$PREV")
   ADAPTER=$PREV
   if [ "$r" -ge 2 ]; then ADAPTER=$PREV/train_adapter; fi
   train "results_summary.json weak_labels train_adapter/adapter_config.json" $on_labels --round_id=$r \

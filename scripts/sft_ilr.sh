@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# SFT+ILR (and naive ILR with REFINER=naive), SPEC §11. Every setting can be overridden from the
-# environment; the defaults are the paper's GSM8K settings. Rerunning skips every finished step.
+# SFT+ILR (and naive ILR with REFINER=naive). Every setting can be overridden from the environment;
+# the defaults are the paper's GSM8K settings. Rerunning skips every finished step.
 #
 #   for r in 0..ROUNDS-1: two half-data strong models on round r's labels (cross-fitting), then
 #   `ilr` (or `naive`) round r; full strong models for rounds 1..ROUNDS train from the base model
@@ -27,13 +27,26 @@ STRONG_FLAGS=${STRONG_FLAGS:-}        # extra flags of every strong model's run
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 case "$REFINER" in
-  ilr) METHOD="$(method_prefix)ilr$MAX_REPLACE" ;;
-  naive) ORACLE=0; METHOD="$(method_prefix)naive$MAX_REPLACE" ;;
+  ilr | naive) ;;
   *) echo "REFINER must be ilr or naive, got '$REFINER'" >&2; exit 2 ;;
 esac
-log "SFT+$REFINER on $DS_NAME: weak $WEAK_MODEL, strong $STRONG_MODEL, method $METHOD, $ROUNDS rounds"
+set_total "$(sft_ilr_steps)"
+log "SFT+$REFINER on $DS_NAME: weak $WEAK_MODEL, strong $STRONG_MODEL, $ROUNDS rounds"
+
+# refiner_flags ROUND MODEL1 MODEL2: the flags of round ROUND's refinement step. Naive ILR takes no
+# feedback: it replaces labels at random.
+refiner_flags() {
+  local f="--ds_name=$DS_NAME --weak_model_path=$WEAK_DIR --model1_path=$2 --model2_path=$3 --round_id=$1 \
+--max_replace=$MAX_REPLACE"
+  if [ "$REFINER" = ilr ]; then echo "$f $(feedback_flags)"; else echo "$f --seed=$SEED $(correct_flag)"; fi
+}
 
 weak_run
+# The method (the strong runs' --method) is the one the refinement CLI names its label sets by. The
+# name depends on the flags only, so round 0's is asked before its half models exist (the weak run
+# stands in for them).
+METHOD=$(method_of "$(query "experiments.$REFINER" $(refiner_flags 0 "$WEAK_DIR" "$WEAK_DIR"))" 0)
+log "method $METHOD"
 on_labels="--model_size=$STRONG_MODEL --epochs=$EPOCHS --weak_labels_path=$WEAK_DIR --weak_model_size=$WEAK_MODEL \
 --method=$METHOD $STRONG_FLAGS"
 
@@ -47,6 +60,7 @@ for ((r = 0; r < ROUNDS; r++)); do
         train "weak_labels" $on_labels --round_id=$r --half_data=$half --label_temp="$PROPOSAL_TEMP"
       ) &
       half_runs+=($!)
+      STEP=$((STEP + 1))  # the background job numbered this step in its own copy of STEP
     else
       train "weak_labels" $on_labels --round_id=$r --half_data=$half --label_temp="$PROPOSAL_TEMP"
     fi
@@ -54,13 +68,9 @@ for ((r = 0; r < ROUNDS; r++)); do
   for pid in "${half_runs[@]}"; do wait "$pid"; done
   H1=$(query experiments.main $(common_flags) $on_labels --round_id=$r --half_data=1 --label_temp="$PROPOSAL_TEMP")
   H2=$(query experiments.main $(common_flags) $on_labels --round_id=$r --half_data=2 --label_temp="$PROPOSAL_TEMP")
-  if [ "$REFINER" = ilr ]; then
-    refine "$WEAK_DIR/${METHOD}_${r}_weak_labels" experiments.ilr --ds_name="$DS_NAME" --weak_model_path="$WEAK_DIR" \
-      --model1_path="$H1" --model2_path="$H2" --round_id=$r --max_replace="$MAX_REPLACE" $(feedback_flags)
-  else
-    refine "$WEAK_DIR/${METHOD}_${r}_weak_labels" experiments.naive --ds_name="$DS_NAME" --weak_model_path="$WEAK_DIR" \
-      --model1_path="$H1" --model2_path="$H2" --round_id=$r --max_replace="$MAX_REPLACE" --seed="$SEED" $(correct_flag)
-  fi
+  step=("experiments.$REFINER" $(refiner_flags $r "$H1" "$H2"))
+  LABELS=$(query "${step[@]}")  # where the step writes round r's refined labels
+  refine "$LABELS" "${step[@]}"
   train "results_summary.json" $on_labels --round_id=$((r + 1)) --generate_weak_labels=False
 done
 log "SFT+$REFINER finished: results under $RESULTS_FOLDER/$SWEEP"
