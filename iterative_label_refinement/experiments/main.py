@@ -22,6 +22,7 @@ from iterative_label_refinement.core.common import (
     get_logger,
     get_save_path,
     read_json,
+    refuse_unsupported_dpo_launcher,
     save_to_disk_atomic,
     seed_everything,
     validate_optimizer,
@@ -221,6 +222,8 @@ def main(
         raise ConfigError(f"Unknown inference_backend {inference_backend!r}. Valid: {list(BACKENDS)}")
     if dpo_round and not dpo_path:
         raise ConfigError(f"DPO round {round_id} needs --dpo_path: the previous round's adapter dir")
+    if dpo_round:
+        refuse_unsupported_dpo_launcher()
     if round_id > 0 and not weak_labels_path:
         raise ConfigError(f"round_id={round_id} trains on refined labels: pass --weak_labels_path")
     if lr is None:
