@@ -7,6 +7,7 @@ through DistributedDataParallel (the Trainer's wrapper on several CPU processes)
 `fsdp2 OUT`: `reference_logps` on 11 pairs, through torch's FSDP2 (`fully_shard`, what accelerate's
 fsdp_version 2 applies on GPUs) under several processes, through the bare model alone. The reference
 adapter differs from the policy's; a single process also saves the policy's log-probs, to tell them apart.
+Then `save_trained` writes the policy adapter to OUT/saved.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def run_fsdp2(out: Path, rank: int, world: int) -> None:
         # Sharded for real: each rank holds a part of every wrapped weight.
         assert all(p.to_local().numel() < p.numel() for p in model.parameters() if p.numel() >= world)
     reference = train.reference_logps(wrapped, model, ds, tok.pad_token_id, 4, False, torch.device("cpu"))
+    train.save_trained(wrapped, tok, out / "saved")  # every rank: under FSDP2 saving gathers the shards
     if rank == 0:
         result = {"reference": reference}
         if world == 1:  # the policy adapter's values, to show the reference adapter was the one used

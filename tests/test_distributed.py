@@ -119,12 +119,17 @@ def test_dpo_reference_runs_through_ddp_and_two_processes_train_the_weights_of_o
 def test_reference_logps_through_fsdp2_on_two_processes_equal_one(tmp_path):
     """torch's FSDP2 (`fully_shard`) runs on CPUs with gloo (FSDP1 and accelerate's FSDP do not, see
     BENCHMARKS.md): through it, with every weight sharded over 2 ranks, `reference_logps` on 11 pairs
-    (one rank computes a padding row) gives one process's values, and those of the reference adapter."""
+    (one rank computes a padding row) gives one process's values, and those of the reference adapter;
+    `save_trained` writes the adapter one process writes."""
     one = _worker("fsdp2", tmp_path / "one", 1)
     two = _worker("fsdp2", tmp_path / "two", 2)
     assert two["reference"].shape == (11, 2)
     assert (one["reference"] - two["reference"]).abs().max().item() < 1e-5
     assert (one["reference"] - one["policy"]).abs().max().item() > 0.1
+    # Saving gathers the sharded adapter: the file one process writes, without the reference adapter.
+    a, b = (load_file(tmp_path / run / "saved" / "adapter_model.safetensors") for run in ("one", "two"))
+    assert a.keys() == b.keys() and not any("reference" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_dpo_reference_pass_runs_after_accelerate_prepares_the_model(tmp_path, monkeypatch):

@@ -192,10 +192,20 @@ def train_sft(model: torch.nn.Module, tokenizer, train_ds: Dataset, cfg: TrainCo
 
 
 def save_trained(model: torch.nn.Module, tokenizer, path: str | Path) -> None:
-    """Save the LoRA adapter (or the full model) with its tokenizer, on the main process only."""
+    """Save the LoRA adapter (or the full model) with its tokenizer, on the main process only.
+
+    Under FSDP2 every weight is a DTensor holding one rank's shard: all ranks gather the full tensors
+    first (a collective, so every rank calls this), then the main process writes them."""
+    from torch.distributed.tensor import DTensor
+
+    # Only the trained adapter: a DPO policy carries a frozen reference adapter beside it.
+    kwargs: dict[str, Any] = {"selected_adapters": ["default"]} if hasattr(model, "peft_config") else {}
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        # Of a LoRA model only the adapters are saved: the base weights stay sharded.
+        keep = (lambda key: "lora_" in key) if "selected_adapters" in kwargs else (lambda key: True)
+        kwargs["state_dict"] = {k: v.full_tensor() if isinstance(v, DTensor) else v
+                                for k, v in model.state_dict().items() if keep(k)}  # fmt: skip
     if is_main_process():
-        # Only the trained adapter: a DPO policy carries a frozen reference adapter beside it.
-        kwargs = {"selected_adapters": ["default"]} if hasattr(model, "peft_config") else {}
         model.save_pretrained(str(path), **kwargs)
         tokenizer.save_pretrained(str(path))
 
