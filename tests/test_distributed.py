@@ -191,3 +191,19 @@ def test_dpo_refuses_launchers_it_does_not_support(tmp_path, env, message):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [message]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fsdp_on_cpus_is_refused_not_run_as_ddp(tmp_path, monkeypatch):
+    """`accelerate launch --config_file configs/accelerate/fsdp.yaml` on a machine without GPUs: accelerate
+    would quietly train with DDP (it enables FSDP on accelerators only), so training stops in one line."""
+    from iterative_label_refinement.core.common import ConfigError
+    from iterative_label_refinement.core.train import TrainConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    cfg = TrainConfig(output_dir=str(tmp_path), lr=1e-3, batch_size=8, minibatch_size_per_device=2)
+    with pytest.raises(
+        ConfigError, match=r"^FSDP needs GPUs \(accelerate runs DDP on CPUs\): on CPUs launch with torchrun$"
+    ):
+        cfg.training_arguments()

@@ -10,6 +10,7 @@ weights as one. DPO's reference log-probs are computed through the model as the 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,9 @@ class TrainConfig:
 
         scheduler, warmup = LR_SCHEDULES[self.lr_schedule]
         on_cpu = not torch.cuda.is_available()
+        if on_cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            # accelerate enables FSDP only on accelerators; on CPUs it would run DDP without a word.
+            raise ConfigError("FSDP needs GPUs (accelerate runs DDP on CPUs): on CPUs launch with torchrun")
         kwargs: dict[str, Any] = dict(
             output_dir=self.output_dir,
             learning_rate=self.lr,
