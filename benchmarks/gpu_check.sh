@@ -12,6 +12,8 @@
 #             one AdamW step at lr 1e-6: the fraction of weights it changes, bf16 vs fp32 weights
 #   train     bf16 SFT (with checkpoints), the classifier evaluator and a DPO round via the CLIs
 #   ddp       torchrun on all visible GPUs (only with more than one), compared with one process
+#   fsdp      the train step's DPO round 1 under `accelerate launch --config_file configs/accelerate/fsdp.yaml`
+#             on all visible GPUs (one GPU: FSDP with one shard), compared with it on one process
 #   vllm      vLLM with the run's LoRA adapter against the HF backend on the same prompts: greedy
 #             outputs equal, the same sampling settings, batched throughput of both (needs the
 #             `vllm` extra; installed into .venv-vllm when absent and pip can reach an index)
@@ -109,6 +111,7 @@ train_all() (  # a subshell: set -e and exit stay inside the step
     $PY -m iterative_label_refinement.experiments.main "${COMMON[@]}" --epochs=1 --weak_labels_path="$gt" \
         --method=dpo0.10.5 --round_id=1 --dpo_path="$r0" --label_temp=0.7 --num_samples=2 --force_eval=False >/dev/null
     echo "$gt" >"$OUT/gt_run_dir"
+    echo "$r0" >"$OUT/dpo_r0_dir"
     $PY -c "import json; print('GT run', json.load(open('$gt/results_summary.json')), '| evaluator',
         json.load(open('$ev/results_summary.json'))['pair_accuracy'])"
 )
@@ -132,6 +135,29 @@ assert diff < 1e-2, diff
 EOF
 )
 step ddp ddp
+
+fsdp() (  # a subshell: set -e and exit stay inside the step
+    set -e
+    [ -f "$OUT/dpo_r0_dir" ] || { echo "no DPO round 0 (the train step failed)"; exit 1; }
+    local one many args
+    # The train step's DPO round 1 (its preference set exists), retrained into fresh folders; AdamW, since
+    # RMSprop magnifies the float noise between two runs.
+    args=("${COMMON[@]}" --epochs=1 --weak_labels_path="$(cat "$OUT/gt_run_dir")" --method=dpo0.10.5 --round_id=1
+          --dpo_path="$(cat "$OUT/dpo_r0_dir")" --label_temp=0.7 --num_samples=2 --force_eval=False --optim=adamw)
+    one=$($PY -m iterative_label_refinement.experiments.main "${args[@]}" --results_folder="$OUT/fsdp1" | tail -n 1)
+    many=$(.venv/bin/accelerate launch --config_file configs/accelerate/fsdp.yaml --num_processes "$NGPU" \
+        -m iterative_label_refinement.experiments.main "${args[@]}" --results_folder="$OUT/fsdpN" | tail -n 1)
+    $PY - "$one" "$many" <<'EOF'
+import sys
+from safetensors.torch import load_file
+a, b = (load_file(f"{d}/train_adapter/adapter_model.safetensors") for d in sys.argv[1:])
+assert a.keys() == b.keys() and not any("reference" in k for k in a), sorted(a)[:3]
+diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+print(f"DPO adapter max |1 process - FSDP on all GPUs| = {diff:.2e}")
+assert diff < 1e-2, diff
+EOF
+)
+step fsdp fsdp
 
 vllm_check() (  # a subshell: set -e and exit stay inside the step
     set -e

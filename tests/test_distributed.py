@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 FLAGS = ["--ds_name=toy_arith", "--model_size=tiny-random", "--n_docs=32", "--n_test_docs=4", "--batch_size=8",
@@ -83,3 +84,126 @@ def test_training_arguments_pick_data_parallel_cpu_processes(tmp_path, monkeypat
     cfg = TrainConfig(output_dir=str(tmp_path), lr=1e-3, batch_size=8, minibatch_size_per_device=2)
     args = cfg.training_arguments()
     assert args.use_cpu and args.ddp_backend is None and args.gradient_accumulation_steps == 4
+
+
+WORKER = Path(__file__).with_name("distributed_dpo_worker.py")
+
+
+def _worker(mode: str, out: Path, processes: int) -> dict:
+    """Runs tests/distributed_dpo_worker.py alone or under torchrun; rank 0's saved result."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--nproc_per_node", str(processes)]
+    cmd = [*(launcher if processes > 1 else [sys.executable]), str(WORKER), mode, str(out)]
+    # The worker is a script: the repository root on the path makes it import this checkout's package.
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parents[1]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out / "result.pt")
+
+
+def test_dpo_reference_runs_through_ddp_and_two_processes_train_the_weights_of_one(tmp_path):
+    """DPO on 12 pairs, effective batch 4: 1 process, or 2 processes with DDP. The reference log-probs
+    are computed by the DDP-wrapped model (each rank 6 rows, in 2 batches of at most 4), gathered
+    to the full column on every rank, equal to one process's; the trained adapters match."""
+    one = _worker("trainer", tmp_path / "one", 1)
+    two = _worker("trainer", tmp_path / "two", 2)
+    assert one["reference"].shape == (12, 2) and torch.equal(one["reference"], two["reference"])
+    for rank in (0, 1):
+        active = json.loads((tmp_path / "two" / f"active{rank}.json").read_text())
+        # 2 reference forwards, then 2 epochs x 6 rows of policy forwards, all through DDP.
+        assert active == ["reference"] * 2 + ["default"] * 12, active
+    lora_b = [k for k in one["policy"] if "lora_B" in k]
+    assert lora_b and max((one["policy"][k] - two["policy"][k]).abs().max().item() for k in one["policy"]) < 1e-6
+
+
+def test_reference_logps_through_fsdp2_on_two_processes_equal_one(tmp_path):
+    """torch's FSDP2 (`fully_shard`) runs on CPUs with gloo (FSDP1 and accelerate's FSDP do not, see
+    BENCHMARKS.md): through it, with every weight sharded over 2 ranks, `reference_logps` on 11 pairs
+    (one rank computes a padding row) gives one process's values, and those of the reference adapter;
+    `save_trained` writes the adapter one process writes."""
+    one = _worker("fsdp2", tmp_path / "one", 1)
+    two = _worker("fsdp2", tmp_path / "two", 2)
+    assert two["reference"].shape == (11, 2)
+    assert (one["reference"] - two["reference"]).abs().max().item() < 1e-5
+    assert (one["reference"] - one["policy"]).abs().max().item() > 0.1
+    # Saving gathers the sharded adapter: the file one process writes, without the reference adapter.
+    a, b = (load_file(tmp_path / run / "saved" / "adapter_model.safetensors") for run in ("one", "two"))
+    assert a.keys() == b.keys() and not any("reference" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dpo_reference_pass_runs_after_accelerate_prepares_the_model(tmp_path, monkeypatch):
+    """Under FSDP the weights exist only as shards once `accelerator.prepare` has run, so every
+    forward of the reference adapter must come after it and go through the prepared model."""
+    import accelerate
+    import torch
+    from datasets import Dataset
+
+    from iterative_label_refinement.core.datasets import tokenize_dataset
+    from iterative_label_refinement.core.models import load_model, load_tokenizer
+    from iterative_label_refinement.core.train import REFERENCE, TrainConfig, add_lora, load_dpo_policy, train_dpo
+
+    torch.manual_seed(0)
+    add_lora(load_model("tiny-random"), 4).save_pretrained(str(tmp_path / "sft"))
+    model = load_dpo_policy("tiny-random", str(tmp_path / "sft"))
+    events, prepared = [], []
+    prepare = accelerate.Accelerator.prepare
+
+    def spy_prepare(self, *args, **kwargs):
+        out = prepare(self, *args, **kwargs)
+        prepared.extend(o for o in (out if isinstance(out, tuple) else (out,)) if isinstance(o, torch.nn.Module))
+        events.append("prepare")
+        return out
+
+    def spy_forward(module, args, kwargs):
+        if model.active_adapter == REFERENCE:
+            events.append("reference" if any(module is m for m in prepared) else "reference outside the wrapper")
+
+    monkeypatch.setattr(accelerate.Accelerator, "prepare", spy_prepare)
+    model.register_forward_pre_hook(spy_forward, with_kwargs=True)
+    tok = load_tokenizer("tiny-random")
+    rows = [{"question": f"{a} plus {b}", "chosen": f"#### {a + b}", "rejected": f"#### {a + b + 1}"} for a, b in
+            [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10)]]  # fmt: skip
+    ds = tokenize_dataset(Dataset.from_list(rows), tok, preference=True)
+    cfg = TrainConfig(output_dir=str(tmp_path / "dpo"), lr=1e-3, epochs=1, batch_size=1, warmup_ratio=0)
+    train_dpo(model, tok, ds, cfg)
+    # 5 rows in one batch of 4 and one of 1, after the model (and the dataloader) were prepared.
+    assert [e for e in events if e != "prepare"] == ["reference", "reference"], events
+    assert events.index("reference") > events.index("prepare")
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "error: DPO under DeepSpeed (accelerate launch with a DeepSpeed config) is "
+         "not supported: use torchrun or accelerate launch --config_file configs/accelerate/{ddp,fsdp}.yaml"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "error: DPO under FSDP version 1 is not supported: "
+         "use fsdp_version: 2 (accelerate launch --config_file configs/accelerate/fsdp.yaml)"),
+    ],
+)  # fmt: skip
+def test_dpo_refuses_launchers_it_does_not_support(tmp_path, env, message):
+    """What `accelerate launch` sets for a DeepSpeed or an FSDP version 1 config: a DPO round stops
+    in one line, before anything is read (the paths named here do not exist), and exits non-zero."""
+    cmd = [sys.executable, "-m", "iterative_label_refinement.experiments.main", "--ds_name=toy_arith",
+           "--model_size=tiny-random", "--method=dpo0.10.5", "--round_id=1", f"--dpo_path={tmp_path}/r0",
+           f"--weak_labels_path={tmp_path}/weak", f"--results_folder={tmp_path}/results"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **env), timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [message]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fsdp_on_cpus_is_refused_not_run_as_ddp(tmp_path, monkeypatch):
+    """`accelerate launch --config_file configs/accelerate/fsdp.yaml` on a machine without GPUs: accelerate
+    would quietly train with DDP (it enables FSDP on accelerators only), so training stops in one line."""
+    from iterative_label_refinement.core.common import ConfigError
+    from iterative_label_refinement.core.train import TrainConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    cfg = TrainConfig(output_dir=str(tmp_path), lr=1e-3, batch_size=8, minibatch_size_per_device=2)
+    with pytest.raises(
+        ConfigError, match=r"^FSDP needs GPUs \(accelerate runs DDP on CPUs\): on CPUs launch with torchrun$"
+    ):
+        cfg.training_arguments()

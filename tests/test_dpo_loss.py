@@ -132,17 +132,19 @@ def test_the_trainer_loss_is_the_mean_formula_with_the_right_log_probs(tiny, tmp
     model, tok = tiny
     beta = 0.2
     ds = tokenize_dataset(Dataset.from_list(ROWS), tok, preference=True)
-    rows = [dict(r, reference_chosen_logps=-5.0 - i, reference_rejected_logps=-7.0 + i) for i, r in enumerate(ds)]
-    batch = _pair_batch(rows, tok.pad_token_id)
+    rows = [dict(r, row=i) for i, r in enumerate(ds)]
+    batch = _pair_batch(rows[::-1], tok.pad_token_id)  # reversed: the reference is looked up by row
     args = TrainConfig(
         output_dir=str(tmp_path), lr=1e-3, batch_size=3, minibatch_size_per_device=3
     ).training_arguments()
     trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                   data_collator=lambda r: r, beta=beta, loss_type=loss_type)  # fmt: skip
+                                   data_collator=lambda r: r, beta=beta, loss_type=loss_type,
+                                   pad_token_id=tok.pad_token_id, reference_batch_size=4)  # fmt: skip
+    trainer.reference_logps = torch.tensor([[-5.0 - i, -7.0 + i] for i in range(len(rows))])
     with torch.no_grad():
         loss = trainer.compute_loss(model, batch).item()
     expected = []
-    for i, row in enumerate(ROWS):
+    for i, row in reversed(list(enumerate(ROWS))):
         (c, nc), (r, nr) = (logp_by_hand(model, tok, row["question"], row[s]) for s in ("chosen", "rejected"))
         if loss_type == "ipo":
             c, r = c / nc, r / nr

@@ -21,6 +21,7 @@ from iterative_label_refinement.core.common import (
     get_config_foldername,
     get_save_path,
     read_json,
+    refuse_unsupported_dpo_launcher,
     validate_optimizer,
     validate_schedule,
 )
@@ -151,6 +152,8 @@ class RunConfig:
             raise ConfigError(f"Unknown inference_backend {f['inference_backend']!r}. Valid: {list(BACKENDS)}")
         if dpo_round and not f["dpo_path"]:
             raise ConfigError(f"DPO round {round_id} needs --dpo_path: the previous round's adapter dir")
+        if dpo_round:
+            refuse_unsupported_dpo_launcher()
         if round_id > 0 and not f["weak_labels_path"]:
             raise ConfigError(f"round_id={round_id} trains on refined labels: pass --weak_labels_path")
         lr = f["lr"] if f["lr"] is not None else (model.default_dpo_lr if dpo_round else model.default_lr)

@@ -1,14 +1,16 @@
 """LoRA (or full) supervised fine-tuning, and LoRA DPO, on the Hugging Face `Trainer` machinery.
 
 The same code runs on one CPU, one GPU, `torchrun --nproc_per_node N` (DDP: gloo on CPUs, NCCL on
-GPUs) and `accelerate launch` with FSDP/DeepSpeed configs: the effective batch `batch_size` is reached
-by gradient accumulation over minibatches of `minibatch_size_per_device` on each process. In SFT and
-DPO the rows of every optimizer step do not depend on the number of processes (`EffectiveBatchSampler`),
-so N processes train the same weights as one.
+GPUs) and `accelerate launch` with the configs in configs/accelerate/ (DDP; FSDP version 2, GPUs only;
+DPO refuses DeepSpeed): the effective batch `batch_size` is reached by gradient accumulation over
+minibatches of `minibatch_size_per_device` on each process. In SFT and DPO the rows of every optimizer
+step do not depend on the number of processes (`EffectiveBatchSampler`), so N processes train the same
+weights as one. DPO's reference log-probs are computed through the model as the Trainer wrapped it.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from iterative_label_refinement.core.common import (
     accumulation_steps,
     get_logger,
     is_main_process,
+    refuse_unsupported_dpo_launcher,
     validate_optimizer,
     validate_schedule,
     world_size,
@@ -59,6 +62,9 @@ class TrainConfig:
 
         scheduler, warmup = LR_SCHEDULES[self.lr_schedule]
         on_cpu = not torch.cuda.is_available()
+        if on_cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            # accelerate enables FSDP only on accelerators; on CPUs it would run DDP without a word.
+            raise ConfigError("FSDP needs GPUs (accelerate runs DDP on CPUs): on CPUs launch with torchrun")
         kwargs: dict[str, Any] = dict(
             output_dir=self.output_dir,
             learning_rate=self.lr,
@@ -190,10 +196,20 @@ def train_sft(model: torch.nn.Module, tokenizer, train_ds: Dataset, cfg: TrainCo
 
 
 def save_trained(model: torch.nn.Module, tokenizer, path: str | Path) -> None:
-    """Save the LoRA adapter (or the full model) with its tokenizer, on the main process only."""
+    """Save the LoRA adapter (or the full model) with its tokenizer, on the main process only.
+
+    Under FSDP2 every weight is a DTensor holding one rank's shard: all ranks gather the full tensors
+    first (a collective, so every rank calls this), then the main process writes them."""
+    from torch.distributed.tensor import DTensor
+
+    # Only the trained adapter: a DPO policy carries a frozen reference adapter beside it.
+    kwargs: dict[str, Any] = {"selected_adapters": ["default"]} if hasattr(model, "peft_config") else {}
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        # Of a LoRA model only the adapters are saved: the base weights stay sharded.
+        keep = (lambda key: "lora_" in key) if "selected_adapters" in kwargs else (lambda key: True)
+        kwargs["state_dict"] = {k: v.full_tensor() if isinstance(v, DTensor) else v
+                                for k, v in model.state_dict().items() if keep(k)}  # fmt: skip
     if is_main_process():
-        # Only the trained adapter: a DPO policy carries a frozen reference adapter beside it.
-        kwargs = {"selected_adapters": ["default"]} if hasattr(model, "peft_config") else {}
         model.save_pretrained(str(path), **kwargs)
         tokenizer.save_pretrained(str(path))
 
@@ -289,9 +305,8 @@ def _pair_batch(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torc
         "attention_mask": pad_right([[1] * len(s) for s in ids], 0),
         "labels": pad_right(labels, -100),
     }
-    if "reference_chosen_logps" in rows[0]:
-        batch["reference_chosen_logps"] = torch.tensor([r["reference_chosen_logps"] for r in rows])
-        batch["reference_rejected_logps"] = torch.tensor([r["reference_rejected_logps"] for r in rows])
+    if "row" in rows[0]:  # where the trainer finds each pair's reference log-probs
+        batch["row"] = torch.tensor([r["row"] for r in rows])
     return batch
 
 
@@ -303,41 +318,78 @@ def _pair_logps(model, batch: dict[str, torch.Tensor], average: bool) -> tuple[t
 
 
 @torch.no_grad()
-def add_reference_logps(model, ds: Dataset, pad_token_id: int, batch_size: int = 16, average: bool = False) -> Dataset:
-    """The frozen reference never changes, so its log-probs are computed once, before training."""
-    model.set_adapter(REFERENCE)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    chosen, rejected = [], []
+def reference_logps(wrapped, policy, ds: Dataset, pad_token_id: int, batch_size: int, average: bool,
+                    device: torch.device) -> torch.Tensor:  # fmt: skip
+    """The frozen reference's log-probs of every pair, as a (len(ds), 2) tensor [chosen, rejected].
+
+    `wrapped` is the model as training runs it (DDP, FSDP or the bare model on one process) and
+    `policy` the PEFT model inside it, whose active adapter is switched to the reference meanwhile:
+    under FSDP the weights exist only as shards, gathered by the wrapper's forward, so the forward
+    must go through it. Rank r of N computes rows r, r + N, r + 2N, ... in batches of `batch_size`;
+    every rank runs the same number of forwards (the wrappers' forwards are collectives), the last
+    ones padded with row 0, and all-gathers the result, so every rank holds all rows. One process
+    computes the rows in order, in the batches of `batch_size` it always did.
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    per_rank = -(-len(ds) // world)
+    rows = [k * world + rank for k in range(per_rank)]
+    rows = [i if i < len(ds) else 0 for i in rows]
+    was_training = wrapped.training
+    policy.set_adapter(REFERENCE)
+    wrapped.eval()
+    local = []
     try:
-        for start in range(0, len(ds), batch_size):
-            rows = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
-            batch = {k: v.to(device) for k, v in _pair_batch(rows, pad_token_id).items()}
-            c, r = _pair_logps(model, batch, average)
-            chosen += c.tolist()
-            rejected += r.tolist()
+        for start in range(0, per_rank, batch_size):
+            batch = _pair_batch([ds[i] for i in rows[start : start + batch_size]], pad_token_id)
+            chosen, rejected = _pair_logps(wrapped, {k: v.to(device) for k, v in batch.items()}, average)
+            local.append(torch.stack([chosen, rejected], dim=1).float())
     finally:
-        model.set_adapter(POLICY)  # PEFT makes the active adapter trainable and the others frozen
-        model.train(was_training)
-    assert_reference_frozen(model)
-    return ds.add_column("reference_chosen_logps", chosen).add_column("reference_rejected_logps", rejected)
+        policy.set_adapter(POLICY)  # PEFT makes the active adapter trainable and the others frozen
+        wrapped.train(was_training)
+    assert_reference_frozen(policy)
+    local = torch.cat(local)
+    if world == 1:
+        return local.cpu()
+    gathered = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(gathered, local)
+    # gathered[r][k] is row k * world + r: interleave the ranks back into row order, drop the padding.
+    return torch.stack(gathered, dim=1).reshape(-1, 2)[: len(ds)].cpu()
 
 
 def _dpo_trainer_class():
     class DPOTrainer(trainer_class()):
         """`Trainer` with the DPO loss; logs loss and rewards/{chosen,rejected,accuracies,margins}."""
 
-        def __init__(self, *args, beta: float, loss_type: str, **kwargs):
+        def __init__(self, *args, beta: float, loss_type: str, pad_token_id: int, reference_batch_size: int,
+                     **kwargs):  # fmt: skip
             super().__init__(*args, **kwargs)
             self.beta, self.loss_type = beta, loss_type
+            self.pad_token_id, self.reference_batch_size = pad_token_id, reference_batch_size
             self.model_accepts_loss_kwargs = False  # the loss is a mean over pairs, scaled per micro-step
             self._stored: dict[str, list[float]] = {}
+            self.reference_logps: torch.Tensor | None = None  # (rows, 2), filled once the model is prepared
+
+        def _prepare_for_training(self, *args, **kwargs):
+            """After `accelerator.prepare` wrapped the model (DDP, FSDP), before the first step: the
+            reference log-probs are computed once, through that wrapper (`reference_logps`)."""
+            model, dataloader = super()._prepare_for_training(*args, **kwargs)
+            policy = self.accelerator.unwrap_model(model)
+            self.reference_logps = reference_logps(model, policy, self.train_dataset, self.pad_token_id,
+                                                   self.reference_batch_size, averages_logps(self.loss_type),
+                                                   self.args.device)  # fmt: skip
+            return model, dataloader
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.reference_logps is None:
+                raise RuntimeError("DPO reference log-probs were never computed (Trainer._prepare_for_training "
+                                   "was not called: a transformers version this code does not know)")  # fmt: skip
             chosen, rejected = _pair_logps(model, inputs, averages_logps(self.loss_type))
-            losses, chosen_r, rejected_r = dpo_loss(chosen, rejected, inputs["reference_chosen_logps"],
-                                                    inputs["reference_rejected_logps"], self.beta, self.loss_type)  # fmt: skip
+            reference = self.reference_logps[inputs["row"].cpu()].to(chosen.device)
+            losses, chosen_r, rejected_r = dpo_loss(chosen, rejected, reference[:, 0], reference[:, 1],
+                                                    self.beta, self.loss_type)  # fmt: skip
             for key, value in {
                 "rewards/chosen": chosen_r.mean(),
                 "rewards/rejected": rejected_r.mean(),
@@ -362,19 +414,22 @@ def train_dpo(model, tokenizer, train_ds: Dataset, cfg: TrainConfig, beta: float
     """DPO of the policy adapter against the frozen reference adapter; returns the log history."""
     if len(train_ds) == 0:
         raise ConfigError("No preference pairs left to train DPO on (all filtered out or too long for max_len)")
+    refuse_unsupported_dpo_launcher()
     keep = ["chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"]
     train_ds = train_ds.remove_columns([c for c in train_ds.column_names if c not in keep])
-    train_ds = add_reference_logps(
-        model, train_ds, tokenizer.pad_token_id, 4 * cfg.minibatch_size_per_device, averages_logps(loss_type)
+    args = cfg.training_arguments()
+    train_ds = train_ds.map(
+        lambda r, i: {"length": len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]), "row": i}, with_indices=True
     )
-    train_ds = train_ds.map(lambda r: {"length": len(r["chosen_input_ids"]) + len(r["rejected_input_ids"])})
     trainer = _dpo_trainer_class()(
         model=model,
-        args=cfg.training_arguments(),
+        args=args,
         train_dataset=train_ds,
         data_collator=lambda rows: _pair_batch(rows, tokenizer.pad_token_id),
         beta=beta,
         loss_type=loss_type,
+        pad_token_id=tokenizer.pad_token_id,
+        reference_batch_size=4 * cfg.minibatch_size_per_device,
     )
     trainer.train()
     assert_reference_frozen(model)
