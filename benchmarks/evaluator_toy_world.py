@@ -26,6 +26,7 @@ import numpy as np
 from datasets import load_from_disk
 
 from iterative_label_refinement.core.evaluator import debiased_scores, load_evaluator
+from iterative_label_refinement.core.evaluator_pairs import is_correct
 from iterative_label_refinement.core.train_evaluator import main as train_evaluator
 from iterative_label_refinement.experiments import generate_evaluator_data as ged
 from iterative_label_refinement.experiments.main import main as run_main
@@ -41,7 +42,7 @@ def hard_pairs(run_dir: Path, data_dir: Path) -> tuple[list[str], list[str], lis
     rows = ged.training_questions("toy_arith", 0, GT_RUN["n_docs"], GT_RUN["n_test_docs"], None, False)
     gold = dict(zip(rows["question"], rows["answer"]))
     rows = [(q, a, gold[q]) for q, a, acc in zip(cached["questions"], cached["answers"], cached["acc"])
-            if q in test_questions and not ged.is_correct(acc)]  # fmt: skip
+            if q in test_questions and not is_correct(acc)]  # fmt: skip
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
-from iterative_label_refinement.core import train_evaluator
+from iterative_label_refinement.core import evaluator_pairs, train_evaluator
 from iterative_label_refinement.core.common import ACCEPT, REJECT, ConfigError, format_evaluator_prompt, write_json
 from iterative_label_refinement.core.evaluator import (
     ClassifierEvaluator,
@@ -43,7 +43,7 @@ def test_pairs_follow_the_spec_rules():
     gold = ["G1", "G2", "G3", "G4"]
     answers = [["c1", "c2", "w3", "w4"], ["w1", "c2b", "w3b", "w4b"]]  # checkpoint x question
     accs = [[1.0, 1.0, 0.0, None], [0.0, 1.0, 0.0, None]]
-    pairs = ged.build_pairs(questions, gold, answers, accs, seed=0)
+    pairs = evaluator_pairs.build_pairs(questions, gold, answers, accs, seed=0)
     by_q = {}
     for p in pairs:
         by_q.setdefault(p["question"], []).append(p)
@@ -58,10 +58,10 @@ def test_pairs_follow_the_spec_rules():
 
 def test_pairs_drop_identical_answers_and_favour_early_checkpoints():
     # A correct answer identical to gold gives no pair: its two rows would contradict each other.
-    assert ged.build_pairs(["q"], ["same"], [["same "]], [[1.0]]) == []
+    assert evaluator_pairs.build_pairs(["q"], ["same"], [["same "]], [[1.0]]) == []
     n = 3000
     answers = [[f"early{i}" for i in range(n)], [f"mid{i}" for i in range(n)], [f"late{i}" for i in range(n)]]
-    pairs = ged.build_pairs([f"q{i}" for i in range(n)], ["gold"] * n, answers, [[0.0] * n] * 3, seed=1)
+    pairs = evaluator_pairs.build_pairs([f"q{i}" for i in range(n)], ["gold"] * n, answers, [[0.0] * n] * 3, seed=1)
     counts = Counter(p["worse"].rstrip("0123456789") for p in pairs)
     assert counts["early"] / n == pytest.approx(4 / 7, abs=0.03)  # weights 2^(n-1-i): 4, 2, 1
     assert counts["mid"] / n == pytest.approx(2 / 7, abs=0.03)
@@ -69,17 +69,17 @@ def test_pairs_drop_identical_answers_and_favour_early_checkpoints():
 
 def test_rows_split_and_balance():
     pairs = [dict(question=f"q{i // 2}", better=f"b{i}", worse=f"w{i}", kind="gold_vs_wrong") for i in range(200)]
-    rows = ged.pairs_to_rows(pairs[:1])
+    rows = evaluator_pairs.pairs_to_rows(pairs[:1])
     assert rows == [
         {"prompt": format_evaluator_prompt("q0", "b0", "w0"), "label": REJECT, "question": "q0", "answer_a": "b0",
          "answer_b": "w0", "pair_id": 0, "pair_kind": "gold_vs_wrong"},
         {"prompt": format_evaluator_prompt("q0", "w0", "b0"), "label": ACCEPT, "question": "q0", "answer_a": "w0",
          "answer_b": "b0", "pair_id": 0, "pair_kind": "gold_vs_wrong"},
     ]  # fmt: skip
-    train, test = ged.split_by_question(pairs, seed=0)
+    train, test = evaluator_pairs.split_by_question(pairs, seed=0)
     assert len({p["question"] for p in test}) == 10 and len({p["question"] for p in train}) == 90
     assert not {p["question"] for p in train} & {p["question"] for p in test}
-    balanced = ged.balance({"general": pairs[:50], "safety": pairs[50:]}, seed=0)
+    balanced = evaluator_pairs.balance({"general": pairs[:50], "safety": pairs[50:]}, seed=0)
     assert Counter(p["source"] for p in balanced) == {"general": 50, "safety": 50}
 
 

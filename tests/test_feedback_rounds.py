@@ -14,6 +14,7 @@ from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import tokenize_dataset
 from iterative_label_refinement.core.label_sets import refined_path
 from iterative_label_refinement.core.models import load_model, load_tokenizer
+from iterative_label_refinement.core.refinement import dpo_pairs, preference_rows
 from iterative_label_refinement.core.train import REFERENCE, TrainConfig, add_lora, load_dpo_policy, train_dpo
 from iterative_label_refinement.experiments import dpo, ilr, naive
 from iterative_label_refinement.experiments import main as main_module
@@ -133,8 +134,10 @@ def test_dpo_rounds_from_previous_adapter(tmp_path):
     # Round 1 trains on the preferences of a non-oracle method (a random tiny model has no correct
     # samples for the oracle filter to keep): the same pairing code with a length-preferring scorer.
     samples = load_from_disk(str(r0 / "weak_labels"))
-    rows = dpo.preference_rows(samples, (), lambda rows, pairs: [0.9 if len(rows[r]["answer"][b]) <
-                               len(rows[r]["answer"][a]) else 0.1 for r, a, b in pairs], 0.5)  # fmt: skip
+    rows = list(samples)
+    pairs = dpo_pairs(rows)
+    scores = [0.9 if len(rows[r]["answer"][b]) < len(rows[r]["answer"][a]) else 0.1 for r, a, b in pairs]
+    rows = preference_rows(rows, pairs, scores, (), 0.5)
     Dataset.from_list(rows).save_to_disk(str(refined_path(weak, "dpo0.10.5", 0)))
     reference_before = load_file(str(r0 / "adapter_model.safetensors"))
     r1 = run(results, weak_labels_path=str(weak), method="dpo0.10.5", round_id=1, dpo_path=str(r0),

@@ -10,12 +10,16 @@ import pytest
 import torch
 
 from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.methods import Method
 from iterative_label_refinement.core.refinement import (
+    dpo_pairs,
     ilr_decide,
     ilr_threshold,
     match_proposals,
     naive_choice,
     oracle_pair_score,
+    oracle_score,
+    preference_rows,
     refined_rows,
     sample_pairs,
     select_preferences,
@@ -210,3 +214,46 @@ def test_default_seeds_and_beta_are_the_reference_values():
     h = torch.tensor([2.0])
     zero = torch.zeros(1)
     assert dpo_loss(h, zero, zero, zero)[0].item() == pytest.approx(math.log1p(math.exp(-0.1 * 2.0)))
+
+
+def test_dpo_pairs_pair_every_prompts_samples_and_refuse_single_answers():
+    rows = [{"answer": list("abcdef")}, {"answer": list("xyz")}]
+    assert dpo_pairs(rows) == [(0, 0, 1), (0, 2, 3), (0, 4, 5), (1, 0, 1)]
+    with pytest.raises(ConfigError, match="row 1 holds 'x': DPO needs several samples per prompt"):
+        dpo_pairs([{"answer": ["a", "b"]}, {"answer": "x"}])
+    with pytest.raises(ConfigError, match="row 0 holds"):
+        dpo_pairs([{"answer": ["only"]}])
+
+
+def test_preference_rows_choose_by_score_and_carry_acc_and_extras():
+    rows = [
+        {"question": "q0", "answer": ["a", "b", "c", "d"], "gt_answer": "g0", "acc": [0.0, 1.0, 1.0, 0.0],
+         "db_name": "x", "other": 1},
+        {"question": "q1", "answer": ["e", "f"], "gt_answer": "g1", "acc": None, "db_name": "y"},
+    ]  # fmt: skip
+    pairs = dpo_pairs(rows)  # (0, 0, 1), (0, 2, 3), (1, 0, 1)
+    kept = preference_rows(rows, pairs, [0.9, 0.2, 0.55], ("db_name", "category"), subsample=0.67)
+    # int(3 * 0.67) = 2 most confident pairs, in their original order; the second is chosen above 0.5
+    assert kept == [
+        {"question": "q0", "chosen": "b", "rejected": "a", "gt_answer": "g0", "score": 0.9, "acc": 1.0, "db_name": "x"},
+        {"question": "q0", "chosen": "c", "rejected": "d", "gt_answer": "g0", "score": 0.2, "acc": 1.0, "db_name": "x"},
+    ]  # fmt: skip
+    unknown = preference_rows(rows, pairs, [0.5, 0.5, 0.9], (), subsample=0.34)
+    assert unknown == [{"question": "q1", "chosen": "f", "rejected": "e", "gt_answer": "g1", "score": 0.9, "acc": None}]
+
+
+def test_oracle_score_is_each_methods_question_to_ground_truth():
+    ilr, dpo = Method("ilr", oracle=True, max_replace=0.1), Method("dpo", oracle=True, beta=0.1, subsample=1.0)
+    neutral = Method("dpo", oracle=True, beta=0.1, subsample=1.0, neutral_ties=True)
+    cases = [(0.0, 1.0), (1.0, 0.0), (1.0, 1.0), (0.0, 0.0)]
+    # ILR: a correct proposal may replace any label, so both-correct scores 1 (the label's acc is not read).
+    assert [oracle_score(ilr, a, b) for a, b in cases] == [1.0, 0.0, 1.0, 0.0]
+    assert oracle_score(ilr, None, 1.0) == 1.0
+    assert [oracle_score(dpo, a, b) for a, b in cases] == [oracle_pair_score(a, b) for a, b in cases]
+    assert [oracle_score(neutral, a, b) for a, b in cases] == [1.0, 0.0, 0.5, 0.5]
+    with pytest.raises(ConfigError, match="oracle feedback needs the correctness"):
+        oracle_score(dpo, None, 1.0)
+    with pytest.raises(ConfigError, match="oracle feedback needs the correctness"):
+        oracle_score(ilr, 1.0, None)
+    with pytest.raises(ConfigError, match="a naive method takes no feedback"):
+        oracle_score(Method("naive", max_replace=0.1), 0.0, 1.0)

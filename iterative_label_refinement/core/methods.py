@@ -69,6 +69,11 @@ class Method:
     def is_dpo(self) -> bool:
         return self.kind == "dpo"
 
+    @property
+    def takes_feedback(self) -> bool:
+        """ilr and dpo spend comparisons (evaluator or oracle); naive replaces at random."""
+        return self.kind != "naive"
+
     def __str__(self) -> str:
         return format_method(self)
 

@@ -3,6 +3,9 @@
 * ILR: which disagreeing proposals replace the current label.
 * naive ILR: which labels are replaced at random.
 * DPO: how samples are paired, scored and kept as preferences.
+* oracle feedback: what ground truth says about a comparison, for each method.
+
+`core.refinement_step` runs one step of any method around these (inputs, feedback, output).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.label_sets import first
-from iterative_label_refinement.core.methods import check_fraction
+from iterative_label_refinement.core.methods import Method, check_fraction
 
 # ---------------------------------------------------------------------------------------------
 # ILR
@@ -95,6 +98,14 @@ def naive_choice(n: int, max_replace: float, seed: int) -> list[bool]:
 # ---------------------------------------------------------------------------------------------
 
 
+def dpo_pairs(rows: Sequence[dict[str, Any]]) -> list[tuple[int, int, int]]:
+    """(row, first, second) for every pair of every prompt's samples (`sample_pairs`)."""
+    for i, row in enumerate(rows):
+        if not isinstance(row["answer"], list) or len(row["answer"]) < 2:
+            raise ConfigError(f"row {i} holds {row['answer']!r}: DPO needs several samples per prompt (num_samples=6)")
+    return [(r, a, b) for r, row in enumerate(rows) for a, b in sample_pairs(row["answer"])]
+
+
 def sample_pairs(samples: Sequence[str]) -> list[tuple[int, int]]:
     """Samples (0, 1), (2, 3), (4, 5), ...: disjoint pairs, so every sample is used once."""
     return [(i, i + 1) for i in range(0, len(samples) - 1, 2)]
@@ -143,3 +154,47 @@ def select_preferences(pairs: Sequence[tuple[int, int, int]], scores: Sequence[f
     ranked = sorted(shuffled, key=lambda i: -prefs[i].confidence)
     keep = sorted(ranked[: int(len(prefs) * subsample)])
     return [prefs[i] for i in keep]
+
+
+def preference_rows(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[int, int, int]], scores: Sequence[float],
+                    extras: tuple[str, ...], subsample: float, seed: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+    """Chosen/rejected rows of the kept preferences (`select_preferences`); `scores[i]` is P(second
+    better) of `pairs[i]`. `acc` is the chosen sample's correctness (None where unknown), and the
+    task's `extras` columns (db_name, category, ...) are carried along."""
+    out = []
+    for pref in select_preferences(pairs, scores, subsample, seed):
+        row = rows[pref.row]
+        chosen, rejected = (pref.second, pref.first) if pref.chosen_is_second else (pref.first, pref.second)
+        record = {
+            "question": row["question"],
+            "chosen": row["answer"][chosen],
+            "rejected": row["answer"][rejected],
+            "gt_answer": row["gt_answer"],
+            "score": pref.score,
+            "acc": row["acc"][chosen] if row.get("acc") is not None else None,
+        }
+        out.append(record | {k: row[k] for k in extras if k in row})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Oracle feedback
+# ---------------------------------------------------------------------------------------------
+
+
+def oracle_score(method: Method, acc_first: float | None, acc_second: float | None) -> float:
+    """Ground truth's P(the second answer is better than the first), as `method` asks it.
+
+    ILR asks whether a proposal (second) may replace the current label (first): with an oracle every
+    correct proposal may, whatever the label (`ilr_decide` then accepts scores above 0.5, uncapped),
+    so the score is the proposal's correctness and the label's is never read.
+    DPO asks which of two samples to prefer: `oracle_pair_score`, with ties as the method says.
+    """
+    read = (acc_first, acc_second) if method.is_dpo else (acc_second,)
+    if any(acc is None for acc in read):
+        raise ConfigError("oracle feedback needs the correctness of every answer it compares (acc is None)")
+    if method.is_dpo:
+        return oracle_pair_score(acc_first, acc_second, method.neutral_ties)
+    if method.kind == "ilr":
+        return float(acc_second)
+    raise ConfigError(f"a {method.kind} method takes no feedback, so it has no oracle")

@@ -6,7 +6,7 @@
 
 Every `checkpoint-N` (ascending N) answers the questions of the half its run trained on (temperature
 0.6); answers are cached per checkpoint in `checkpoint-N/evaluator_answers.json`. Per question the
-answers give one or two (better, worse) pairs (`build_pairs`); each pair gives two rows:
+answers give one or two (better, worse) pairs (`core.evaluator_pairs.build_pairs`); each pair gives two rows:
 (A=better, B=worse) labelled `<reject>` and (A=worse, B=better) labelled `<accept>`. Pairs are split
 90/10 by question and saved as a `DatasetDict` under `<ILR_SAVE_PATH>/evaluator-data/d=<ds>-ms=<model>-s=<seed>`.
 SaferPaca: pairs come from a general-only (`sm=1`) and a safety-only (`sm=2`) run, balanced.
@@ -14,18 +14,13 @@ SaferPaca: pairs come from a general-only (`sm=1`) and a safety-only (`sm=2`) ru
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict
 
 from iterative_label_refinement.core.common import (
-    ACCEPT,
-    REJECT,
     ConfigError,
-    format_evaluator_prompt,
     get_logger,
     get_save_path,
     read_json,
@@ -33,94 +28,14 @@ from iterative_label_refinement.core.common import (
     seed_everything,
     write_json,
 )
+from iterative_label_refinement.core.evaluator_pairs import balance, build_pairs, pairs_to_rows, split_by_question
 
 logger = get_logger(__name__)
 
 ANSWERS_FILE = "evaluator_answers.json"
-TEST_FRACTION = 0.1
 # The reference's defaults, used when the run dir has no experiment_config.json.
 RUN_DEFAULTS = dict(ds_name="gsm8k", model_size="google/gemma-2b", seed=0, n_docs=20000, n_test_docs=10000,
                     lora_rank=64, saferpaca_mode=None, train_with_all_data=False, max_len=None)  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure functions: pairs, rows, split
-# ---------------------------------------------------------------------------------------------
-
-
-def is_correct(acc: float | None) -> bool:
-    """Unscored answers (`do_eval=False`) count as wrong: gold is then preferred to every answer."""
-    return acc is not None and acc >= 0.5
-
-
-def _weighted_choice(rng: random.Random, samples: list[tuple[str, int]], n_checkpoints: int) -> str:
-    """Earlier checkpoints are favoured: checkpoint i of n has weight 2^(n-1-i)."""
-    weights = [2.0 ** (n_checkpoints - 1 - i) for _, i in samples]
-    return rng.choices([a for a, _ in samples], weights=weights)[0]
-
-
-def build_pairs(questions: Sequence[str], gold: Sequence[str], answers: Sequence[Sequence[str]],
-                accs: Sequence[Sequence[float | None]], seed: int = 0) -> list[dict[str, str]]:  # fmt: skip
-    """(better, worse) pairs per question: a later checkpoint's answer is taken as better than an
-    earlier one's when it scores higher.
-
-    answers[c][q], accs[c][q]: the answer of checkpoint c (ascending) to question q, and its score.
-    With a correct answer: (gold, a correct answer) and, if there is a wrong answer too, (gold or a
-    correct answer, a wrong answer); else (gold, a wrong answer). A pair whose two answers are the
-    same text is dropped: its two rows would be one prompt labelled both accept and reject.
-    """
-    rng = random.Random(seed)
-    n_ckpt = len(answers)
-    pairs = []
-    for q, question in enumerate(questions):
-        samples = [(answers[c][q], c, is_correct(accs[c][q])) for c in range(n_ckpt)]
-        correct = [(a, c) for a, c, ok in samples if ok]
-        wrong = [(a, c) for a, c, ok in samples if not ok]
-        candidates = []
-        if correct:
-            candidates.append((gold[q], _weighted_choice(rng, correct, n_ckpt), "gold_vs_correct"))
-            if wrong:
-                better = gold[q] if rng.random() < 0.5 else _weighted_choice(rng, correct, n_ckpt)
-                candidates.append((better, _weighted_choice(rng, wrong, n_ckpt), "correct_vs_wrong"))
-        elif wrong:
-            candidates.append((gold[q], _weighted_choice(rng, wrong, n_ckpt), "gold_vs_wrong"))
-        for better, worse, kind in candidates:
-            if better.strip() != worse.strip():
-                pairs.append({"question": question, "better": better, "worse": worse, "kind": kind})
-    return pairs
-
-
-def balance(pairs_by_source: dict[str, list[dict[str, str]]], seed: int = 0) -> list[dict[str, str]]:
-    """As many pairs from every source (SaferPaca: general and safety), sampled down to the smallest."""
-    rng = random.Random(seed)
-    n = min(len(p) for p in pairs_by_source.values())
-    out = []
-    for source, pairs in pairs_by_source.items():
-        out += [dict(p, source=source) for p in rng.sample(pairs, n)]
-    return out
-
-
-def split_by_question(pairs: list[dict[str, str]], test_fraction: float = TEST_FRACTION,
-                      seed: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:  # fmt: skip
-    """Train and held-out pairs; all pairs of one question fall on the same side (no leakage)."""
-    questions = sorted({p["question"] for p in pairs})
-    random.Random(seed).shuffle(questions)
-    n_test = round(test_fraction * len(questions))
-    test_questions = set(questions[:n_test])
-    train = [p for p in pairs if p["question"] not in test_questions]
-    return train, [p for p in pairs if p["question"] in test_questions]
-
-
-def pairs_to_rows(pairs: list[dict[str, str]], start_id: int = 0) -> list[dict[str, Any]]:
-    """Two rows per pair: (A=better, B=worse) -> `<reject>`, (A=worse, B=better) -> `<accept>`."""
-    rows = []
-    for i, p in enumerate(pairs, start=start_id):
-        extra = {k: v for k, v in p.items() if k not in ("question", "better", "worse", "kind")}
-        for a, b, label in ((p["better"], p["worse"], REJECT), (p["worse"], p["better"], ACCEPT)):
-            rows.append({"prompt": format_evaluator_prompt(p["question"], a, b), "label": label,
-                         "question": p["question"], "answer_a": a, "answer_b": b, "pair_id": i,
-                         "pair_kind": p["kind"], **extra})  # fmt: skip
-    return rows
 
 
 def make_dataset(pairs: list[dict[str, str]], seed: int = 0) -> DatasetDict:

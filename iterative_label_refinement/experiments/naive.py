@@ -11,28 +11,8 @@ the step before any of its inputs exist.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from iterative_label_refinement.core.common import get_logger
-from iterative_label_refinement.core.datasets import get_dataset_config
-from iterative_label_refinement.core.label_sets import (
-    REFINEMENT_COLUMNS,
-    already_done,
-    check_round,
-    label_accuracy,
-    load_current_labels,
-    load_label_set,
-    refined_path,
-    save_label_set,
-)
 from iterative_label_refinement.core.methods import Method
-from iterative_label_refinement.core.refinement import (
-    match_proposals,
-    naive_choice,
-    refined_rows,
-)
-
-logger = get_logger(__name__)
+from iterative_label_refinement.core.refinement_step import run_step
 
 
 def main(
@@ -48,25 +28,10 @@ def main(
     force: bool = False,
     print_save_path: bool = False,
 ) -> str:
-    get_dataset_config(ds_name)
+    """Replace a random `max_replace` fraction of the current labels by the half models' proposals."""
     method = Method("naive", correct_start=start_with_correct_labels, max_replace=max_replace)
-    out_path = refined_path(weak_model_path, method, round_id)
-    if print_save_path:  # naming needs only the flags: nothing is read
-        print(out_path)
-        return str(out_path)
-    check_round(round_id, model1_path=model1_path, model2_path=model2_path)
-    if already_done(out_path, force):
-        return str(out_path)
-    labels = load_current_labels(weak_model_path, method, round_id, method.correct_start)
-    proposal_sets = [load_label_set(Path(p) / "weak_labels", REFINEMENT_COLUMNS) for p in (model1_path, model2_path)]
-    proposals = match_proposals(list(labels["question"]), proposal_sets)
-    replace = naive_choice(len(labels), max_replace, seed=seed + round_id)
-    rows = refined_rows(labels, proposals, replace, [-1.0] * len(labels))
-    logger.info(
-        "naive round %d: %d of %d labels replaced; label accuracy %s -> %s", round_id, sum(replace), len(rows),
-        label_accuracy(list(labels["acc"])), label_accuracy([r["acc"] for r in rows]),
-    )  # fmt: skip
-    return save_label_set(rows, out_path, seed, save_results)
+    return run_step(ds_name, weak_model_path, method, round_id, dict(model1_path=model1_path, model2_path=model2_path),
+                    seed=seed, save_results=save_results, force=force, print_save_path=print_save_path)  # fmt: skip
 
 
 if __name__ == "__main__":
