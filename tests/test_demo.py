@@ -61,6 +61,10 @@ def test_quick_demo_killed_mid_ilr_resumes_and_reports(tmp_path):
     assert set(rows) >= {"ilr0.15", "naive0.15", "dpo0.10.15"}
     assert all(len(v) == 2 and "-" not in v for m, v in rows.items() if m in ("ilr0.15", "naive0.15", "dpo0.10.15"))
     assert list(results.rglob("accuracy_toy_arith_*.png")) and list(results.rglob("report.csv"))
+    # the demo ends with the report: its table, then where the plot is
+    plots = [line[len("plot: ") :] for line in out.split("Test accuracy (%) by round:")[1].splitlines()
+             if line.startswith("plot: ")]  # fmt: skip
+    assert plots and all(Path(p).is_file() for p in plots), out[-2000:]
 
     # a third run finds every step done
     start = time.time()
