@@ -23,7 +23,8 @@ from datasets import Dataset
 
 from iterative_label_refinement.core.datasets import tokenize_dataset
 from iterative_label_refinement.core.models import load_model, load_tokenizer
-from iterative_label_refinement.core.train import TrainConfig, add_lora, sft_collate, train_sft
+from iterative_label_refinement.core.train import TrainConfig, add_lora, train_sft
+from iterative_label_refinement.core.train import collate as sft_collate
 
 
 def read_rows(path: Path, n: int) -> Dataset:

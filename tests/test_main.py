@@ -17,7 +17,7 @@ from iterative_label_refinement.core.datasets import load_dataset, tokenize_data
 from iterative_label_refinement.core.generation import generate_answers
 from iterative_label_refinement.core.models import load_model, load_tokenizer
 from iterative_label_refinement.core.run_config import label_set_path
-from iterative_label_refinement.core.train import TrainConfig, add_lora, sft_collate, train_sft
+from iterative_label_refinement.core.train import TrainConfig, add_lora, collate, train_sft
 from iterative_label_refinement.experiments import main as main_module
 
 TINY = dict(ds_name="toy_arith", model_size="tiny-random", n_docs=48, n_test_docs=8, batch_size=8, epochs=1,
@@ -162,8 +162,8 @@ def test_minibatch_padding_is_masked():
         return torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="sum")
 
     with torch.no_grad():
-        together = token_loss_sum(sft_collate(rows, tok.pad_token_id))
-        apart = sum(token_loss_sum(sft_collate([r], tok.pad_token_id)) for r in rows)
+        together = token_loss_sum(collate(rows, tok.pad_token_id))
+        apart = sum(token_loss_sum(collate([r], tok.pad_token_id)) for r in rows)
     assert torch.allclose(together, apart, rtol=1e-5)
 
 

@@ -24,7 +24,7 @@ from iterative_label_refinement.core.models import (
     load_tokenizer,
     resolve_model_path,
 )
-from iterative_label_refinement.core.train import TrainConfig
+from iterative_label_refinement.core.train import TrainConfig, collate
 from iterative_label_refinement.experiments import main as main_module
 
 
@@ -224,7 +224,7 @@ def test_classifier_gradient_accumulation_equals_one_large_batch(tmp_path):
     with torch.no_grad():
         expected = {n: p - lr * p.grad for n, p in reference.named_parameters()}
 
-    collate = lambda rows: train_evaluator._classifier_collate(rows, tok.pad_token_id)  # noqa: E731
+    collator = lambda rows: collate(rows, tok.pad_token_id)  # noqa: E731
     for minibatch in (1, 2, 8):  # gradient accumulation over 8, 4 and 1 micro-batches
         model = copy.deepcopy(start)
         args = TrainConfig(output_dir=str(tmp_path / str(minibatch)), lr=lr, epochs=1, batch_size=8,
@@ -232,7 +232,7 @@ def test_classifier_gradient_accumulation_equals_one_large_batch(tmp_path):
                            ).training_arguments(optim="sgd", max_grad_norm=0, eval_strategy="epoch", save_strategy="epoch",
                                                 load_best_model_at_end=True, metric_for_best_model="eval_loss",
                                                 greater_is_better=False, per_device_eval_batch_size=8)  # fmt: skip
-        out = train_evaluator.train(model, ds, ds, collate, args, head_lr=None)
+        out = train_evaluator.train(model, ds, ds, collator, args, head_lr=None)
         assert out["train_losses"][0] == pytest.approx(mean_loss.item(), rel=1e-4), minibatch
         for name, p in model.named_parameters():
             assert torch.allclose(p, expected[name], atol=1e-5), (minibatch, name)

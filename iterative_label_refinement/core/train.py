@@ -110,17 +110,28 @@ def pad_right(sequences: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([s + [value] * (width - len(s)) for s in sequences], dtype=torch.long)
 
 
-def sft_collate(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    ids = [r["input_ids"] for r in rows]
+def padded_batch(ids: list[list[int]], labels: list[Any], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """The one batch layout of every trainer: right-padded ids with their attention mask, and labels
+    right-padded with -100 where they are per token (SFT, DPO), or one class id per row (classifier)."""
     return {
         "input_ids": pad_right(ids, pad_token_id),
         "attention_mask": pad_right([[1] * len(s) for s in ids], 0),
-        "labels": pad_right([r["labels"] for r in rows], -100),
+        "labels": pad_right(labels, -100) if isinstance(labels[0], list) else torch.tensor(labels, dtype=torch.long),
     }
 
 
-def add_lora(model: torch.nn.Module, lora_rank: int, target_modules: str | list[str] = "all-linear"):
-    """LoRA with r=lora_rank, alpha=2r on all linear layers; lora_rank=0 keeps full fine-tuning."""
+def collate(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """A batch of tokenized rows (`input_ids`, `labels`): SFT's and the evaluator's collator."""
+    return padded_batch([r["input_ids"] for r in rows], [r["labels"] for r in rows], pad_token_id)
+
+
+def add_lora(model: torch.nn.Module, lora_rank: int, target_modules: str | list[str] = "all-linear",
+             task_type: str = "CAUSAL_LM"):  # fmt: skip
+    """LoRA with r=lora_rank, alpha=2r on `target_modules`; lora_rank=0 keeps full fine-tuning.
+
+    task_type: "CAUSAL_LM", or "SEQ_CLS" for a classifier, which keeps its new head fully trainable
+    (and saved) beside the adapter.
+    """
     if lora_rank == 0:
         return model
     from peft import LoraConfig, get_peft_model
@@ -130,7 +141,7 @@ def add_lora(model: torch.nn.Module, lora_rank: int, target_modules: str | list[
         lora_alpha=2 * lora_rank,
         lora_dropout=0.0,
         target_modules=target_modules,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     model = get_peft_model(model, config)
     if getattr(model, "is_activation_checkpointing", False):
@@ -189,7 +200,7 @@ def train_sft(model: torch.nn.Module, tokenizer, train_ds: Dataset, cfg: TrainCo
         model=model,
         args=args,
         train_dataset=train_ds,
-        data_collator=lambda rows: sft_collate(rows, tokenizer.pad_token_id),
+        data_collator=lambda rows: collate(rows, tokenizer.pad_token_id),
     )
     result = trainer.train()
     return dict(result.metrics)
@@ -300,11 +311,7 @@ def _pair_batch(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torc
     """Chosen then rejected sequences in one right-padded batch (one forward pass for both)."""
     ids = [r["chosen_input_ids"] for r in rows] + [r["rejected_input_ids"] for r in rows]
     labels = [r["chosen_labels"] for r in rows] + [r["rejected_labels"] for r in rows]
-    batch = {
-        "input_ids": pad_right(ids, pad_token_id),
-        "attention_mask": pad_right([[1] * len(s) for s in ids], 0),
-        "labels": pad_right(labels, -100),
-    }
+    batch = padded_batch(ids, labels, pad_token_id)
     if "row" in rows[0]:  # where the trainer finds each pair's reference log-probs
         batch["row"] = torch.tensor([r["row"] for r in rows])
     return batch

@@ -127,17 +127,6 @@ def _likelihood_rows(ds: Dataset, tokenizer) -> Dataset:
     return out.map(lambda r: {"length": len(r["input_ids"])}).select_columns(["input_ids", "labels", "length"])
 
 
-def _classifier_collate(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    from iterative_label_refinement.core.train import pad_right
-
-    ids = [r["input_ids"] for r in rows]
-    return {
-        "input_ids": pad_right(ids, pad_token_id),
-        "attention_mask": pad_right([[1] * len(s) for s in ids], 0),
-        "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.long),
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
@@ -149,17 +138,10 @@ def _model(model_size: str, kind: str, lora_rank: int, pad_token_id: int):
     model = load_model(model_size, kind="classifier" if kind == "classifier" else "causal_lm",
                        full_finetune=not lora_rank)  # fmt: skip
     model.config.pad_token_id = pad_token_id
-    if lora_rank:
-        from peft import LoraConfig, get_peft_model
+    from iterative_label_refinement.core.train import add_lora
 
-        # SEQ_CLS keeps the new classification head fully trainable (and saved) beside the adapter.
-        task_type = "SEQ_CLS" if kind == "classifier" else "CAUSAL_LM"
-        target = get_model_config(model_size).lora_target_modules
-        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                                                 target_modules=target, task_type=task_type))  # fmt: skip
-        if getattr(model, "is_activation_checkpointing", False):
-            model.enable_input_require_grads()
-    return model
+    target = get_model_config(model_size).lora_target_modules
+    return add_lora(model, lora_rank, target, task_type="SEQ_CLS" if kind == "classifier" else "CAUSAL_LM")
 
 
 def _optimizer(model, lr: float, head_lr: float) -> torch.optim.Optimizer:
@@ -242,7 +224,7 @@ def main(
     """
     from iterative_label_refinement.core.common import is_main_process
     from iterative_label_refinement.core.models import get_model_config, load_tokenizer
-    from iterative_label_refinement.core.train import TrainConfig, sft_collate
+    from iterative_label_refinement.core.train import TrainConfig, collate
 
     model_cfg = get_model_config(model_size)
     check_evaluator_kind(evaluator_kind)
@@ -277,12 +259,9 @@ def main(
     if not done or force_retrain:
         tokenizer = load_tokenizer(model_size)
         model = _model(model_size, evaluator_kind, lora_rank, tokenizer.pad_token_id)
-        if evaluator_kind == "classifier":
-            train_ds, eval_ds = (_classifier_rows(dd[s], tokenizer) for s in ("train", "test"))
-            collate = lambda rows: _classifier_collate(rows, tokenizer.pad_token_id)  # noqa: E731
-        else:
-            train_ds, eval_ds = (_likelihood_rows(dd[s], tokenizer) for s in ("train", "test"))
-            collate = lambda rows: sft_collate(rows, tokenizer.pad_token_id)  # noqa: E731
+        rows_of = _classifier_rows if evaluator_kind == "classifier" else _likelihood_rows
+        train_ds, eval_ds = (rows_of(dd[s], tokenizer) for s in ("train", "test"))
+        collator = lambda rows: collate(rows, tokenizer.pad_token_id)  # noqa: E731
         checkpoints = out / "checkpoints"
         args = TrainConfig(
             output_dir=str(checkpoints), lr=lr, epochs=epochs, batch_size=batch_size,
@@ -293,7 +272,7 @@ def main(
                              metric_for_best_model="eval_loss", greater_is_better=False,
                              per_device_eval_batch_size=eval_batch_size)  # fmt: skip
         start = time.time()
-        summary.update(train(model, train_ds, eval_ds, collate, args, head_lr, evaluator_kind == "classifier"))
+        summary.update(train(model, train_ds, eval_ds, collator, args, head_lr, evaluator_kind == "classifier"))
         summary["train_seconds"] = round(time.time() - start, 1)
         summary["stopped_early"] = summary["epochs_run"] < epochs - 1e-6
         if lora_rank:
