@@ -103,7 +103,7 @@ def training_setting(refiner: str, ds: str = "gsm8k", **overrides) -> dict:
     return {**base, **overrides}
 
 
-SAFERPACA = {"ds": "saferpaca", "epochs": "4", "weak_epochs": "4", "label_temp": "1.0"}
+SAFERPACA = {"ds": "saferpaca", "epochs": "4", "weak_epochs": "4", "label_temp": "1.0", "weak_label_temp": "1.0"}
 GSM8K_70B = {"weak": MISTRAL, "strong": LLAMA70, "evaluator": MISTRAL}
 BIRD = {"ds": "bird", "weak": GEMMA, "strong": LLAMA70}
 
@@ -164,6 +164,7 @@ def check_setting(cmds: list[list[str]], e: dict) -> None:
     assert set(mods) == {"main", e["pipeline"]}, mods
     weak, strong = mains[0], mains[1:]
     assert "weak_labels_path" not in weak and (weak["model_size"], weak["epochs"]) == (e["weak"], e["weak_epochs"])
+    assert weak.get("label_temp", "0.0") == e.get("weak_label_temp", "0.0")  # the weak labels' temperature
     for s in strong:
         assert (s["model_size"], s["weak_model_size"], s["epochs"]) == (e["strong"], e["weak"], e["epochs"])
         assert s["method"] == e["method"]

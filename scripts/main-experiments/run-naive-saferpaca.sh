@@ -8,4 +8,5 @@ export MAX_REPLACE=${MAX_REPLACE:-0.15}
 export PROPOSAL_TEMP=${PROPOSAL_TEMP:-1.0}
 export EPOCHS=${EPOCHS:-4}
 export WEAK_EPOCHS=${WEAK_EPOCHS:-4}
+export WEAK_FLAGS=${WEAK_FLAGS:---label_temp=1.0}  # the weak labels are sampled at 1.0 too
 exec bash "$(dirname "$0")/../sft_ilr.sh" "$@"
