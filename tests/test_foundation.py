@@ -178,7 +178,7 @@ def test_build_models_cli_builds_once_and_rejects_unknown_names(tmp_path):
 def test_tiny_pretraining_gives_the_same_weights_whatever_the_thread_count(tmp_path):
     import torch
 
-    from iterative_label_refinement.core.tiny_models import TinySpec, build_tiny_model
+    from iterative_label_refinement.toy.tiny_models import TinySpec, build_tiny_model
 
     spec = TinySpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, pretrain_steps=12,
                     pretrain_stop=10, prompt_steps=3)  # fmt: skip

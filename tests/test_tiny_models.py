@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from iterative_label_refinement.core import models, tiny_models
+from iterative_label_refinement.core import models
 from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.experiments import build_models
+from iterative_label_refinement.toy import tiny_models
 
 # A reduced recipe: a few pretraining steps of a 2-layer model, seconds to build.
 SPEC = tiny_models.TinySpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, pretrain_steps=6,

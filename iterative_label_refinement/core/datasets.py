@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core import arithmetic
 from iterative_label_refinement.core.common import ConfigError, format_prompt, get_data_path, get_logger, load_env
 from iterative_label_refinement.core.label_sets import first
+from iterative_label_refinement.toy import arithmetic
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict

@@ -373,4 +373,4 @@ def load_model(
 
 
 # Register the offline tiny models (import at the end: they call `register_model`).
-from iterative_label_refinement.core import tiny_models as _tiny_models  # noqa: E402, F401
+from iterative_label_refinement.toy import tiny_models as _tiny_models  # noqa: E402, F401

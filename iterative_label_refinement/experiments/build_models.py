@@ -27,7 +27,7 @@ def main(*model_sizes: str, rebuild: bool = False, out: str | None = None) -> No
         for name in model_sizes:
             print(resolve_model_path(name))
         return
-    from iterative_label_refinement.core import tiny_models
+    from iterative_label_refinement.toy import tiny_models
 
     unknown = [n for n in model_sizes if n not in tiny_models.TINY_SPECS]
     if unknown or not model_sizes:

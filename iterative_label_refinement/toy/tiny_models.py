@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from iterative_label_refinement.core.arithmetic import sample_problem
 from iterative_label_refinement.core.common import ConfigError, format_prompt, get_logger, save_model_dir
 from iterative_label_refinement.core.models import ModelConfig, register_model
+from iterative_label_refinement.toy.arithmetic import sample_problem
 
 if TYPE_CHECKING:
     import torch
@@ -188,7 +188,7 @@ def build_tiny_model(spec: TinySpec, path: Path) -> None:
 # sha256 is registered beside the recipe.
 # ---------------------------------------------------------------------------------------------
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "toy" / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 def sha256_of(path: Path) -> str:
