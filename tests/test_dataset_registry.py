@@ -98,3 +98,37 @@ def test_a_run_checks_the_task_inputs_before_training(echo_task, tmp_path, monke
     (test_questions, label_questions) = (checked[0][:4], checked[0][4:])
     assert sorted(test_questions) == [f"echo {i}" for i in range(4)] and len(label_questions) == 6
     assert len(list(tmp_path.rglob("experiment_config.json"))) == 1
+
+
+def test_every_prepared_task_names_its_reader_hint_and_hub_on_its_entry():
+    from iterative_label_refinement.core import raw_data
+    from iterative_label_refinement.core.datasets import preparable_datasets
+
+    assert preparable_datasets() == ["gsm8k", "bird", "saferpaca"]
+    readers = {"gsm8k": raw_data.prepare_gsm8k, "bird": raw_data.prepare_bird, "saferpaca": raw_data.prepare_saferpaca}
+    for name, reader in readers.items():
+        entry = get_dataset_config(name)
+        assert entry.preparer is reader and "--raw_path" in entry.prepare_hint
+    assert [get_dataset_config(n).hub_source for n in readers] == [("openai/gsm8k", "main"), None, None]
+    assert get_dataset_config("toy_arith").preparer is None  # generated in code, nothing to prepare
+
+
+def _script_defaults(path: Path) -> dict[str, str]:
+    """`VAR=${VAR:-value}` defaults of a script (with or without `export`)."""
+    import re
+
+    return dict(re.findall(r"^(?:export )?(\w+)=\$\{\w+:-(.*?)\}", path.read_text(), flags=re.M))
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "bird", "saferpaca"])
+def test_sampling_temperatures_on_the_entry_are_the_paper_scripts_defaults(name):
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    entry = get_dataset_config(name)
+    for method, inner, key, expected in [("ilr", "sft_ilr.sh", "PROPOSAL_TEMP", entry.proposal_temp),
+                                         ("dpo", "sft_dpo.sh", "LABEL_TEMP", entry.dpo_sample_temp)]:  # fmt: skip
+        wrapper = _script_defaults(scripts / "main-experiments" / f"run-{method}-{name}.sh")
+        defaults = _script_defaults(scripts / inner) | wrapper
+        assert float(defaults[key]) == expected, (name, key)
+        weak_flags = defaults.get("WEAK_FLAGS", "")
+        weak_temp = float(weak_flags.split("--label_temp=")[1].split()[0]) if "--label_temp=" in weak_flags else 0.0
+        assert weak_temp == entry.weak_label_temp, (name, method)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
+from iterative_label_refinement.core import raw_data
 from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.experiments import prepare_data
 
@@ -133,7 +134,7 @@ def test_bird_prepares_from_train_files_alone(tmp_path):
     dd = load_from_disk(out)
     assert dd.num_rows == {"train": 8, "test": 2}
     assert sorted(list(dd["train"]["question"]) + list(dd["test"]["question"])) == sorted(
-        prepare_data.bird_question(prepare_data.schema_text(TABLES), f"q{i}", "") for i in range(10)
+        raw_data.bird_question(raw_data.schema_text(TABLES), f"q{i}", "") for i in range(10)
     )
 
 

@@ -10,10 +10,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iterative_label_refinement.core.common import ConfigError, format_prompt, get_data_path, get_logger, load_env
 from iterative_label_refinement.core.label_sets import first
+from iterative_label_refinement.core.raw_data import (
+    BIRD_HINT,
+    GSM8K_HINT,
+    SAFERPACA_HINT,
+    prepare_bird,
+    prepare_gsm8k,
+    prepare_saferpaca,
+)
 from iterative_label_refinement.toy import arithmetic
 
 if TYPE_CHECKING:
@@ -36,7 +45,12 @@ class DatasetConfig:
     metric: Metric
     agreement: Agreement
     extra_columns: tuple[str, ...] = ()
-    prepare_hint: str = ""  # how to obtain the data, shown when it is missing
+    # Reads the raw files in a folder into train/test (`experiments.prepare_data --raw_path`); None
+    # for a task generated in code. `hub_source` (repo, config) is where prepare_data downloads it
+    # from without --raw_path, where one exists.
+    preparer: Callable[[Path], DatasetDict] | None = None
+    hub_source: tuple[str, str] | None = None
+    prepare_hint: str = ""  # how to obtain the raw files, shown when they or the prepared data are missing
     # Training keeps only answers that carry this final-answer marker: an answer without one can
     # never be scored, so learning from it only teaches the model to omit it (GSM8K's `####`).
     answer_marker: str | None = None
@@ -47,6 +61,12 @@ class DatasetConfig:
     # Checks the rows a run will score before training (e.g. every BIRD database can be opened):
     # a missing input found after hours of training costs the run.
     check_rows: Callable[[Sequence[Dataset]], None] | None = None
+    # Sampling temperatures of the paper's runs of this task (the scripts' defaults, checked against
+    # them in tests/test_dataset_registry.py): the weak model's labels, the half models' ILR
+    # proposals, and the 6 samples per prompt a DPO round draws its pairs from. 0 is beam search.
+    weak_label_temp: float = 0.0
+    proposal_temp: float = 0.0
+    dpo_sample_temp: float = 0.7
 
 
 _REGISTRY: dict[str, DatasetConfig] = {}
@@ -62,6 +82,11 @@ def register_dataset(config: DatasetConfig) -> DatasetConfig:
     DATASET_MAX_LEN[config.name] = config.max_len
     DATASET_EVAL_FUNC[config.name] = config.metric
     return config
+
+
+def preparable_datasets() -> list[str]:
+    """The tasks `experiments.prepare_data` builds from raw files."""
+    return [name for name in VALID_DATASETS if _REGISTRY[name].preparer is not None]
 
 
 def get_dataset_config(ds_name: str) -> DatasetConfig:
@@ -263,7 +288,9 @@ register_dataset(
         metric=_gsm8k_metric,
         agreement=_same_final_answer,
         answer_marker="####",
-        prepare_hint="Raw files: train.jsonl and test.jsonl of openai/grade-school-math (grade_school_math/data).",
+        preparer=prepare_gsm8k,
+        hub_source=("openai/gsm8k", "main"),
+        prepare_hint=GSM8K_HINT,
     )
 )
 register_dataset(
@@ -275,7 +302,8 @@ register_dataset(
         agreement=_same_execution_result,
         extra_columns=("db_name", "db_schema"),
         check_rows=_check_bird_databases,
-        prepare_hint="Raw files: BIRD train/dev json (question, evidence, SQL, db_id) and its tables.json.",
+        preparer=prepare_bird,
+        prepare_hint=BIRD_HINT,
     )
 )
 register_dataset(
@@ -288,8 +316,12 @@ register_dataset(
         extra_columns=("category",),
         score_labels=False,
         modes={1: "general", 2: "safety"},
-        prepare_hint="Raw files: an Alpaca-format general instruction json and SaferPaca's "
-        "safety_only_data_Instructions.json.",
+        preparer=prepare_saferpaca,
+        prepare_hint=SAFERPACA_HINT,
+        # Open-ended answers: every sample is drawn at 1.0, as in the reference's SaferPaca scripts.
+        weak_label_temp=1.0,
+        proposal_temp=1.0,
+        dpo_sample_temp=1.0,
     )
 )
 register_dataset(
