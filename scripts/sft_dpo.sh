@@ -51,8 +51,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
   refine "$PAIRS" experiments.dpo $(dpo_flags $((r - 1)) "$PREV")
   ADAPTER=$PREV
   if [ "$r" -ge 2 ]; then ADAPTER=$PREV/train_adapter; fi
-  train "results_summary.json weak_labels train_adapter/adapter_config.json" $on_labels --round_id=$r \
-    --dpo_path="$ADAPTER" $DPO_FLAGS
+  # The last round's samples would only feed a round that is not run: it trains and evaluates.
+  samples=weak_labels last=""
+  if [ "$r" -eq "$ROUNDS" ]; then samples="" last="--generate_weak_labels=False"; fi
+  train "results_summary.json $samples train_adapter/adapter_config.json" $on_labels --round_id=$r \
+    --dpo_path="$ADAPTER" $DPO_FLAGS $last
   PREV=$RUN_DIR
 done
 log "SFT+DPO finished: results under $RESULTS_FOLDER/$SWEEP"

@@ -84,6 +84,8 @@ def test_gsm8k_dpo_rounds(tmp_path):
         assert module(train) == "main" and g["round_id"] == str(r) and g["method"] == "dpo0.10.15"
         expected_adapter = f["strong_model_path"] + ("/train_adapter" if r >= 2 else "")
         assert g["dpo_path"] == expected_adapter and g["label_temp"] == "0.7"
+        # only the last round skips its samples: no dpo step reads them
+        assert g.get("generate_weak_labels") == ("False" if r == 6 else None)
         prev = None  # the next dpo step reads this round's run dir, checked via ri= above
 
 
