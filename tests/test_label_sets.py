@@ -58,6 +58,23 @@ def test_a_name_without_a_round_field_is_refused(name):
         run_round(Path(name))
 
 
+def test_run_round_reads_the_round_from_the_run_config_where_there_is_one(tmp_path):
+    from iterative_label_refinement.core.common import write_json
+
+    run = tmp_path / "bs=8-ri=1-s=0"
+    run.mkdir()
+    write_json(run / "experiment_config.json", {"round_id": 2, "seed": 0})
+    assert run_round(run) == 2  # the config is what the run was given; the name is only made from it
+    unnamed = tmp_path / "renamed-by-hand"
+    unnamed.mkdir()
+    write_json(unnamed / "experiment_config.json", {"round_id": 0})
+    assert run_round(unnamed) == 0
+    for bad in ({"seed": 0}, {"round_id": "1"}, {"round_id": True}):
+        write_json(run / "experiment_config.json", bad)
+        with pytest.raises(ConfigError, match="has no integer round_id"):
+            run_round(run)
+
+
 def test_check_round(tmp_path):
     good = tmp_path / "bs=8-ri=1-s=0"
     other = tmp_path / "bs=8-ri=11-s=0"

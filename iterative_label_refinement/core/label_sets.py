@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core.common import ConfigError, get_logger, save_to_disk_atomic
+from iterative_label_refinement.core.common import ConfigError, get_logger, read_json, save_to_disk_atomic
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -72,7 +72,17 @@ def load_label_set(path: str | Path, required: tuple[str, ...] = LABEL_COLUMNS) 
 
 
 def run_round(path: str | Path) -> int:
-    """The `ri=<round>` a run dir's name carries."""
+    """The round a run dir of experiments.main belongs to: the `round_id` of its
+    `experiment_config.json` (what the run was given), or, in a dir without one, the `ri=<round>`
+    its name carries (the name is made from the same config)."""
+    config_file = Path(path) / "experiment_config.json"
+    if config_file.is_file():
+        round_id = read_json(config_file).get("round_id")
+        if isinstance(round_id, bool) or not isinstance(round_id, int):
+            raise ConfigError(
+                f"{config_file} has no integer round_id (got {round_id!r}): not a run of experiments.main"
+            )
+        return round_id
     match = re.search(r"(?:^|-)ri=(\d+)(?:-|$)", Path(path).name)
     if not match:
         raise ConfigError(f"{path} is not a run dir of experiments.main (its name has no 'ri=<round>')")
