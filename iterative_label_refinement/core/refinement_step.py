@@ -62,10 +62,9 @@ class Feedback:
             return []
         if self.evaluator is None:
             return [oracle_score(self.method, a, b) for a, b in zip(first_accs, second_accs)]
-        from iterative_label_refinement.core import evaluator
+        from iterative_label_refinement.core.evaluator import debiased_scores
 
-        scores = evaluator.debiased_scores(self.evaluator, questions, firsts, seconds, batch_size=self.batch_size)
-        return scores.tolist()
+        return debiased_scores(self.evaluator, questions, firsts, seconds, batch_size=self.batch_size).tolist()
 
 
 @dataclass(frozen=True)
