@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from iterative_label_refinement.core.common import ConfigError, get_logger, get_save_path, read_json
-from iterative_label_refinement.core.label_sets import current_labels_path, first, is_label_set
+from iterative_label_refinement.core.label_sets import current_labels_path, first, is_label_set, label_accuracy
 from iterative_label_refinement.core.methods import Method, parse_method
 
 logger = get_logger(__name__)
@@ -118,8 +118,7 @@ def label_set_accuracy(path: str | None) -> float | None:
     """Mean correctness of a label set's `acc` column (first sample of each row; for a preference
     set, the chosen answers), if known."""
     cols = _load(Path(path), ("acc",)) if path else None
-    values = [first(c) for c in (cols or {}).get("acc", []) if first(c) is not None]
-    return sum(values) / len(values) if values else None
+    return label_accuracy(cols["acc"]) if cols else None
 
 
 def replacement_counts(before: list[tuple[str, str, Any]], after: list[tuple[str, str, Any]]) -> Replacements | None:

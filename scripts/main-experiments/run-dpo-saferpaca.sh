@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SaferPaca SFT+DPO: pairs sampled at temperature 1.0, 4 epochs.
+# SaferPaca SFT+DPO: weak labels and pairs sampled at temperature 1.0, 4 epochs.
 # Any setting of the pipeline script can be overridden from the environment.
 set -euo pipefail
 export DS_NAME=${DS_NAME:-saferpaca}
@@ -8,5 +8,5 @@ export SUBSAMPLE=${SUBSAMPLE:-0.15}
 export LABEL_TEMP=${LABEL_TEMP:-1.0}
 export EPOCHS=${EPOCHS:-4}
 export WEAK_EPOCHS=${WEAK_EPOCHS:-4}
-export WEAK_FLAGS=${WEAK_FLAGS:---label_temp=1.0}  # the weak labels are sampled at 1.0 too
+export WEAK_FLAGS=${WEAK_FLAGS:---label_temp=1.0}
 exec bash "$(dirname "$0")/../sft_dpo.sh" "$@"
