@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import shutil
 import statistics
+from pathlib import Path
 
 import pytest
 from datasets import Dataset
@@ -201,3 +204,23 @@ def test_replacement_counts_sorts_changed_labels_by_what_they_did():
     assert (r.changed, r.wrong_to_right, r.right_to_wrong) == (1, 1, 0)
     assert report.replacement_counts([("u", "1", None)], [("u", "2", 1)]) is None  # unknown before: no guess
     assert report.Replacements(2, 0, 0).precision is None  # nothing moved: no precision, not 0
+
+
+def test_label_sets_are_found_beside_the_run_when_paths_were_relative_to_another_folder(seeded, monkeypatch, capsys):
+    """Configs keep --weak_labels_path as the scripts gave it (relative to where they ran): a report
+    run from elsewhere still finds the labels in the weak run dir beside the run."""
+    for config_path in seeded.rglob("experiment_config.json"):
+        config = json.loads(config_path.read_text())
+        if config.get("weak_labels_path"):
+            labels = Path(config["weak_labels_path"])
+            config["weak_labels_path"] = f"elsewhere/results/{labels.parent.name}/{labels.name}"
+            config_path.write_text(json.dumps(config))
+    csv_path = report.main(results_folder=str(seeded))
+    rows = {(r["method"], r["round"]): r for r in csv.DictReader(open(csv_path))}
+    assert float(rows["ilr0.15", "1"]["label_accuracy"]) == pytest.approx(by_hand([1 / 4, 2 / 4, 3 / 4])[0])
+    assert rows["ilr0.15", "1"]["wrong_to_right"] == "6"
+    # A label set that is nowhere says so, and its cells stay empty instead of guessed.
+    shutil.rmtree(next(seeded.glob("weak-s0")) / "ilr0.15_0_weak_labels")
+    csv_path = report.main(results_folder=str(seeded))
+    rows = {(r["method"], r["round"]): r for r in csv.DictReader(open(csv_path))}
+    assert rows["ilr0.15", "1"]["seeds"] == "0;1;2" and rows["ilr0.15", "1"]["replaced"] == "5"

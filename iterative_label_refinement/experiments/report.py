@@ -145,12 +145,26 @@ def replacement_counts(before: list[tuple[str, str, Any]], after: list[tuple[str
     return Replacements(changed, up, down)
 
 
-def _replacements(config: dict[str, Any]) -> Replacements | None:
-    """What the refinement step before this round did: its labels against the ones it started from."""
-    path = config.get("weak_labels_path")
-    if config["round_id"] < 1 or config.get("do_dpo") or not path:
+def labels_path(run_dir: Path, config: dict[str, Any]) -> Path | None:
+    """The label set a run trained on. The config holds the path as given on its command line, often
+    relative to where the scripts ran; label sets live in the weak run dir, which sits beside the run
+    in its sweep folder, so a path that does not resolve from here is looked for there."""
+    given = config.get("weak_labels_path")
+    if not given:
         return None
-    path = Path(path)
+    path = Path(given)
+    if not path.exists():
+        beside = run_dir.parent / path.parent.name / path.name
+        if not beside.exists():
+            logger.warning("%s: its labels %s are not found (nor at %s)", run_dir, given, beside)
+        path = beside if beside.exists() else path
+    return path
+
+
+def _replacements(config: dict[str, Any], path: Path | None) -> Replacements | None:
+    """What the refinement step before this round did: its labels against the ones it started from."""
+    if config["round_id"] < 1 or config.get("do_dpo") or path is None:
+        return None
     after = _label_rows(path)
     before = _label_rows(current_labels_path(path.parent, config["method"], config["round_id"] - 1))
     if after is None or before is None:
@@ -212,10 +226,10 @@ def collect(results_folder: Path) -> tuple[list[Cell], list[Cell]]:
                                  summary.get("accuracy"), summary.get("label_accuracy"), None, str(run_dir),
                                  run_dir.name))  # fmt: skip
             continue
-        labels_path = config.get("weak_labels_path")
-        weak_dir = Path(labels_path).parent.name if labels_path else None
-        label_acc = label_set_accuracy(labels_path)
-        replaced = _replacements(config)
+        trained_on = labels_path(run_dir, config)
+        weak_dir = trained_on.parent.name if trained_on else None
+        label_acc = label_set_accuracy(str(trained_on) if trained_on else None)
+        replaced = _replacements(config, trained_on)
         for method in _family(config):
             cells.append(Cell(dataset, strong, _short(config["weak_model"]["model_size"]), method, config["round_id"],
                               seed, _without_seed(config), _accuracy(run_dir), label_acc, replaced, str(run_dir),
