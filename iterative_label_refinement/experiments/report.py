@@ -153,11 +153,12 @@ def labels_path(run_dir: Path, config: dict[str, Any]) -> Path | None:
     if not given:
         return None
     path = Path(given)
-    if not path.exists():
-        beside = run_dir.parent / path.parent.name / path.name
-        if not beside.exists():
-            logger.warning("%s: its labels %s are not found (nor at %s)", run_dir, given, beside)
-        path = beside if beside.exists() else path
+    if path.exists():
+        return path
+    beside = run_dir.parent / path.parent.name / path.name
+    if beside.exists():
+        return beside
+    logger.warning("%s: its labels %s are not found (nor at %s)", run_dir, given, beside)
     return path
 
 
