@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/evaluator_toy_world.py --kind=classifier --model=tiny-llama-evaluator \
         --lr=3e-4 --head_lr=3e-3
 
-The full SPEC §8 pipeline on `toy_arith`, each step skipped when its output exists (under
+The evaluator pipeline (ground-truth run with checkpoints -> pair data -> evaluator) on `toy_arith`, each step skipped when its output exists (under
 --results_folder, default /tmp/ilr-evaluator-toy):
 1. a ground-truth weak model: tiny-llama-weak, full fine-tune on half A (1,000 rows), 3 epochs,
    lr 1e-3, a checkpoint every 10% of the steps;

@@ -1,7 +1,7 @@
 """The offline synthetic task: short multi-step arithmetic in GSM8K answer format.
 
 `61 minus 48 plus 71` -> `61-48=13\n13+71=84\n#### 84`. Short sequences keep a whole toy pipeline
-within minutes on a CPU (see DESIGN.md, "short-sequence toy world").
+within minutes on a CPU: arithmetic is learned quickly from short windows (docs/toy_world.md).
 """
 
 from __future__ import annotations

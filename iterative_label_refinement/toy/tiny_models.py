@@ -2,7 +2,7 @@
 
 Built once into the cache directory with `save_pretrained`; from then on they load through the
 same `from_pretrained` code as real models (see `core.models.load_model`). LoRA needs a pretrained
-base to learn anything (DESIGN.md), so the strong base is pretrained on symbolic worked solutions
+base to learn anything (a randomly initialised base did not learn), so the strong base is pretrained on symbolic worked solutions
 (`67-29+40=?\n67-29=38\n38+40=78\n#### 78\n`), with the loss masked on the `...=?` header, packed
 into short windows (arithmetic emerges quickly there); a second, shorter phase on longer windows
 wraps the same documents in the prompt template, so the model can read a problem at the positions
@@ -97,7 +97,7 @@ def _pretrain_batch(
 
 
 def _linear_decay(steps: int, warmup: int) -> Callable[[int], float]:
-    """Linear warm-up, then linear decay to 0.05x at `steps` (DESIGN.md)."""
+    """Linear warm-up, then linear decay to 0.05x at `steps` (the recipe the shipped bases were built with)."""
 
     def lr_lambda(step: int) -> float:
         if step < warmup:
@@ -273,8 +273,8 @@ register_tiny(
     sha256="6cd8fb4ffe5c820f56f1aede6b6e473e77cba719963556e20b9971880050ea74",
 )
 # The toy world's weak base: a separate pretraining run (another initialisation and data order), so
-# that its errors are its own (DESIGN.md: a weak model on the strong model's own path hands its
-# errors back). Arithmetic appears suddenly and late; this run's 1,000-step schedule is stopped at
+# that its errors are its own (a weak model on the strong model's own path handed its errors
+# back: SFT on its labels equalled the labels, docs/toy_world.md). Arithmetic appears suddenly and late; this run's 1,000-step schedule is stopped at
 # step 750, mid-transition: symbolic 2-step accuracy 39.5% after the template phase (stopped at
 # 775 / 800: 49.5% / 56.5%; the strong base: 72.5%).
 register_tiny(
@@ -317,7 +317,7 @@ def _long_window(tokenizer, rng: random.Random, window: int) -> tuple[list[int],
 
 
 def build_long_context_model(base: str, steps: int, window: int, batch: int, lr: float, path: Path) -> None:
-    """Continue pretraining the tiny model `base` on `window`-token windows (DESIGN.md: a base
+    """Continue pretraining the tiny model `base` on `window`-token windows (a base
     pretrained on 48-token windows cannot read arithmetic after the ~100 characters of text that
     precede the answers in the evaluator prompt). Constant lr after 20 warm-up steps, clip 1.0."""
     import torch
