@@ -117,6 +117,21 @@ train_all() (  # a subshell: set -e and exit stay inside the step
 )
 step train train_all
 
+# same_adapters FILE ONE MANY: the adapters FILE of a 1-process run dir and an N-process one hold the same
+# weights (bf16 noise aside), and no frozen DPO reference adapter was saved with them.
+same_adapters() {
+    $PY - "$@" <<'EOF'
+import sys
+from safetensors.torch import load_file
+name, one, many = sys.argv[1:]
+a, b = load_file(f"{one}/{name}"), load_file(f"{many}/{name}")
+assert a.keys() == b.keys() and not any("reference" in k for k in a), sorted(a)[:3]
+diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+print(f"{name}: max |1 process - N processes| = {diff:.2e}")
+assert diff < 1e-2, diff
+EOF
+}
+
 ddp() (  # a subshell: set -e and exit stay inside the step
     set -e
     [ "$NGPU" -gt 1 ] || { echo "one GPU visible: DDP not run"; exit 77; }
@@ -125,14 +140,7 @@ ddp() (  # a subshell: set -e and exit stay inside the step
         --results_folder="$OUT/ddp1" | tail -n 1)
     many=$(torchrun --nproc_per_node "$NGPU" -m iterative_label_refinement.experiments.main "${COMMON[@]}" --epochs=1 \
         --save_model=True --results_folder="$OUT/ddpN" | tail -n 1)
-    $PY - "$one" "$many" <<'EOF'
-import sys
-from safetensors.torch import load_file
-a, b = (load_file(f"{d}/adapter_model.safetensors") for d in sys.argv[1:])
-diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-print(f"adapter max |1 process - N processes| = {diff:.2e}")
-assert diff < 1e-2, diff
-EOF
+    same_adapters adapter_model.safetensors "$one" "$many"
 )
 step ddp ddp
 
@@ -147,15 +155,7 @@ fsdp() (  # a subshell: set -e and exit stay inside the step
     one=$($PY -m iterative_label_refinement.experiments.main "${args[@]}" --results_folder="$OUT/fsdp1" | tail -n 1)
     many=$(.venv/bin/accelerate launch --config_file configs/accelerate/fsdp.yaml --num_processes "$NGPU" \
         -m iterative_label_refinement.experiments.main "${args[@]}" --results_folder="$OUT/fsdpN" | tail -n 1)
-    $PY - "$one" "$many" <<'EOF'
-import sys
-from safetensors.torch import load_file
-a, b = (load_file(f"{d}/train_adapter/adapter_model.safetensors") for d in sys.argv[1:])
-assert a.keys() == b.keys() and not any("reference" in k for k in a), sorted(a)[:3]
-diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-print(f"DPO adapter max |1 process - FSDP on all GPUs| = {diff:.2e}")
-assert diff < 1e-2, diff
-EOF
+    same_adapters train_adapter/adapter_model.safetensors "$one" "$many"
 )
 step fsdp fsdp
 
