@@ -150,10 +150,10 @@ class RunConfig:
         check_sampling(f["top_k"], f["top_p"])
         if f["inference_backend"] not in BACKENDS:
             raise ConfigError(f"Unknown inference_backend {f['inference_backend']!r}. Valid: {list(BACKENDS)}")
-        if dpo_round and not f["dpo_path"]:
-            raise ConfigError(f"DPO round {round_id} needs --dpo_path: the previous round's adapter dir")
         if dpo_round:
-            refuse_unsupported_dpo_launcher()
+            if not f["dpo_path"]:
+                raise ConfigError(f"DPO round {round_id} needs --dpo_path: the previous round's adapter dir")
+            refuse_unsupported_dpo_launcher()  # before anything is written (train_dpo checks again when called alone)
         if round_id > 0 and not f["weak_labels_path"]:
             raise ConfigError(f"round_id={round_id} trains on refined labels: pass --weak_labels_path")
         lr = f["lr"] if f["lr"] is not None else (model.default_dpo_lr if dpo_round else model.default_lr)
