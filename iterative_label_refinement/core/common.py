@@ -213,15 +213,24 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _accelerate_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() == "true"
+
+
+def uses_fsdp() -> bool:
+    """Whether `accelerate launch` started this process with an FSDP config."""
+    return _accelerate_flag("ACCELERATE_USE_FSDP")
+
+
 def refuse_unsupported_dpo_launcher() -> None:
     """DPO runs on one process, torchrun (DDP) and `accelerate launch` with DDP or FSDP version 2
     (configs/accelerate/). Refused, in one line: DeepSpeed (never run, not a dependency) and FSDP
     version 1 (PEFT's adapter switch for the reference pass toggles requires_grad inside FSDP1's
     flattened parameters), both read from the variables `accelerate launch` sets."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    if _accelerate_flag("ACCELERATE_USE_DEEPSPEED"):
         raise ConfigError("DPO under DeepSpeed (accelerate launch with a DeepSpeed config) is not supported: use "
                           "torchrun or accelerate launch --config_file configs/accelerate/{ddp,fsdp}.yaml")  # fmt: skip
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and os.environ.get("FSDP_VERSION") != "2":
+    if uses_fsdp() and os.environ.get("FSDP_VERSION") != "2":
         raise ConfigError(f"DPO under FSDP version {os.environ.get('FSDP_VERSION', '1')} is not supported: use "
                           "fsdp_version: 2 (accelerate launch --config_file configs/accelerate/fsdp.yaml)")  # fmt: skip
 

@@ -10,7 +10,6 @@ weights as one. DPO's reference log-probs are computed through the model as the 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from iterative_label_refinement.core.common import (
     get_logger,
     is_main_process,
     refuse_unsupported_dpo_launcher,
+    uses_fsdp,
     validate_optimizer,
     validate_schedule,
     world_size,
@@ -62,7 +62,7 @@ class TrainConfig:
 
         scheduler, warmup = LR_SCHEDULES[self.lr_schedule]
         on_cpu = not torch.cuda.is_available()
-        if on_cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        if on_cpu and uses_fsdp():
             # accelerate enables FSDP only on accelerators; on CPUs it would run DDP without a word.
             raise ConfigError("FSDP needs GPUs (accelerate runs DDP on CPUs): on CPUs launch with torchrun")
         kwargs: dict[str, Any] = dict(
