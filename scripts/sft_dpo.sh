@@ -39,7 +39,8 @@ dpo_flags() {
 weak_run
 # The method (the strong runs' --method) is the one the `dpo` CLI names its label sets by. The name
 # depends on the flags only, so round 0's is asked before the SFT model exists (the weak run stands in).
-METHOD=$(method_of "$(query experiments.dpo $(dpo_flags 0 "$WEAK_DIR"))" 0)
+ROUND0_PAIRS=$(query experiments.dpo $(dpo_flags 0 "$WEAK_DIR"))  # an assignment: a refusal stops here
+METHOD=$(method_of "$ROUND0_PAIRS" 0)
 log "method $METHOD"
 on_labels="--model_size=$STRONG_MODEL --epochs=$EPOCHS --weak_labels_path=$WEAK_DIR --weak_model_size=$WEAK_MODEL \
 --method=$METHOD --dpo_beta=$BETA --label_temp=$LABEL_TEMP $STRONG_FLAGS"

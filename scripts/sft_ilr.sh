@@ -10,7 +10,7 @@ DS_NAME=${DS_NAME:-gsm8k}
 WEAK_MODEL=${WEAK_MODEL:-google/gemma-2b}
 STRONG_MODEL=${STRONG_MODEL:-mistralai/Mistral-7B-v0.1}
 EVALUATOR_MODEL=${EVALUATOR_MODEL:-google/gemma-2b}
-REFINER=${REFINER:-ilr}               # ilr | naive
+REFINER=${REFINER:-ilr}               # ilr | naive | a kind added to core.methods
 ROUNDS=${ROUNDS:-6}
 EPOCHS=${EPOCHS:-2}
 WEAK_EPOCHS=${WEAK_EPOCHS:-2}
@@ -27,25 +27,27 @@ STRONG_FLAGS=${STRONG_FLAGS:-}        # extra flags of every strong model's run
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 case "$REFINER" in
-  ilr | naive) ;;
-  *) echo "REFINER must be ilr or naive, got '$REFINER'" >&2; exit 2 ;;
+  ilr | naive) refiner=("experiments.$REFINER") ;;  # the paper's CLIs, with the reference's flags
+  dpo) echo "REFINER must not be dpo: SFT+DPO is scripts/sft_dpo.sh" >&2; exit 2 ;;
+  *) refiner=(experiments.refine "--kind=$REFINER") ;;  # a kind added to core.methods (refine checks it)
 esac
 set_total "$(sft_ilr_steps)"
 log "SFT+$REFINER on $DS_NAME: weak $WEAK_MODEL, strong $STRONG_MODEL, $ROUNDS rounds"
 
 # refiner_flags ROUND MODEL1 MODEL2: the flags of round ROUND's refinement step. Naive ILR takes no
-# feedback: it replaces labels at random.
+# feedback: it replaces labels at random; every other kind asks the evaluator (or the oracle).
 refiner_flags() {
   local f="--ds_name=$DS_NAME --weak_model_path=$WEAK_DIR --model1_path=$2 --model2_path=$3 --round_id=$1 \
 --max_replace=$MAX_REPLACE"
-  if [ "$REFINER" = ilr ]; then echo "$f $(feedback_flags)"; else echo "$f --seed=$SEED $(correct_flag)"; fi
+  if [ "$REFINER" = naive ]; then echo "$f --seed=$SEED $(correct_flag)"; else echo "$f $(feedback_flags)"; fi
 }
 
 weak_run
 # The method (the strong runs' --method) is the one the refinement CLI names its label sets by. The
 # name depends on the flags only, so round 0's is asked before its half models exist (the weak run
 # stands in for them).
-METHOD=$(method_of "$(query "experiments.$REFINER" $(refiner_flags 0 "$WEAK_DIR" "$WEAK_DIR"))" 0)
+ROUND0_LABELS=$(query "${refiner[@]}" $(refiner_flags 0 "$WEAK_DIR" "$WEAK_DIR"))  # an assignment: a refusal stops here
+METHOD=$(method_of "$ROUND0_LABELS" 0)
 log "method $METHOD"
 on_labels="--model_size=$STRONG_MODEL --epochs=$EPOCHS --weak_labels_path=$WEAK_DIR --weak_model_size=$WEAK_MODEL \
 --method=$METHOD $STRONG_FLAGS"
@@ -68,7 +70,7 @@ for ((r = 0; r < ROUNDS; r++)); do
   for pid in "${half_runs[@]}"; do wait "$pid"; done
   H1=$(query experiments.main $(common_flags) $on_labels --round_id=$r --half_data=1 --label_temp="$PROPOSAL_TEMP")
   H2=$(query experiments.main $(common_flags) $on_labels --round_id=$r --half_data=2 --label_temp="$PROPOSAL_TEMP")
-  step=("experiments.$REFINER" $(refiner_flags $r "$H1" "$H2"))
+  step=("${refiner[@]}" $(refiner_flags $r "$H1" "$H2"))
   LABELS=$(query "${step[@]}")  # where the step writes round r's refined labels
   refine "$LABELS" "${step[@]}"
   train "results_summary.json" $on_labels --round_id=$((r + 1)) --generate_weak_labels=False

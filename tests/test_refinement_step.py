@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 from datasets import Dataset, load_from_disk
 
-from iterative_label_refinement.core import evaluator
+from iterative_label_refinement.core import evaluator, methods, refinement_step
 from iterative_label_refinement.core.common import ConfigError
-from iterative_label_refinement.experiments import dpo, ilr, naive
+from iterative_label_refinement.core.label_sets import first
+from iterative_label_refinement.core.methods import parse_method
+from iterative_label_refinement.core.refinement import match_proposals, refined_rows
+from iterative_label_refinement.experiments import dpo, ilr, naive, refine
 
 
 def _label(rng: random.Random, i: int) -> dict:
@@ -139,3 +142,82 @@ def test_oracle_feedback_refuses_unknown_correctness(world, tmp_path):
     Dataset.from_list(rows).save_to_disk(str(run / "weak_labels"))
     with pytest.raises(ConfigError, match="has acc=None in 40 of 40 rows, but --use_oracle_feedback needs"):
         dpo.main("toy_arith", str(tmp_path / "weak"), str(run), use_oracle_feedback=True)
+
+
+def _fresh_weak(world, tmp_path) -> str:
+    weak = tmp_path / "weak"
+    shutil.copytree(Path(world["weak"]) / "weak_labels", weak / "weak_labels")
+    return str(weak)
+
+
+def test_refine_runs_the_papers_kinds_as_their_own_clis_do(world, text_evaluator, tmp_path):
+    weak = _fresh_weak(world, tmp_path)
+    path = refine.main("ilr", "toy_arith", weak, model1_path=world["h1"], model2_path=world["h2"], max_replace=0.5,
+                       evaluator_path="x", seed=2)  # fmt: skip
+    assert Path(path).name == "ilr0.5_0_weak_labels" and _digest(path) == "fbba813c43b32693"
+    path = refine.main("naive", "toy_arith", weak, model1_path=world["h1"], model2_path=world["h2"], max_replace=0.3,
+                       seed=1, start_with_correct_labels=True)  # fmt: skip
+    assert Path(path).name == "cornaive0.3_0_weak_labels" and _digest(path) == "44ccfbc8ecaadba6"
+    path = refine.main("dpo", "toy_arith", weak, strong_model_path=world["r0"], beta=0.1, subsample=0.3,
+                       use_oracle_feedback=True, neutral_oracle_ties=True)  # fmt: skip
+    assert Path(path).name == "oradpo0.10.3nt_0_weak_labels" and _digest(path) == "d867810c0fbbb9b4"
+
+
+def test_refine_refuses_flags_its_kind_does_not_take(world, tmp_path):
+    weak = _fresh_weak(world, tmp_path)
+    halves = dict(model1_path=world["h1"], model2_path=world["h2"])
+    cases = [
+        (dict(kind="ilrx", **halves, max_replace=0.1), "Unknown method kind 'ilrx'"),
+        (dict(kind="ilr", **halves), r"--max_replace must be in \(0, 1\], got None"),
+        (dict(kind="ilr", **halves, max_replace=0.1, beta=0.1), "an ilr method has no beta"),
+        (dict(kind="dpo", **halves, beta=0.1, subsample=0.5), "a dpo step judges the runs of --strong_model_path; "
+                                                              "got --model1_path, --model2_path"),
+        (dict(kind="ilr", model1_path=world["h1"], max_replace=0.1), "judges the runs of --model1_path, --model2_path"),
+        (dict(kind="naive", **halves, max_replace=0.1, evaluator_path="x"), "takes no feedback: drop --evaluator_path"),
+    ]  # fmt: skip
+    for flags, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            refine.main(ds_name="toy_arith", weak_model_path=weak, **flags)
+    assert [p.name for p in Path(weak).iterdir()] == ["weak_labels"]  # nothing written
+
+
+def _greedy_rows(step: refinement_step.StepInputs) -> list[dict]:
+    """A throwaway kind: every proposal the feedback prefers replaces its label, agreeing or not, uncapped."""
+    labels = step.labels
+    questions = list(labels["question"])
+    proposals = match_proposals(questions, step.candidates)
+    scores = step.feedback.scores(questions, [first(a) for a in labels["answer"]],
+                                  [first(p["answer"]) for p in proposals], [first(a) for a in labels["acc"]],
+                                  [first(p["acc"]) for p in proposals])  # fmt: skip
+    return refined_rows(labels, proposals, [v > 0.5 for v in scores], scores)
+
+
+def test_a_kind_added_in_the_three_places_the_readme_names_runs_through_refine(world, tmp_path, monkeypatch):
+    """README "Extending": the kind in methods.KINDS, its rows in refinement_step.STEPS, then refine runs it."""
+    with pytest.raises(ConfigError, match="Unknown method kind 'greedy'"):
+        refine.main("greedy", "toy_arith", world["weak"], model1_path=world["h1"], model2_path=world["h2"],
+                    max_replace=1, use_oracle_feedback=True)  # fmt: skip
+    monkeypatch.setattr(methods, "KINDS", (*methods.KINDS, "greedy"))
+    with pytest.raises(ConfigError, match="no refinement step is registered for method kind 'greedy'"):
+        refine.main("greedy", "toy_arith", world["weak"], model1_path=world["h1"], model2_path=world["h2"],
+                    max_replace=1, use_oracle_feedback=True)  # fmt: skip
+    monkeypatch.setitem(
+        refinement_step.STEPS, "greedy", refinement_step.StepKind(_greedy_rows, refinement_step.HALF_RUNS)
+    )
+    assert parse_method("cororagreedy1") == methods.Method("greedy", oracle=True, correct_start=True, max_replace=1)
+    weak = _fresh_weak(world, tmp_path)
+    path = refine.main("greedy", "toy_arith", weak, model1_path=world["h1"], model2_path=world["h2"], max_replace=1,
+                       use_oracle_feedback=True)  # fmt: skip
+    assert Path(path) == Path(weak, "oragreedy1_0_weak_labels")
+    labels = {r["question"]: r for r in load_from_disk(str(Path(weak, "weak_labels")))}
+    proposals = {r["question"]: r for h in ("h1", "h2") for r in load_from_disk(str(Path(world[h], "weak_labels")))}
+    out = list(load_from_disk(path))
+    assert len(out) == len(labels) == 40
+    agreeing_replaced = 0
+    for row in out:  # the oracle prefers every correct proposal, whether or not it agrees with the label
+        q = row["question"]
+        chosen = proposals[q] if proposals[q]["acc"] == 1.0 else labels[q]
+        assert first(row["answer"]) == chosen["answer"]
+        same = labels[q]["answer"].split("####")[1] == proposals[q]["answer"].split("####")[1]
+        agreeing_replaced += same and chosen is proposals[q]
+    assert agreeing_replaced > 0  # rows ILR would not have compared: the new kind's rows ran, not ilr's

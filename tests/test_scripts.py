@@ -379,3 +379,17 @@ def test_license_and_citation():
     )
     assert [a["family-names"] for a in paper["authors"]] == ["Ye", "Laidlaw", "Steinhardt"]
     assert paper["year"] == 2025 and "ICLR" in paper["conference"]["name"] and "2501.07886" in paper["url"]
+
+
+@pytest.mark.parametrize(("script", "env", "message"), [
+    ("sft_ilr.sh", {"REFINER": "bogus"}, "error: Unknown method kind 'bogus'. Valid: ['ilr', 'naive', 'dpo']"),
+    ("sft_ilr.sh", {"REFINER": "dpo"}, "REFINER must not be dpo: SFT+DPO is scripts/sft_dpo.sh"),
+    ("sft_dpo.sh", {"BETA": "-1"}, "error: --beta must be a positive number, got -1"),
+])  # fmt: skip
+def test_a_pipeline_stops_at_the_first_refusal_with_its_line(tmp_path, script, env, message):
+    full_env = {**os.environ, "DRY_RUN": "1", "RESULTS_FOLDER": str(tmp_path), "PYTHON": sys.executable,
+                "DS_NAME": "toy_arith", **env}  # fmt: skip
+    proc = subprocess.run(["bash", str(REPO / "scripts" / script)], capture_output=True, text=True, env=full_env,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == message
+    assert not any(module(c) in ("ilr", "naive", "dpo", "refine") for c in commands(proc.stdout))

@@ -6,7 +6,8 @@ A method's name is part of every file name it touches: the label sets a refineme
 
 * `cor`: the round starts from the correct demonstrations only (`--start_with_correct_labels`);
 * `ora`: comparisons come from ground truth instead of the evaluator (`--use_oracle_feedback`);
-* `ilr<max_replace>`, `naive<max_replace>`: the fraction of labels a round may replace;
+* `ilr<max_replace>`, `naive<max_replace>` (and any kind added to KINDS but dpo): the fraction of
+  labels a round may replace;
 * `dpo<beta><subsample>`: the DPO beta, then the fraction of preference pairs kept, written
   back to back (`dpo0.10.15` is beta 0.1, subsample 0.15), then `nt` for neutral oracle ties.
 
@@ -22,8 +23,10 @@ from dataclasses import dataclass
 
 from iterative_label_refinement.core.common import ConfigError
 
+# A new method adds its kind here (dpo's parameters are its own; every other kind takes
+# `max_replace`), then its rows in `core.refinement_step.STEPS`; `experiments.refine` runs it.
 KINDS = ("ilr", "naive", "dpo")
-_NAME = re.compile(r"(?P<cor>cor)?(?P<ora>ora)?(?P<kind>ilr|naive|dpo)(?P<rest>.*)")
+NO_FEEDBACK = ("naive",)  # kinds that replace labels without asking for comparisons
 NEUTRAL_TIES = "nt"
 
 
@@ -62,8 +65,8 @@ class Method:
             if self.beta is not None or self.subsample is not None or self.neutral_ties:
                 raise ConfigError(f"an {self.kind} method has no beta, subsample or neutral ties")
             check_fraction("max_replace", self.max_replace)
-            if self.kind == "naive" and self.oracle:
-                raise ConfigError("naive replaces labels at random: it takes no (oracle) feedback")
+            if not self.takes_feedback and self.oracle:
+                raise ConfigError(f"{self.kind} takes no feedback, so no oracle feedback either")
 
     @property
     def is_dpo(self) -> bool:
@@ -72,7 +75,7 @@ class Method:
     @property
     def takes_feedback(self) -> bool:
         """ilr and dpo spend comparisons (evaluator or oracle); naive replaces at random."""
-        return self.kind != "naive"
+        return self.kind not in NO_FEEDBACK
 
     def __str__(self) -> str:
         return format_method(self)
@@ -106,9 +109,14 @@ def parse_method(name: str) -> Method:
 
 
 def _parse(name: str) -> Method:
-    match = _NAME.fullmatch(name) if isinstance(name, str) else None
+    kinds = "|".join(sorted(KINDS, key=len, reverse=True))  # the longest kind first: `ilrx` before `ilr`
+    match = (
+        re.fullmatch(rf"(?P<cor>cor)?(?P<ora>ora)?(?P<kind>{kinds})(?P<rest>.*)", name)
+        if isinstance(name, str)
+        else None
+    )
     if match is None:
-        raise ConfigError(f"method {name!r} is not a method name: expected [cor][ora](ilr|naive|dpo)<parameter>, "
+        raise ConfigError(f"method {name!r} is not a method name: expected [cor][ora]({kinds})<parameter>, "
                           "e.g. ilr0.15, cornaive0.15, oradpo0.10.15")  # fmt: skip
     kind, rest = match["kind"], match["rest"]
     flags = dict(kind=kind, oracle=bool(match["ora"]), correct_start=bool(match["cor"]))

@@ -185,16 +185,17 @@ def preference_rows(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[int, i
 def oracle_score(method: Method, acc_first: float | None, acc_second: float | None) -> float:
     """Ground truth's P(the second answer is better than the first), as `method` asks it.
 
-    ILR asks whether a proposal (second) may replace the current label (first): with an oracle every
-    correct proposal may, whatever the label (`ilr_decide` then accepts scores above 0.5, uncapped),
-    so the score is the proposal's correctness and the label's is never read.
+    ILR (and every kind but dpo that takes feedback) asks whether a proposal (second) may replace
+    the current label (first): with an oracle every correct proposal may, whatever the label
+    (`ilr_decide` then accepts scores above 0.5, uncapped), so the score is the proposal's
+    correctness and the label's is never read.
     DPO asks which of two samples to prefer: `oracle_pair_score`, with ties as the method says.
     """
+    if not method.takes_feedback:
+        raise ConfigError(f"a {method.kind} method takes no feedback, so it has no oracle")
     read = (acc_first, acc_second) if method.is_dpo else (acc_second,)
     if any(acc is None for acc in read):
         raise ConfigError("oracle feedback needs the correctness of every answer it compares (acc is None)")
     if method.is_dpo:
         return oracle_pair_score(acc_first, acc_second, method.neutral_ties)
-    if method.kind == "ilr":
-        return float(acc_second)
-    raise ConfigError(f"a {method.kind} method takes no feedback, so it has no oracle")
+    return float(acc_second)

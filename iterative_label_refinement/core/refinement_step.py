@@ -4,7 +4,7 @@ A step names its output from the method and round, refuses model runs of another
 nothing when its label set exists, reads the current labels (ilr, naive) and the answers to judge
 (the half models' proposals, or the round model's samples for dpo), asks the feedback (evaluator or
 oracle) about them, decides with the pure functions of `core.refinement`, and saves the rows.
-Each method contributes only how its rows are decided (`STEP_ROWS`).
+Each kind of method contributes only how its rows are decided and which runs it judges (`STEPS`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core.common import get_logger
+from iterative_label_refinement.core.common import ConfigError, get_logger
 from iterative_label_refinement.core.datasets import DatasetConfig, get_dataset_config
 from iterative_label_refinement.core.label_sets import (
     REFINEMENT_COLUMNS,
@@ -90,6 +90,16 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
     `model2_path` for ilr and naive; `strong_model_path` for dpo), all of round `round_id`.
     print_save_path: print the path the step writes (the last stdout line) and read nothing.
     """
+    kind = STEPS.get(method.kind)
+    if kind is None:
+        raise ConfigError(f"no refinement step is registered for method kind {method.kind!r} "
+                          f"(core.refinement_step.STEPS has {sorted(STEPS)})")  # fmt: skip
+    if sorted(candidate_runs) != sorted(kind.judges):
+        given = ", ".join(f"--{flag}" for flag in sorted(candidate_runs)) or "none"
+        raise ConfigError(f"a {method.kind} step judges the runs of {', '.join(f'--{f}' for f in kind.judges)}; "
+                          f"got {given}")  # fmt: skip
+    if evaluator_path is not None and not method.takes_feedback:
+        raise ConfigError(f"a {method.kind} step takes no feedback: drop --evaluator_path")
     dataset = get_dataset_config(ds_name)
     out_path = refined_path(weak_model_path, method, round_id)
     if print_save_path:  # naming needs only the flags: nothing is read
@@ -111,7 +121,7 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
         for ds, path in zip(candidates, paths):
             check_known_acc(ds, path, "--use_oracle_feedback")
     step = StepInputs(method, round_id, seed, dataset, labels, candidates, feedback)
-    return save_label_set(STEP_ROWS[method.kind](step), out_path, seed, save_results)
+    return save_label_set(kind.rows(step), out_path, seed, save_results)
 
 
 def _accuracy(acc: list[Any]) -> str:
@@ -176,9 +186,17 @@ def dpo_rows(step: StepInputs) -> list[dict[str, Any]]:
     return prefs
 
 
-# How each kind of method decides its rows.
-STEP_ROWS: dict[str, Callable[[StepInputs], list[dict[str, Any]]]] = {
-    "ilr": ilr_rows,
-    "naive": naive_rows,
-    "dpo": dpo_rows,
+@dataclass(frozen=True)
+class StepKind:
+    """How a kind of method decides its rows, and the flags naming the runs whose answers it judges."""
+
+    rows: Callable[[StepInputs], list[dict[str, Any]]]
+    judges: tuple[str, ...]
+
+
+HALF_RUNS = ("model1_path", "model2_path")  # cross-fitted proposals: each half model labelled the other half
+STEPS: dict[str, StepKind] = {
+    "ilr": StepKind(ilr_rows, HALF_RUNS),
+    "naive": StepKind(naive_rows, HALF_RUNS),
+    "dpo": StepKind(dpo_rows, ("strong_model_path",)),  # the round model's own samples
 }

@@ -1,0 +1,55 @@
+"""A refinement step of any kind of method, the paper's three and every kind added beside them.
+
+    python -m iterative_label_refinement.experiments.refine --kind=ilr --ds_name=gsm8k \
+        --weak_model_path=<weak run> --model1_path=<half 1 run> --model2_path=<half 2 run> \
+        --evaluator_path=<evaluator> --max_replace=0.15 --round_id=0
+
+`experiments.ilr`, `naive` and `dpo` keep the reference release's flags and defaults for the
+paper's kinds; this CLI takes their flags for any kind in `core.methods.KINDS` and checks them
+against it: dpo takes `beta` and `subsample`, every other kind `max_replace`; each kind names the
+runs it judges (`core.refinement_step.STEPS`: `model1_path` and `model2_path`, or dpo's
+`strong_model_path`); a kind without feedback takes no `evaluator_path`.
+Writes `<weak run>/<method>_<round>_weak_labels`; `--print_save_path` prints that path (the last
+stdout line) and reads nothing.
+"""
+
+from __future__ import annotations
+
+from iterative_label_refinement.core.methods import Method
+from iterative_label_refinement.core.refinement_step import run_step
+
+
+def main(
+    kind: str,
+    ds_name: str,
+    weak_model_path: str,
+    model1_path: str | None = None,
+    model2_path: str | None = None,
+    strong_model_path: str | None = None,
+    evaluator_path: str | None = None,
+    round_id: int = 0,
+    max_replace: float | None = None,
+    beta: float | None = None,
+    subsample: float | None = None,
+    use_oracle_feedback: bool = False,
+    neutral_oracle_ties: bool = False,
+    start_with_correct_labels: bool = False,
+    seed: int = 0,
+    batch_size: int = 32,
+    save_results: bool = True,
+    force: bool = False,
+    print_save_path: bool = False,
+) -> str:
+    """Run round `round_id`'s step of the method `kind` with these parameters."""
+    method = Method(kind, oracle=use_oracle_feedback, correct_start=start_with_correct_labels, max_replace=max_replace,
+                    beta=beta, subsample=subsample, neutral_ties=neutral_oracle_ties)  # fmt: skip
+    runs = dict(model1_path=model1_path, model2_path=model2_path, strong_model_path=strong_model_path)
+    return run_step(ds_name, weak_model_path, method, round_id, {k: v for k, v in runs.items() if v is not None},
+                    evaluator_path=evaluator_path, batch_size=batch_size, seed=seed, save_results=save_results,
+                    force=force, print_save_path=print_save_path)  # fmt: skip
+
+
+if __name__ == "__main__":
+    from iterative_label_refinement.core.cli import run_cli
+
+    run_cli(main)
