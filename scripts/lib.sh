@@ -136,7 +136,14 @@ evaluator_data_name() {
 
 # weak_run: the weak supervisor, trained on ground truth half A; its labels of half B are the
 # unreliable demonstrations. Sets WEAK_DIR.
+# dataset_fact FACT: a fact of $DS_NAME's registry entry, e.g. its sampling temperatures, so that no
+# script spells one again (an unknown task stops the pipeline here with one line).
+dataset_fact() {
+  "$PYTHON" -m iterative_label_refinement.core.datasets --ds_name="$DS_NAME" --fact="$1"
+}
+
 weak_run() {
-  train "results_summary.json weak_labels" --model_size="$WEAK_MODEL" --epochs="$WEAK_EPOCHS" $WEAK_FLAGS
+  train "results_summary.json weak_labels" --model_size="$WEAK_MODEL" --epochs="$WEAK_EPOCHS" \
+    --label_temp="$WEAK_LABEL_TEMP" $WEAK_FLAGS
   WEAK_DIR=$RUN_DIR
 }

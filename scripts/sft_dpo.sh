@@ -15,7 +15,6 @@ EPOCHS=${EPOCHS:-2}
 WEAK_EPOCHS=${WEAK_EPOCHS:-2}
 BETA=${BETA:-0.1}
 SUBSAMPLE=${SUBSAMPLE:-0.15}
-LABEL_TEMP=${LABEL_TEMP:-0.7}         # sampling temperature of the 6 answers per prompt (SaferPaca: 1.0)
 N_DOCS=${N_DOCS:-20000}
 N_TEST_DOCS=${N_TEST_DOCS:-10000}
 BATCH_SIZE=${BATCH_SIZE:-32}
@@ -26,6 +25,9 @@ WEAK_FLAGS=${WEAK_FLAGS:-}
 STRONG_FLAGS=${STRONG_FLAGS:-}
 DPO_FLAGS=${DPO_FLAGS:-}              # extra flags of the DPO rounds (r >= 1), e.g. --lr=...
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# Sampling temperatures (0 is beam search): the task's, from its registry entry, unless set here.
+WEAK_LABEL_TEMP=${WEAK_LABEL_TEMP:-$(dataset_fact weak_label_temp)}  # the weak model's labels
+LABEL_TEMP=${LABEL_TEMP:-$(dataset_fact dpo_sample_temp)}            # the 6 samples per prompt of a round
 
 set_total "$(sft_dpo_steps)"
 log "SFT+DPO on $DS_NAME: weak $WEAK_MODEL, strong $STRONG_MODEL, $ROUNDS rounds"

@@ -15,7 +15,6 @@ ROUNDS=${ROUNDS:-6}
 EPOCHS=${EPOCHS:-2}
 WEAK_EPOCHS=${WEAK_EPOCHS:-2}
 MAX_REPLACE=${MAX_REPLACE:-0.15}
-PROPOSAL_TEMP=${PROPOSAL_TEMP:-0.0}   # temperature of the half models' proposals (SaferPaca: 1.0)
 N_DOCS=${N_DOCS:-20000}
 N_TEST_DOCS=${N_TEST_DOCS:-10000}
 BATCH_SIZE=${BATCH_SIZE:-32}
@@ -25,6 +24,9 @@ CORRECT=${CORRECT:-0}                 # 1: start from the correct demonstrations
 WEAK_FLAGS=${WEAK_FLAGS:-}            # extra flags of the weak model's run
 STRONG_FLAGS=${STRONG_FLAGS:-}        # extra flags of every strong model's run
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# Sampling temperatures (0 is beam search): the task's, from its registry entry, unless set here.
+WEAK_LABEL_TEMP=${WEAK_LABEL_TEMP:-$(dataset_fact weak_label_temp)}  # the weak model's labels
+PROPOSAL_TEMP=${PROPOSAL_TEMP:-$(dataset_fact proposal_temp)}        # the half models' proposals
 
 case "$REFINER" in
   ilr | naive) refiner=("experiments.$REFINER") ;;  # the paper's CLIs, with the reference's flags

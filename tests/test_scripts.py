@@ -230,11 +230,11 @@ def test_paper_scripts_are_thin_executable_wrappers_in_the_paper_layout():
     assert layout == set(PAPER_SCRIPTS) | set(PARALLEL_SCRIPTS)
 
 
-# Stands in for python outside dry runs: asking a CLI where it writes goes to the real python; a
+# Stands in for python outside dry runs: asking a CLI where it writes, or a task's fact, goes to the real python; a
 # half-data run logs itself and waits for its twin to start, so it fails unless the two run at once.
 FAKE_PYTHON = """#!/usr/bin/env bash
 line="+ python$(printf ' %q' "$@")"
-for a in "$@"; do [ "$a" = --print_save_path ] && exec "$REAL_PYTHON" "$@"; done
+for a in "$@"; do case "$a" in --print_save_path | --fact=*) exec "$REAL_PYTHON" "$@" ;; esac; done
 echo "$line" >> "$CALLS"
 half=
 for a in "$@"; do case "$a" in --half_data=*) half=${a#--half_data=} ;; esac; done
@@ -385,6 +385,7 @@ def test_license_and_citation():
     ("sft_ilr.sh", {"REFINER": "bogus"}, "error: Unknown method kind 'bogus'. Valid: ['ilr', 'naive', 'dpo']"),
     ("sft_ilr.sh", {"REFINER": "dpo"}, "REFINER must not be dpo: SFT+DPO is scripts/sft_dpo.sh"),
     ("sft_dpo.sh", {"BETA": "-1"}, "error: --beta must be a positive number, got -1"),
+    ("sft_dpo.sh", {"DS_NAME": "gsm9k"}, "error: Unknown dataset 'gsm9k'. Valid: ['gsm8k', 'bird', 'saferpaca', 'toy_arith']"),
 ])  # fmt: skip
 def test_a_pipeline_stops_at_the_first_refusal_with_its_line(tmp_path, script, env, message):
     full_env = {**os.environ, "DRY_RUN": "1", "RESULTS_FOLDER": str(tmp_path), "PYTHON": sys.executable,

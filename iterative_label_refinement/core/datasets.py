@@ -333,3 +333,23 @@ register_dataset(
         agreement=_same_final_answer,
     )
 )
+
+# What the pipelines in scripts/ read from a task's entry instead of spelling it again.
+SCRIPT_FACTS = ("weak_label_temp", "proposal_temp", "dpo_sample_temp")
+
+
+def main(ds_name: str, fact: str) -> None:
+    """Print one fact of a task's entry (the pipelines' sampling temperatures come from here).
+
+    python -m iterative_label_refinement.core.datasets --ds_name=saferpaca --fact=proposal_temp
+    """
+    entry = get_dataset_config(ds_name)
+    if fact not in SCRIPT_FACTS:
+        raise ConfigError(f"Unknown fact {fact!r}. Valid: {list(SCRIPT_FACTS)}")
+    print(getattr(entry, fact))
+
+
+if __name__ == "__main__":
+    from iterative_label_refinement.core.cli import run_cli
+
+    run_cli(main)

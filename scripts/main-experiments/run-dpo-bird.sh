@@ -5,6 +5,5 @@ set -euo pipefail
 export DS_NAME=${DS_NAME:-bird}
 export BETA=${BETA:-0.1}
 export SUBSAMPLE=${SUBSAMPLE:-0.15}
-export LABEL_TEMP=${LABEL_TEMP:-0.7}
 export STRONG_MODEL=${STRONG_MODEL:-meta-llama/Meta-Llama-3-70B}
 exec bash "$(dirname "$0")/../sft_dpo.sh" "$@"

@@ -5,7 +5,6 @@ set -euo pipefail
 export DS_NAME=${DS_NAME:-gsm8k}
 export BETA=${BETA:-0.1}
 export SUBSAMPLE=${SUBSAMPLE:-0.15}
-export LABEL_TEMP=${LABEL_TEMP:-0.7}
 export WEAK_MODEL=${WEAK_MODEL:-mistralai/Mistral-7B-v0.1}
 export EVALUATOR_MODEL=${EVALUATOR_MODEL:-mistralai/Mistral-7B-v0.1}
 export STRONG_MODEL=${STRONG_MODEL:-meta-llama/Meta-Llama-3-70B}

@@ -5,5 +5,4 @@ set -euo pipefail
 export DS_NAME=${DS_NAME:-gsm8k}
 export BETA=${BETA:-0.1}
 export SUBSAMPLE=${SUBSAMPLE:-0.15}
-export LABEL_TEMP=${LABEL_TEMP:-0.7}
 exec bash "$(dirname "$0")/../sft_dpo.sh" "$@"

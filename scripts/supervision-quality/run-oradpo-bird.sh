@@ -5,7 +5,6 @@ set -euo pipefail
 export DS_NAME=${DS_NAME:-bird}
 export BETA=${BETA:-0.1}
 export SUBSAMPLE=${SUBSAMPLE:-0.15}
-export LABEL_TEMP=${LABEL_TEMP:-0.7}
 export STRONG_MODEL=${STRONG_MODEL:-meta-llama/Meta-Llama-3-70B}
 export ORACLE=${ORACLE:-1}
 exec bash "$(dirname "$0")/../sft_dpo.sh" "$@"
