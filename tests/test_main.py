@@ -15,7 +15,7 @@ from datasets import Dataset, load_from_disk
 from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import load_dataset, tokenize_dataset
 from iterative_label_refinement.core.generation import generate_answers
-from iterative_label_refinement.core.models import load_model, load_tokenizer
+from iterative_label_refinement.core.models import load_model, load_tokenizer, resolve_model_path
 from iterative_label_refinement.core.run_config import label_set_path
 from iterative_label_refinement.core.train import TrainConfig, add_lora, collate, train_sft
 from iterative_label_refinement.experiments import main as main_module
@@ -49,6 +49,7 @@ def test_ground_truth_run_writes_label_set_for_other_half(weak_run):
     assert 0 <= summary["accuracy"] <= 1 and summary["n_test"] == 8
     config = json.loads((run_dir / "experiment_config.json").read_text())
     assert config["model_size"] == "tiny-random" and config["weak_model"] is None
+    assert config["model_loaded_from"] == resolve_model_path("tiny-random")  # the cache folder it was built in
     lines = (run_dir / "test_results.jsonl").read_text().splitlines()
     assert len(lines) == 8 and set(json.loads(lines[0])) >= {"question", "gt_answer", "answer", "acc"}
     assert not list(run_dir.glob("*.pkl"))

