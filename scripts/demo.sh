@@ -2,7 +2,7 @@
 # The offline demo: the whole paper pipeline on the toy arithmetic task with tiny models, on a CPU.
 # Evaluator -> weak model -> SFT -> rounds of SFT+ILR, SFT+DPO and naive ILR -> the report.
 # DEMO=quick (CI: plumbing only, random tiny models), small (default), full (the size where the
-# effects can be measured; it adds ILR with oracle comparisons, the ceiling of the feedback).
+# effects can be measured; it adds ILR and DPO with oracle comparisons, the ceiling of the feedback).
 # EVALUATOR_MODEL=tiny-llama-strong (small/full) trains the evaluator on the strong base instead.
 # SEEDS=0,1,2 runs the whole pipeline once per seed into the same results folder (run dirs are
 # named by seed), then one report over all of them. Rerunning skips every finished step.
@@ -50,7 +50,7 @@ export RESULTS_FOLDER=${RESULTS_FOLDER:-$default_folder}
 . "$HERE/lib.sh"
 # Progress is numbered across every sub-pipeline of every seed: they add to these.
 per_seed=$(($(evaluator_steps) + 2 * $(sft_ilr_steps) + $(sft_dpo_steps)))
-if [ "$DEMO" = full ]; then per_seed=$((per_seed + $(sft_ilr_steps))); fi
+if [ "$DEMO" = full ]; then per_seed=$((per_seed + $(sft_ilr_steps) + $(sft_dpo_steps))); fi
 export PROGRESS_START PROGRESS_TOTAL=$((${#seeds[@]} * per_seed))
 log "demo ($DEMO), seeds $SEEDS: $PROGRESS_TOTAL steps, results in $RESULTS_FOLDER"
 # The tiny bases are built once, on one thread each: build both at once (6-6.5 min here).
@@ -74,10 +74,12 @@ for SEED in "${seeds[@]}"; do
   pipeline "$(evaluator_steps)" bash "$HERE/evaluator.sh"
   pipeline "$(sft_ilr_steps)" bash "$HERE/sft_ilr.sh"
   pipeline "$(sft_ilr_steps)" env REFINER=naive bash "$HERE/sft_ilr.sh"
-  if [ "$DEMO" = full ]; then  # ILR with oracle comparisons (orailr)
-    pipeline "$(sft_ilr_steps)" env ORACLE=1 bash "$HERE/sft_ilr.sh"
-  fi
   pipeline "$(sft_dpo_steps)" bash "$HERE/sft_dpo.sh"
+  # full: both methods with oracle comparisons too (orailr, oradpo), to tell bad feedback from bad optimisation
+  if [ "$DEMO" = full ]; then
+    pipeline "$(sft_ilr_steps)" env ORACLE=1 bash "$HERE/sft_ilr.sh"
+    pipeline "$(sft_dpo_steps)" env ORACLE=1 bash "$HERE/sft_dpo.sh"
+  fi
 done
 log "demo ($DEMO) finished in $(($(date +%s) - PROGRESS_START)) s; the report (its table, then the plot):"
 py experiments.report --results_folder="$RESULTS_FOLDER" --sweep_subfolder="$SWEEP"

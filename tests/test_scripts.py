@@ -394,3 +394,16 @@ def test_a_pipeline_stops_at_the_first_refusal_with_its_line(tmp_path, script, e
                           timeout=120)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == message
     assert not any(module(c) in ("ilr", "naive", "dpo", "refine") for c in commands(proc.stdout))
+
+
+def test_full_demo_also_runs_both_methods_with_oracle_comparisons(tmp_path):
+    proc = run_script("demo.sh", tmp_path, DEMO="full", EVALUATOR_PATH="")
+    steps = commands(proc.stdout)[2:-1]
+    check_progress(proc, len(steps))
+    refinements = [(module(c), flags(c).get("use_oracle_feedback", "False")) for c in steps]
+    # three rounds each: ILR, naive, DPO with the evaluator; ILR and DPO with the oracle
+    for name, oracle, count in [("ilr", "False", 3), ("naive", "False", 3), ("dpo", "False", 3), ("ilr", "True", 3),
+                                ("dpo", "True", 3)]:  # fmt: skip
+        assert refinements.count((name, oracle)) == count, (name, oracle, refinements)
+    methods = {flags(c).get("method") for c in steps if module(c) == "main"}
+    assert {"ilr0.15", "naive0.15", "orailr0.15", "dpo0.10.15", "oradpo0.10.15"} <= methods
