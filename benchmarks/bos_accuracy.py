@@ -59,9 +59,11 @@ def main(raw_path: str, model: str = "HuggingFaceTB/SmolLM2-135M-Instruct", n_do
     print("| add_bos_token | weak run: test accuracy | weak labels correct | strong run: test accuracy | seconds |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for bos, w, s, seconds in rows:
-        print(f"| {bos} | {100 * w['accuracy']:.1f}% ± {100 * w['accuracy_stderr']:.1f} (n={w['n_test']}) | "
-              f"{100 * w['label_accuracy']:.1f}% (n={w['n_labels']}) | "
-              f"{100 * s['accuracy']:.1f}% ± {100 * s['accuracy_stderr']:.1f} (n={s['n_test']}) | {seconds:.0f} |")
+        print(
+            f"| {bos} | {100 * w['accuracy']:.1f}% ± {100 * w['accuracy_stderr']:.1f} (n={w['n_test']}) | "
+            f"{100 * w['label_accuracy']:.1f}% (n={w['n_labels']}) | "
+            f"{100 * s['accuracy']:.1f}% ± {100 * s['accuracy_stderr']:.1f} (n={s['n_test']}) | {seconds:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
+from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.models import resolve_model_path
 from iterative_label_refinement.experiments import main as main_module
 
 GRID = {  # flags on top of toy_arith + tiny-random; LABELS: on a weak run's labels, DPO: with --dpo_path
@@ -254,7 +256,12 @@ def written_config(module, monkeypatch, tmp: Path, flags: dict) -> str:
     except Stop:
         pass
     (path,) = (tmp / "results").rglob("experiment_config.json")
-    return path.read_text().replace(str(tmp), "<tmp>")
+    # The one key added after the pins were written, last: where the weights were loaded from.
+    config = json.loads(path.read_text())
+    assert list(config)[-1] == "model_loaded_from" and config.pop("model_loaded_from") == resolve_model_path(
+        kw["model_size"]
+    )
+    return (json.dumps(config, indent=2) + "\n").replace(str(tmp), "<tmp>")
 
 
 # fmt: off
@@ -430,3 +437,36 @@ def test_experiment_config_json_is_unchanged(key, tmp_path, monkeypatch):
     written = written_config(main_module, monkeypatch, tmp_path, CONFIG_GRID[key])
     assert written == CONFIGS[key]
     assert json.loads(written)["ds_name"] == "toy_arith"
+
+
+def _run_config(**flags):
+    import inspect
+
+    from iterative_label_refinement.core.run_config import RunConfig
+
+    params = inspect.signature(main_module.main).parameters
+    defaults = {k: p.default for k, p in params.items() if k != "print_save_path"}
+    return RunConfig.from_flags(**{**defaults, "ds_name": "toy_arith", "model_size": "tiny-random", **flags})
+
+
+def test_eval_on_heldout_scores_training_prompts_no_run_of_that_size_sees():
+    from iterative_label_refinement.core.datasets import _arith_rows
+    from iterative_label_refinement.core.run_data import load_run_data
+
+    plain = _run_config(n_docs=300, n_test_docs=50, seed=1)
+    heldout = _run_config(n_docs=300, n_test_docs=50, seed=1, eval_on="heldout")
+    assert (
+        heldout.dirname().replace("-eo=heldout-", "-") == plain.dirname() != heldout.dirname()
+    )  # plain keeps its name
+    data, plain_data = load_run_data(heldout), load_run_data(plain)
+    train = _arith_rows()["train"]
+    expected = {r["question"] for r in train[300:350]}  # the 50 rows after the first 300
+    assert {r["question"] for r in data.test} == expected and len(data.test) == 50
+    seen = {r["question"] for r in train[:300]}
+    assert seen == set(data.train["question"]) | set(data.label_targets["question"])
+    assert not expected & seen and not expected & set(plain_data.test["question"])
+    assert list(data.train["question"]) == list(plain_data.train["question"])  # training is untouched
+    with pytest.raises(ConfigError, match="eval_on=heldout needs n_docs \\+ n_test_docs = 4001 training rows"):
+        load_run_data(_run_config(n_docs=3990, n_test_docs=11, eval_on="heldout"))
+    with pytest.raises(ConfigError, match=r"Unknown eval_on 'validation'. Valid: \['test', 'heldout'\]"):
+        _run_config(eval_on="validation")

@@ -130,6 +130,16 @@ def load_dataset(ds_name: str, seed: int = 0, split_sizes: dict[str, int] | None
     return DatasetDict(out)
 
 
+def heldout_rows(ds_name: str, seed: int, n_train: int, n: int) -> Dataset:
+    """`n` training-split rows that a run of `n_train` training rows never sees (those after them),
+    shuffled with `seed`: where settings are tuned without looking at the test split."""
+    ds = get_dataset_config(ds_name).loader("train")
+    if len(ds) < n_train + n:
+        raise ConfigError(f"eval_on=heldout needs n_docs + n_test_docs = {n_train + n} training rows; "
+                          f"{ds_name} has {len(ds)}")  # fmt: skip
+    return ds.select(range(n_train, n_train + n)).shuffle(seed=seed).flatten_indices()
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 

@@ -32,6 +32,8 @@ from iterative_label_refinement.core.models import ModelConfig, get_model_config
 
 # DPO compares samples of the same prompt: a run that feeds DPO draws this many per prompt.
 DPO_NUM_SAMPLES = 6
+# What a run scores: the task's test split, or held-out training prompts (for tuning settings).
+EVAL_SPLITS = ("test", "heldout")
 
 # The keys of the run-dir name, in the order the original config dict listed them.
 NAME_KEYS = ("batch_size", "max_len", "ds_name", "n_docs", "n_test_docs", "model_size", "lr", "optim", "epochs",
@@ -115,6 +117,7 @@ class RunConfig:
     top_p: float
     inference_backend: str
     gpu_usage: float
+    eval_on: str
     # where the run dir lives
     results_folder: str | None
     sweep_subfolder: str
@@ -148,6 +151,8 @@ class RunConfig:
         if f["dpo_loss_type"] not in DPO_LOSS_TYPES:
             raise ConfigError(f"Unknown dpo_loss_type {f['dpo_loss_type']!r}. Valid: {list(DPO_LOSS_TYPES)}")
         check_sampling(f["top_k"], f["top_p"])
+        if f["eval_on"] not in EVAL_SPLITS:
+            raise ConfigError(f"Unknown eval_on {f['eval_on']!r}. Valid: {list(EVAL_SPLITS)}")
         if f["inference_backend"] not in BACKENDS:
             raise ConfigError(f"Unknown inference_backend {f['inference_backend']!r}. Valid: {list(BACKENDS)}")
         if dpo_round:
@@ -196,7 +201,8 @@ class RunConfig:
             compute_weak_label_acc=compute_weak_label_acc, compute_test_acc=compute_test_acc,
             num_samples=num_samples, label_temp=f["label_temp"], eval_batch_size=eval_batch_size,
             num_beams=f["num_beams"], top_k=f["top_k"], top_p=f["top_p"], inference_backend=f["inference_backend"],
-            gpu_usage=f["gpu_usage"], results_folder=f["results_folder"], sweep_subfolder=f["sweep_subfolder"],
+            gpu_usage=f["gpu_usage"], eval_on=f["eval_on"], results_folder=f["results_folder"],
+            sweep_subfolder=f["sweep_subfolder"],
         )  # fmt: skip
 
     @staticmethod
@@ -235,6 +241,8 @@ class RunConfig:
             config["save_frequency"] = self.save_frequency
         if self.weak_model_size:
             config["weak_model_size"] = self.weak_model_size
+        if self.eval_on != "test":
+            config["eval_on"] = self.eval_on
         return config
 
     def dirname(self) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from iterative_label_refinement.core.common import ConfigError, get_logger
-from iterative_label_refinement.core.datasets import DatasetConfig, load_dataset
+from iterative_label_refinement.core.datasets import DatasetConfig, heldout_rows, load_dataset
 from iterative_label_refinement.core.label_sets import LABEL_COLUMNS, PREFERENCE_COLUMNS, first, load_label_set
 from iterative_label_refinement.core.methods import Method
 
@@ -67,6 +67,8 @@ def load_run_data(cfg: RunConfig) -> RunData:
 
     seed, method, round_id, mode = cfg.seed, cfg.method, cfg.round_id, cfg.saferpaca_mode
     dd = load_dataset(cfg.ds_name, seed=seed, split_sizes={"train": cfg.n_docs, "test": cfg.n_test_docs})
+    if cfg.eval_on == "heldout":
+        dd["test"] = heldout_rows(cfg.ds_name, seed, cfg.n_docs, cfg.n_test_docs)
     halves = dd["train"].train_test_split(test_size=0.5, seed=seed)
     extras = [c for c in cfg.dataset.extra_columns if c in dd["train"].column_names]
 

@@ -84,6 +84,7 @@ def main(
     top_p: float = 1.0,
     inference_backend: str = "hf",
     do_eval: bool | None = None,
+    eval_on: str = "test",
     print_save_path: bool = False,
 ) -> dict[str, Any] | str:
     """Train, evaluate on test, and generate labels.
@@ -96,7 +97,9 @@ def main(
     search for test evaluation and temperature-0 labels; 1 is greedy) and
     `inference_backend` (`hf` or `vllm`) control generation; `do_eval` is an alias of `force_eval`;
     `weak_model_size` names the weak model when its run dir cannot be read (dry runs); `top_k` and
-    `top_p` truncate label sampling (off by default: samples come from the whole distribution).
+    `top_p` truncate label sampling (off by default: samples come from the whole distribution);
+    `eval_on=heldout` scores on `n_test_docs` training-split prompts no run of `n_docs` trains on or
+    labels, instead of the test split: settings are tuned there, never on test.
     """
     flags = dict(locals())
     print_save_path = flags.pop("print_save_path")
