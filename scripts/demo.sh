@@ -18,7 +18,8 @@ for seed in "${seeds[@]}"; do
   esac
 done
 export SWEEP=${SWEEP:-toy}
-export BATCH_SIZE=16 WEAK_EPOCHS=4 GT_EPOCHS=3 MAX_REPLACE=0.15 BETA=0.1 SUBSAMPLE=0.15 LABEL_TEMP=0.7
+export BATCH_SIZE=16 WEAK_EPOCHS=4 GT_EPOCHS=3 SUBSAMPLE=0.15 LABEL_TEMP=0.7
+export MAX_REPLACE=${MAX_REPLACE:-0.15} BETA=${BETA:-0.1}  # the two settings benchmarks/sweep_baselines.sh tunes
 export WEAK_FLAGS=""      # the weak supervisor: the same LoRA recipe on the weak base
 export GT_FLAGS="--lora_rank=0 --lr=1e-3"
 export PARALLEL=1 PARALLEL_THREADS=1  # the two half-data jobs of a round share the CPU cores
@@ -30,10 +31,10 @@ case "$DEMO" in
   quick)
     export PARALLEL=0
     export WEAK_MODEL=tiny-random STRONG_MODEL=tiny-random EVALUATOR_MODEL=tiny-random
-    export N_DOCS=64 N_TEST_DOCS=16 ROUNDS=1 EPOCHS=1 WEAK_EPOCHS=1 GT_EPOCHS=1 LORA_RANK=4 BATCH_SIZE=8
+    export N_DOCS=64 N_TEST_DOCS=16 ROUNDS=${ROUNDS:-1} EPOCHS=1 WEAK_EPOCHS=1 GT_EPOCHS=1 LORA_RANK=4 BATCH_SIZE=8
     export SAVE_FREQUENCY=0.5 EVALUATOR_FLAGS="--epochs=1 --evaluator_kind=likelihood" ;;
-  small) export N_DOCS=1000 N_TEST_DOCS=200 ROUNDS=2 ;;
-  full) export N_DOCS=2000 N_TEST_DOCS=400 ROUNDS=3 ;;
+  small) export N_DOCS=1000 N_TEST_DOCS=200 ROUNDS=${ROUNDS:-2} ;;
+  full) export N_DOCS=2000 N_TEST_DOCS=400 ROUNDS=${ROUNDS:-3} ;;
   *) echo "DEMO must be quick, small or full, got '$DEMO'" >&2; exit 2 ;;
 esac
 case "$EVALUATOR_MODEL" in
@@ -48,9 +49,28 @@ if [ "$DEMO" != quick ] && [ "$EVALUATOR_MODEL" != tiny-llama-weak ]; then
 fi
 export RESULTS_FOLDER=${RESULTS_FOLDER:-$default_folder}
 . "$HERE/lib.sh"
+# PIPELINES: what each seed runs after the evaluator. full adds both methods with oracle comparisons
+# (orailr, oradpo), to tell bad feedback from bad optimisation.
+default_pipelines=ilr,naive,dpo
+if [ "$DEMO" = full ]; then default_pipelines+=,orailr,oradpo; fi
+PIPELINES=${PIPELINES:-$default_pipelines}
+IFS=, read -r -a pipelines <<<"$PIPELINES"
+for name in "${pipelines[@]}"; do
+  case "$name" in
+    ilr | naive | orailr | dpo | oradpo) ;;
+    *) echo "PIPELINES must be a comma-separated list of ilr, naive, dpo, orailr, oradpo; got '$PIPELINES'" >&2
+       exit 2 ;;
+  esac
+done
+pipeline_steps() {
+  case "$1" in
+    ilr | naive | orailr) sft_ilr_steps ;;
+    dpo | oradpo) sft_dpo_steps ;;
+  esac
+}
 # Progress is numbered across every sub-pipeline of every seed: they add to these.
-per_seed=$(($(evaluator_steps) + 2 * $(sft_ilr_steps) + $(sft_dpo_steps)))
-if [ "$DEMO" = full ]; then per_seed=$((per_seed + $(sft_ilr_steps) + $(sft_dpo_steps))); fi
+per_seed=$(evaluator_steps)
+for name in "${pipelines[@]}"; do per_seed=$((per_seed + $(pipeline_steps "$name"))); done
 export PROGRESS_START PROGRESS_TOTAL=$((${#seeds[@]} * per_seed))
 log "demo ($DEMO), seeds $SEEDS: $PROGRESS_TOTAL steps, results in $RESULTS_FOLDER"
 # The tiny bases are built once, on one thread each: build both at once (6-6.5 min here).
@@ -72,14 +92,15 @@ for SEED in "${seeds[@]}"; do
   export SEED
   log "seed $SEED"
   pipeline "$(evaluator_steps)" bash "$HERE/evaluator.sh"
-  pipeline "$(sft_ilr_steps)" bash "$HERE/sft_ilr.sh"
-  pipeline "$(sft_ilr_steps)" env REFINER=naive bash "$HERE/sft_ilr.sh"
-  pipeline "$(sft_dpo_steps)" bash "$HERE/sft_dpo.sh"
-  # full: both methods with oracle comparisons too (orailr, oradpo), to tell bad feedback from bad optimisation
-  if [ "$DEMO" = full ]; then
-    pipeline "$(sft_ilr_steps)" env ORACLE=1 bash "$HERE/sft_ilr.sh"
-    pipeline "$(sft_dpo_steps)" env ORACLE=1 bash "$HERE/sft_dpo.sh"
-  fi
+  for name in "${pipelines[@]}"; do
+    case "$name" in
+      ilr) pipeline "$(sft_ilr_steps)" bash "$HERE/sft_ilr.sh" ;;
+      naive) pipeline "$(sft_ilr_steps)" env REFINER=naive bash "$HERE/sft_ilr.sh" ;;
+      orailr) pipeline "$(sft_ilr_steps)" env ORACLE=1 bash "$HERE/sft_ilr.sh" ;;
+      dpo) pipeline "$(sft_dpo_steps)" bash "$HERE/sft_dpo.sh" ;;
+      oradpo) pipeline "$(sft_dpo_steps)" env ORACLE=1 bash "$HERE/sft_dpo.sh" ;;
+    esac
+  done
 done
 log "demo ($DEMO) finished in $(($(date +%s) - PROGRESS_START)) s; the report (its table, then the plot):"
 py experiments.report --results_folder="$RESULTS_FOLDER" --sweep_subfolder="$SWEEP"

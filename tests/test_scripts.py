@@ -407,3 +407,16 @@ def test_full_demo_also_runs_both_methods_with_oracle_comparisons(tmp_path):
         assert refinements.count((name, oracle)) == count, (name, oracle, refinements)
     methods = {flags(c).get("method") for c in steps if module(c) == "main"}
     assert {"ilr0.15", "naive0.15", "orailr0.15", "dpo0.10.15", "oradpo0.10.15"} <= methods
+
+
+def test_demo_runs_only_the_pipelines_asked_and_refuses_others(tmp_path):
+    proc = run_script("demo.sh", tmp_path, DEMO="quick", PIPELINES="dpo", EVALUATOR_PATH="")
+    steps = commands(proc.stdout)[2:-1]
+    check_progress(proc, len(steps))
+    assert {module(c) for c in steps} == {"main", "generate_evaluator_data", "train_evaluator", "dpo"}
+    env = {**os.environ, "DRY_RUN": "1", "PIPELINES": "ilr,orailrx"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "PIPELINES must be a comma-separated list of ilr, naive, dpo, orailr, oradpo; got 'ilr,orailrx'"
+    )
+    assert not commands(proc.stdout)
