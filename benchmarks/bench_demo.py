@@ -1,9 +1,10 @@
 """Wall time of the main job on a fresh clone: `make setup`, `make demo` with an empty model cache,
 then `make demo` again.
 
-Issue 7 asks that the first run complete and print the table and write the plot, and that the second
-find every step done and take under 10% of the first's time. Both are checked here, and the times
-are printed for BENCHMARKS.md. It takes about 18 min for DEMO=small on the 2-core machine.
+The targets: setup and the first run within 600 s on the 2-core machine, the second run (every step
+found done) within 10% of that. The first run must print the report's table and write the plot,
+and the second must start no `train` or `refine` step; the times are printed for BENCHMARKS.md.
+Run it on an idle machine: both cores are the demo's.
 
     .venv/bin/python benchmarks/bench_demo.py [--demo=small] [--keep=True]
 """
@@ -11,6 +12,7 @@ are printed for BENCHMARKS.md. It takes about 18 min for DEMO=small on the 2-cor
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +22,9 @@ from pathlib import Path
 import fire
 
 REPO = Path(__file__).resolve().parents[1]
+TARGET_S = 600
+# A progress line of a step that ran (a finished one says `done already`).
+REDONE = re.compile(r"^\[\d\d:\d\d:\d\d\] step \d+/\d+ \(\+\d+ s\) (train|refine): ")
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> float:
@@ -47,13 +52,16 @@ def main(demo: str = "small", keep: bool = False) -> None:
     assert "Test accuracy (%) by round" in first_log, "the first run printed no table"
     plots = list((clone / "demo_results" / demo).rglob("accuracy_*.png"))
     assert plots, "the first run wrote no plot"
-    redone = [line for line in second_log.splitlines() if line[11:].startswith(("train: ", "refine: "))]
+    redone = [line for line in second_log.splitlines() if REDONE.search(line)]
     assert not redone, f"the second run redid steps: {redone}"
     print(f"DEMO={demo}, fresh clone, empty model cache ({work})")
     print(f"make setup (.venv)         {setup:7.1f} s")
     print(f"make demo, first run       {first:7.1f} s")
     print(f"  setup + first run        {setup + first:7.1f} s")
     print(f"make demo, second run      {second:7.1f} s  ({100 * second / first:.1f}% of the first)")
+    total = setup + first
+    print(f"target: setup + first run <= {TARGET_S} s: {'met' if total <= TARGET_S else 'MISSED'}; "
+          f"second run <= 10% of it: {'met' if second <= 0.1 * total else 'MISSED'}")  # fmt: skip
     if not keep:
         shutil.rmtree(work)
 
