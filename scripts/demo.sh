@@ -19,7 +19,8 @@ for seed in "${seeds[@]}"; do
 done
 export SWEEP=${SWEEP:-toy}
 export BATCH_SIZE=16 WEAK_EPOCHS=4 GT_EPOCHS=3 SUBSAMPLE=0.15 LABEL_TEMP=0.7
-export MAX_REPLACE=${MAX_REPLACE:-0.15} BETA=${BETA:-0.1}  # the two settings benchmarks/sweep_baselines.sh tunes
+# ILR's (and naive ILR's) budget and DPO's beta: the best on held-out prompts (benchmarks/sweep_baselines.sh)
+export MAX_REPLACE=${MAX_REPLACE:-0.3} BETA=${BETA:-0.5}
 export WEAK_FLAGS=""      # the weak supervisor: the same LoRA recipe on the weak base
 export GT_FLAGS="--lora_rank=0 --lr=1e-3"
 export PARALLEL=1 PARALLEL_THREADS=1  # the two half-data jobs of a round share the CPU cores

@@ -58,8 +58,8 @@ def test_quick_demo_killed_mid_ilr_resumes_and_reports(tmp_path):
     header = table.split()[:3]
     assert header == ["method", "r0", "r1"]
     rows = {line.split()[0]: line.split()[1:] for line in table.strip().splitlines()[2:]}
-    assert set(rows) >= {"ilr0.15", "naive0.15", "dpo0.10.15"}
-    assert all(len(v) == 2 and "-" not in v for m, v in rows.items() if m in ("ilr0.15", "naive0.15", "dpo0.10.15"))
+    assert set(rows) >= {"ilr0.3", "naive0.3", "dpo0.50.15"}
+    assert all(len(v) == 2 and "-" not in v for m, v in rows.items() if m in ("ilr0.3", "naive0.3", "dpo0.50.15"))
     assert list(results.rglob("accuracy_toy_arith_*.png")) and list(results.rglob("report.csv"))
     # the demo ends with the report: its table, then where the plot is
     plots = [line[len("plot: ") :] for line in out.split("Test accuracy (%) by round:")[1].splitlines()

@@ -406,7 +406,7 @@ def test_full_demo_also_runs_both_methods_with_oracle_comparisons(tmp_path):
                                 ("dpo", "True", 3)]:  # fmt: skip
         assert refinements.count((name, oracle)) == count, (name, oracle, refinements)
     methods = {flags(c).get("method") for c in steps if module(c) == "main"}
-    assert {"ilr0.15", "naive0.15", "orailr0.15", "dpo0.10.15", "oradpo0.10.15"} <= methods
+    assert {"ilr0.3", "naive0.3", "orailr0.3", "dpo0.50.15", "oradpo0.50.15"} <= methods
 
 
 def test_demo_runs_only_the_pipelines_asked_and_refuses_others(tmp_path):

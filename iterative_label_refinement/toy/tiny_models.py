@@ -271,6 +271,7 @@ register_tiny(
     "tiny-llama-strong",
     TinySpec(pretrain_steps=850, init_seed=0, prompt_steps=150),
     sha256="6cd8fb4ffe5c820f56f1aede6b6e473e77cba719963556e20b9971880050ea74",
+    default_dpo_lr=5e-6,  # the best of 1e-4 .. 5e-6 on held-out prompts (benchmarks/sweep_baselines.sh)
 )
 # The toy world's weak base: a separate pretraining run (another initialisation and data order), so
 # that its errors are its own (a weak model on the strong model's own path handed its errors
