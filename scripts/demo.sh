@@ -56,22 +56,21 @@ default_pipelines=ilr,naive,dpo
 if [ "$DEMO" = full ]; then default_pipelines+=,orailr,oradpo; fi
 PIPELINES=${PIPELINES:-$default_pipelines}
 IFS=, read -r -a pipelines <<<"$PIPELINES"
-for name in "${pipelines[@]}"; do
-  case "$name" in
-    ilr | naive | orailr | dpo | oradpo) ;;
-    *) echo "PIPELINES must be a comma-separated list of ilr, naive, dpo, orailr, oradpo; got '$PIPELINES'" >&2
-       exit 2 ;;
-  esac
-done
 pipeline_steps() {
   case "$1" in
     ilr | naive | orailr) sft_ilr_steps ;;
     dpo | oradpo) sft_dpo_steps ;;
+    *) echo "PIPELINES must be a comma-separated list of ilr, naive, dpo, orailr, oradpo; got '$PIPELINES'" >&2
+       return 2 ;;
   esac
 }
-# Progress is numbered across every sub-pipeline of every seed: they add to these.
+# Progress is numbered across every sub-pipeline of every seed: they add to these. An unknown
+# pipeline stops here, before anything runs (an assignment, so that `set -e` sees the refusal).
 per_seed=$(evaluator_steps)
-for name in "${pipelines[@]}"; do per_seed=$((per_seed + $(pipeline_steps "$name"))); done
+for name in "${pipelines[@]}"; do
+  steps=$(pipeline_steps "$name")
+  per_seed=$((per_seed + steps))
+done
 export PROGRESS_START PROGRESS_TOTAL=$((${#seeds[@]} * per_seed))
 log "demo ($DEMO), seeds $SEEDS: $PROGRESS_TOTAL steps, results in $RESULTS_FOLDER"
 # The tiny bases are built once, on one thread each: build both at once (6-6.5 min here).
