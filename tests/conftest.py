@@ -31,3 +31,16 @@ def results_folder(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "results"
     monkeypatch.setenv("ILR_SAVE_PATH", str(folder))
     return folder
+
+
+@pytest.fixture
+def run_config():
+    """Build a RunConfig from experiments.main's defaults, as the command line gives them, and `flags`."""
+    import inspect
+
+    from iterative_label_refinement.core.run_config import RunConfig
+    from iterative_label_refinement.experiments import main as main_module
+
+    params = inspect.signature(main_module.main).parameters
+    defaults = {k: p.default for k, p in params.items() if k != "print_save_path"}
+    return lambda **flags: RunConfig.from_flags(**{**defaults, **flags})

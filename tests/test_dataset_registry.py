@@ -5,7 +5,6 @@ pre-training input check and scoring without any other file knowing its name."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from datasets import Dataset
 
 from iterative_label_refinement.core import datasets as datasets_module
 from iterative_label_refinement.core.datasets import DatasetConfig, get_dataset_config, load_dataset, register_dataset
-from iterative_label_refinement.core.run_config import RunConfig
 from iterative_label_refinement.core.run_data import filter_rows
 from iterative_label_refinement.experiments import main as main_module
 
@@ -63,7 +61,7 @@ def test_a_registered_task_names_its_runs(echo_task, tmp_path):
     assert not tmp_path.joinpath("default").exists()
 
 
-def test_the_entry_drives_filters_defaults_and_scoring(echo_task):
+def test_the_entry_drives_filters_defaults_and_scoring(echo_task, run_config):
     config, _ = echo_task
     assert get_dataset_config("toy_echo") is config
     train = load_dataset("toy_echo", split_sizes={"train": 12, "test": 4})["train"]
@@ -74,10 +72,7 @@ def test_the_entry_drives_filters_defaults_and_scoring(echo_task):
     with pytest.raises(Exception, match=r"saferpaca_mode must be 1 \(loud\) or 2 \(quiet\), got 3"):
         filter_rows(train, config, None, 0, 3, preference=False)
     assert config.metric(["ANSWER: 1", "ANSWER: 2"], ["ANSWER: 1", "ANSWER: 3"], [{}, {}]) == [1.0, 0.0]
-    # main's defaults, as the command line gives them
-    flags = {k: p.default for k, p in inspect.signature(main_module.main).parameters.items()}
-    flags.pop("print_save_path")
-    cfg = RunConfig.from_flags(**{**flags, "ds_name": "toy_echo", "model_size": "tiny-random"})
+    cfg = run_config(ds_name="toy_echo", model_size="tiny-random")
     assert cfg.dataset is config and cfg.max_len == 40 and cfg.compute_weak_label_acc is False
 
 
@@ -111,39 +106,3 @@ def test_every_prepared_task_names_its_reader_hint_and_hub_on_its_entry():
         assert entry.preparer is reader and "--raw_path" in entry.prepare_hint
     assert [get_dataset_config(n).hub_source for n in readers] == [("openai/gsm8k", "main"), None, None]
     assert get_dataset_config("toy_arith").preparer is None  # generated in code, nothing to prepare
-
-
-def _pipeline_temps(script: str, tmp_path: Path, **env: str) -> dict[str, set[str]]:
-    """The --label_temp of each kind of command a pipeline's dry run prints: weak run, halves, rounds."""
-    import os
-    import shlex
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[1]
-    full_env = {**os.environ, "DRY_RUN": "1", "RESULTS_FOLDER": str(tmp_path), "PYTHON": sys.executable,
-                "ROUNDS": "1", **env}  # fmt: skip
-    proc = subprocess.run(["bash", str(repo / "scripts" / script)], capture_output=True, text=True, env=full_env,
-                          timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    temps: dict[str, set[str]] = {"weak": set(), "half": set(), "round": set()}
-    for line in proc.stdout.splitlines():
-        if line.startswith("+ python -m iterative_label_refinement.experiments.main "):
-            flags = dict(a[2:].split("=", 1) for a in shlex.split(line[2:]) if a.startswith("--") and "=" in a)
-            kind = "weak" if "weak_labels_path" not in flags else "half" if "half_data" in flags else "round"
-            temps[kind].add(flags.get("label_temp", "unset"))
-    return temps
-
-
-@pytest.mark.parametrize("name", ["gsm8k", "bird", "saferpaca", "toy_arith"])
-def test_the_pipelines_sample_at_the_temperatures_on_the_task_entry(name, tmp_path):
-    """The scripts spell no temperature: each comes from the entry (the paper's values are pinned
-    per script in tests/test_scripts.py), and the environment still wins."""
-    entry = get_dataset_config(name)
-    ilr = _pipeline_temps("sft_ilr.sh", tmp_path / "ilr", DS_NAME=name)
-    assert ilr["weak"] == {str(entry.weak_label_temp)} and ilr["half"] == {str(entry.proposal_temp)}
-    dpo = _pipeline_temps("sft_dpo.sh", tmp_path / "dpo", DS_NAME=name)
-    assert dpo["weak"] == {str(entry.weak_label_temp)} and dpo["round"] == {str(entry.dpo_sample_temp)}
-    if name == "gsm8k":
-        ilr = _pipeline_temps("sft_ilr.sh", tmp_path / "ilr2", DS_NAME=name, PROPOSAL_TEMP="0.3", WEAK_LABEL_TEMP="0.2")
-        assert (ilr["weak"], ilr["half"]) == ({"0.2"}, {"0.3"})

@@ -439,22 +439,13 @@ def test_experiment_config_json_is_unchanged(key, tmp_path, monkeypatch):
     assert json.loads(written)["ds_name"] == "toy_arith"
 
 
-def _run_config(**flags):
-    import inspect
-
-    from iterative_label_refinement.core.run_config import RunConfig
-
-    params = inspect.signature(main_module.main).parameters
-    defaults = {k: p.default for k, p in params.items() if k != "print_save_path"}
-    return RunConfig.from_flags(**{**defaults, "ds_name": "toy_arith", "model_size": "tiny-random", **flags})
-
-
-def test_eval_on_heldout_scores_training_prompts_no_run_of_that_size_sees():
+def test_eval_on_heldout_scores_training_prompts_no_run_of_that_size_sees(run_config):
     from iterative_label_refinement.core.datasets import _arith_rows
     from iterative_label_refinement.core.run_data import load_run_data
 
-    plain = _run_config(n_docs=300, n_test_docs=50, seed=1)
-    heldout = _run_config(n_docs=300, n_test_docs=50, seed=1, eval_on="heldout")
+    toy = dict(ds_name="toy_arith", model_size="tiny-random")
+    plain = run_config(**toy, n_docs=300, n_test_docs=50, seed=1)
+    heldout = run_config(**toy, n_docs=300, n_test_docs=50, seed=1, eval_on="heldout")
     assert (
         heldout.dirname().replace("-eo=heldout-", "-") == plain.dirname() != heldout.dirname()
     )  # plain keeps its name
@@ -467,6 +458,6 @@ def test_eval_on_heldout_scores_training_prompts_no_run_of_that_size_sees():
     assert not expected & seen and not expected & set(plain_data.test["question"])
     assert list(data.train["question"]) == list(plain_data.train["question"])  # training is untouched
     with pytest.raises(ConfigError, match="eval_on=heldout needs n_docs \\+ n_test_docs = 4001 training rows"):
-        load_run_data(_run_config(n_docs=3990, n_test_docs=11, eval_on="heldout"))
+        load_run_data(run_config(**toy, n_docs=3990, n_test_docs=11, eval_on="heldout"))
     with pytest.raises(ConfigError, match=r"Unknown eval_on 'validation'. Valid: \['test', 'heldout'\]"):
-        _run_config(eval_on="validation")
+        run_config(**toy, eval_on="validation")

@@ -420,3 +420,30 @@ def test_demo_runs_only_the_pipelines_asked_and_refuses_others(tmp_path):
         "PIPELINES must be a comma-separated list of ilr, naive, dpo, orailr, oradpo; got 'ilr,orailrx'"
     )
     assert not commands(proc.stdout)
+
+
+def _temps(script: str, tmp_path: Path, **env: str) -> dict[str, set[str]]:
+    """The --label_temp of each kind of main run a pipeline's dry run prints: weak run, halves, rounds."""
+    temps: dict[str, set[str]] = {"weak": set(), "half": set(), "round": set()}
+    for cmd in dry_run(script, tmp_path, ROUNDS="1", **env):
+        if module(cmd) == "main":
+            f = flags(cmd)
+            kind = "weak" if "weak_labels_path" not in f else "half" if "half_data" in f else "round"
+            temps[kind].add(f.get("label_temp", "unset"))
+    return temps
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "bird", "saferpaca", "toy_arith"])
+def test_the_pipelines_sample_at_the_temperatures_on_the_task_entry(name, tmp_path):
+    """The scripts spell no temperature: each comes from the entry (the paper's values are pinned
+    per script above), and the environment still wins."""
+    from iterative_label_refinement.core.datasets import get_dataset_config
+
+    entry = get_dataset_config(name)
+    ilr = _temps("sft_ilr.sh", tmp_path / "ilr", DS_NAME=name)
+    assert ilr["weak"] == {str(entry.weak_label_temp)} and ilr["half"] == {str(entry.proposal_temp)}
+    dpo = _temps("sft_dpo.sh", tmp_path / "dpo", DS_NAME=name)
+    assert dpo["weak"] == {str(entry.weak_label_temp)} and dpo["round"] == {str(entry.dpo_sample_temp)}
+    if name == "gsm8k":
+        ilr = _temps("sft_ilr.sh", tmp_path / "ilr2", DS_NAME=name, PROPOSAL_TEMP="0.3", WEAK_LABEL_TEMP="0.2")
+        assert (ilr["weak"], ilr["half"]) == ({"0.2"}, {"0.3"})
