@@ -66,9 +66,11 @@ def load_run_data(cfg: RunConfig) -> RunData:
     from datasets import Dataset
 
     seed, method, round_id, mode = cfg.seed, cfg.method, cfg.round_id, cfg.saferpaca_mode
-    dd = load_dataset(cfg.ds_name, seed=seed, split_sizes={"train": cfg.n_docs, "test": cfg.n_test_docs})
-    if cfg.eval_on == "heldout":
+    if cfg.eval_on == "heldout":  # the test split is not read at all
+        dd = load_dataset(cfg.ds_name, seed=seed, split_sizes={"train": cfg.n_docs})
         dd["test"] = heldout_rows(cfg.ds_name, seed, cfg.n_docs, cfg.n_test_docs)
+    else:
+        dd = load_dataset(cfg.ds_name, seed=seed, split_sizes={"train": cfg.n_docs, "test": cfg.n_test_docs})
     halves = dd["train"].train_test_split(test_size=0.5, seed=seed)
     extras = [c for c in cfg.dataset.extra_columns if c in dd["train"].column_names]
 
