@@ -114,7 +114,7 @@ def _label_rows(path: Path) -> list[tuple[str, str, Any]] | None:
     return [(q, first(a), first(c)) for q, a, c in zip(cols["question"], cols["answer"], cols["acc"])]
 
 
-def label_set_accuracy(path: str | None) -> float | None:
+def label_set_accuracy(path: str | Path | None) -> float | None:
     """Mean correctness of a label set's `acc` column (first sample of each row; for a preference
     set, the chosen answers), if known."""
     cols = _load(Path(path), ("acc",)) if path else None
@@ -203,6 +203,12 @@ def _method(row: str) -> Method | None:
     return None if row.startswith("SFT") or row == "weak model" else parse_method(row)
 
 
+def _row_order(name: str) -> tuple[bool, bool, str]:
+    """Refinement methods first, then DPO, then the SFT and weak-model rows; by name within each."""
+    method = _method(name)
+    return method is None, method is not None and method.is_dpo, name
+
+
 def find_runs(results_folder: Path) -> list[tuple[Path, dict[str, Any]]]:
     runs = []
     for config_path in sorted(results_folder.rglob("experiment_config.json")):
@@ -229,7 +235,7 @@ def collect(results_folder: Path) -> tuple[list[Cell], list[Cell]]:
             continue
         trained_on = labels_path(run_dir, config)
         weak_dir = trained_on.parent.name if trained_on else None
-        label_acc = label_set_accuracy(str(trained_on) if trained_on else None)
+        label_acc = label_set_accuracy(trained_on)
         replaced = _replacements(config, trained_on)
         for method in _family(config):
             cells.append(Cell(dataset, strong, _short(config["weak_model"]["model_size"]), method, config["round_id"],
@@ -311,7 +317,7 @@ def table(summaries: dict[str, dict[int, Summary]], entry: Callable[[Summary], s
     rounds = sorted({r for by_round in summaries.values() for r in by_round})
     header = ["method"] + [f"r{r}" for r in rounds]
     rows = []
-    for method in sorted(summaries, key=lambda m: (_method(m) is None, bool(_method(m) and _method(m).is_dpo), m)):
+    for method in sorted(summaries, key=_row_order):
         if keep(method):
             rows.append([method] + [entry(summaries[method][r]) if r in summaries[method] else "-" for r in rounds])
     return header, rows
