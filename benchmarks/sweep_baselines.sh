@@ -12,7 +12,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEMO=${DEMO:-small}
-DPO_LRS=${DPO_LRS:-"1e-4 2e-5 5e-6"}  # 1e-4: every tiny model's DPO learning rate before this sweep
+DPO_LRS=${DPO_LRS:-"1e-4 2e-5 5e-6"}  # 1e-4: the tiny models' registered DPO learning rate
 BETAS=${BETAS:-"0.1 0.5"}
 MAX_REPLACES=${MAX_REPLACES:-"0.15 0.3"}
 OUT=${OUT:-demo_results/sweep-$DEMO}

@@ -3,7 +3,8 @@
 # Evaluator -> weak model -> SFT -> rounds of SFT+ILR, SFT+DPO and naive ILR -> the report.
 # DEMO=quick (CI: plumbing only, random tiny models), small (default), full (the size where the
 # effects can be measured; it adds ILR and DPO with oracle comparisons, the ceiling of the feedback).
-# EVALUATOR_MODEL=tiny-llama-strong (small/full) trains the evaluator on the strong base instead.
+# The comparison evaluator is trained on the strong base (the one whose comparisons carry signal in
+# the toy world, docs/toy_world.md); EVALUATOR_MODEL=tiny-llama-weak trains it on the weak base.
 # SEEDS=0,1,2 runs the whole pipeline once per seed into the same results folder (run dirs are
 # named by seed), then one report over all of them. Rerunning skips every finished step.
 set -euo pipefail
@@ -26,7 +27,7 @@ export GT_FLAGS="--lora_rank=0 --lr=1e-3"
 export PARALLEL=1 PARALLEL_THREADS=1  # the two half-data jobs of a round share the CPU cores
 export NUM_BEAMS=1          # greedy decoding: beam search would cost the CPU demo 4x in generation
 # small and full: the toy world's bases and recipe; quick replaces them with random tiny models.
-export WEAK_MODEL=tiny-llama-weak STRONG_MODEL=tiny-llama-strong EVALUATOR_MODEL=${EVALUATOR_MODEL:-tiny-llama-weak}
+export WEAK_MODEL=tiny-llama-weak STRONG_MODEL=tiny-llama-strong EVALUATOR_MODEL=${EVALUATOR_MODEL:-tiny-llama-strong}
 export EPOCHS=4 LORA_RANK=16 SAVE_FREQUENCY=0.25 EVALUATOR_FLAGS="--epochs=2 --evaluator_kind=likelihood"
 case "$DEMO" in
   quick)
@@ -45,7 +46,7 @@ case "$EVALUATOR_MODEL" in
 esac
 # Refined label sets are named by method, not by evaluator: another evaluator gets its own folder.
 default_folder=demo_results/$DEMO
-if [ "$DEMO" != quick ] && [ "$EVALUATOR_MODEL" != tiny-llama-weak ]; then
+if [ "$DEMO" != quick ] && [ "$EVALUATOR_MODEL" != tiny-llama-strong ]; then
   default_folder+="-evaluator-$EVALUATOR_MODEL"
 fi
 export RESULTS_FOLDER=${RESULTS_FOLDER:-$default_folder}
@@ -73,7 +74,8 @@ for name in "${pipelines[@]}"; do
 done
 export PROGRESS_START PROGRESS_TOTAL=$((${#seeds[@]} * per_seed))
 log "demo ($DEMO), seeds $SEEDS: $PROGRESS_TOTAL steps, results in $RESULTS_FOLDER"
-# The tiny bases are built once, on one thread each: build both at once (6-6.5 min here).
+# The tiny bases are installed once from their shipped weights (seconds); a base without shipped
+# weights is built from its recipe on one thread, so both build at once (about 5 min here).
 builds=()
 for model in "$WEAK_MODEL" "$STRONG_MODEL"; do
   OMP_NUM_THREADS=1 py experiments.build_models "$model" &

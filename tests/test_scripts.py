@@ -326,11 +326,15 @@ def test_scripts_use_strict_mode_and_no_spelled_run_dirs():
 
 def test_demo_with_another_evaluator_gets_its_own_results_folder(tmp_path):
     """Refined label sets are named by method only: a second evaluator must not reuse the first's."""
-    cmds = dry_run("demo.sh", tmp_path, RESULTS_FOLDER="", DEMO="small", EVALUATOR_MODEL="tiny-llama-strong")
+    cmds = dry_run("demo.sh", tmp_path, RESULTS_FOLDER="", DEMO="small", EVALUATOR_MODEL="tiny-llama-weak")
     evaluator_steps = [flags(c) for c in cmds if module(c) in ("generate_evaluator_data", "train_evaluator")]
-    assert [f["model_size"] for f in evaluator_steps] == ["tiny-llama-strong"] * 2
+    assert [f["model_size"] for f in evaluator_steps] == ["tiny-llama-weak"] * 2
     folders = {f["results_folder"] for f in map(flags, cmds) if "results_folder" in f}
-    assert folders == {"demo_results/small-evaluator-tiny-llama-strong"}
+    assert folders == {"demo_results/small-evaluator-tiny-llama-weak"}
+    default = dry_run("demo.sh", tmp_path, RESULTS_FOLDER="", DEMO="small")
+    evaluator_steps = [flags(c) for c in default if module(c) in ("generate_evaluator_data", "train_evaluator")]
+    assert [f["model_size"] for f in evaluator_steps] == ["tiny-llama-strong"] * 2
+    assert {f["results_folder"] for f in map(flags, default) if "results_folder" in f} == {"demo_results/small"}
 
 
 def test_demo_refuses_a_model_it_cannot_build_offline(tmp_path):

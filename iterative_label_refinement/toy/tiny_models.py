@@ -231,6 +231,7 @@ class Shipped:
 
 
 # Registry settings of every tiny model (ModelConfig fields), unless a registration overrides them.
+# DPO's lr: the best of 1e-4 .. 5e-6 on held-out prompts of the toy world (benchmarks/sweep_baselines.sh).
 TINY_DEFAULTS = dict(default_lr=3e-3, default_dpo_lr=1e-4, evaluator_lr=3e-4, eval_batch_size=64,
                      minibatch_size_per_device=8, gradient_checkpointing=False)  # fmt: skip
 
@@ -265,19 +266,19 @@ def rebuild(name: str, spec: TinySpec, out: Path) -> str:
 
 # A random-initialised model for unit tests: builds in a second, learns nothing useful.
 register_tiny("tiny-random", TinySpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2))
-# The toy world's strong base: pretrained on worked solutions, once (built side by side with the weak
-# base, one core each, the two took 6-6.5 min here).
+# The toy world's strong base: pretrained on worked solutions until arithmetic is past its sudden
+# transition (symbolic 2-step problems: 98.5% solved, benchmarks/base_arithmetic.py; an 850-step
+# run stopped short of it on this project's CPU, 12%, and its SFT learned less than its labels).
+# 1,650 steps on one core: 5 min here.
 register_tiny(
     "tiny-llama-strong",
-    TinySpec(pretrain_steps=850, init_seed=0, prompt_steps=150),
-    sha256="6cd8fb4ffe5c820f56f1aede6b6e473e77cba719963556e20b9971880050ea74",
-    default_dpo_lr=5e-6,  # the best of 1e-4 .. 5e-6 on held-out prompts (benchmarks/sweep_baselines.sh)
+    TinySpec(pretrain_steps=1500, init_seed=0, prompt_steps=150),
+    sha256="46030e5eb8554ea654c51f6caedc55e2b47c30420cbf0cad3b8cb1cebd77e8c4",
 )
 # The toy world's weak base: a separate pretraining run (another initialisation and data order), so
-# that its errors are its own (a weak model on the strong model's own path handed its errors
-# back: SFT on its labels equalled the labels, docs/toy_world.md). Arithmetic appears suddenly and late; this run's 1,000-step schedule is stopped at
-# step 750, mid-transition: symbolic 2-step accuracy 39.5% after the template phase (stopped at
-# 775 / 800: 49.5% / 56.5%; the strong base: 72.5%).
+# that its errors are its own (a weak model on the strong model's own path handed its errors back:
+# SFT on its labels equalled the labels, docs/toy_world.md). Its 1,000-step schedule is stopped at
+# step 750, in the middle of the arithmetic transition: 19% of symbolic 2-step problems solved.
 register_tiny(
     "tiny-llama-weak",
     TinySpec(pretrain_steps=1000, init_seed=2, pretrain_stop=750, prompt_steps=100),
