@@ -76,12 +76,30 @@ export PROGRESS_START PROGRESS_TOTAL=$((${#seeds[@]} * per_seed))
 log "demo ($DEMO), seeds $SEEDS: $PROGRESS_TOTAL steps, results in $RESULTS_FOLDER"
 # The tiny bases are installed once from their shipped weights (seconds); a base without shipped
 # weights is built from its recipe on one thread, so both build at once (about 5 min here).
+built=$(mktemp -d)
+trap 'rm -rf "$built"' EXIT
 builds=()
 for model in "$WEAK_MODEL" "$STRONG_MODEL"; do
-  OMP_NUM_THREADS=1 py experiments.build_models "$model" &
+  OMP_NUM_THREADS=1 py experiments.build_models "$model" >"$built/$model" &
   builds+=($!)
 done
 for pid in "${builds[@]}"; do wait "$pid"; done
+# Run dirs are named by model name, not by weights, so a finished step made with other bases would
+# be reused: the results folder records its bases' cache dirs (named by recipe) and refuses others.
+if [ "$DRY_RUN" != 1 ]; then
+  bases=$(for model in "$WEAK_MODEL" "$STRONG_MODEL"; do basename "$(tail -n 1 "$built/$model")"; done | paste -sd ' ')
+  if [ -f "$RESULTS_FOLDER/bases.txt" ]; then
+    if [ "$(cat "$RESULTS_FOLDER/bases.txt")" != "$bases" ]; then
+      echo "$RESULTS_FOLDER holds results of other tiny bases ($(cat "$RESULTS_FOLDER/bases.txt"), now $bases): move it away or set RESULTS_FOLDER" >&2
+      exit 2
+    fi
+  elif [ -d "$RESULTS_FOLDER/$SWEEP" ]; then
+    echo "$RESULTS_FOLDER holds results without a record of their tiny bases (bases.txt; made before it was kept): move it away or set RESULTS_FOLDER" >&2
+    exit 2
+  else
+    mkdir -p "$RESULTS_FOLDER" && echo "$bases" >"$RESULTS_FOLDER/bases.txt"
+  fi
+fi
 
 # pipeline STEPS COMMAND...: one sub-pipeline, its steps numbered after those run before it.
 steps_before=0

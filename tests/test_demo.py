@@ -15,6 +15,8 @@ from pathlib import Path
 
 from datasets import load_from_disk
 
+from iterative_label_refinement.core.models import get_model_config
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -46,6 +48,9 @@ def test_quick_demo_killed_mid_ilr_resumes_and_reports(tmp_path):
     proc = demo(results)
     out, _ = proc.communicate(timeout=1800)
     assert proc.returncode == 0, out[-5000:]
+    # the folder records the bases it was made with (their cache dirs, named by recipe)
+    random_base = f"tiny-random-{get_model_config('tiny-random').build_id}"
+    assert (results / "bases.txt").read_text() == f"{random_base} {random_base}\n"
     after = snapshot(results)
     finished_before = {p for p in before if p.endswith(("results_summary.json", "state.json"))}
     assert all(after[p] == before[p] for p in finished_before), "a finished step was redone"

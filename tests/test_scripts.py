@@ -337,6 +337,30 @@ def test_demo_with_another_evaluator_gets_its_own_results_folder(tmp_path):
     assert {f["results_folder"] for f in map(flags, default) if "results_folder" in f} == {"demo_results/small"}
 
 
+def test_demo_refuses_a_results_folder_made_with_other_bases(tmp_path):
+    """Run dirs are named by model name only: finished steps of other weights must not be reused."""
+    from iterative_label_refinement.core.models import get_model_config
+
+    env = {**os.environ, "DEMO": "quick", "PYTHON": sys.executable}
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bases.txt").write_text("tiny-random-00000000 tiny-random-00000000\n")
+    unknown = tmp_path / "unknown"
+    (unknown / "toy").mkdir(parents=True)
+    now = f"tiny-random-{get_model_config('tiny-random').build_id}"
+    for folder, expected in [(other, f"other tiny bases (tiny-random-00000000 tiny-random-00000000, now {now} {now})"),
+                             (unknown, "without a record of their tiny bases")]:  # fmt: skip
+        before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], capture_output=True, text=True,
+                              env={**env, "RESULTS_FOLDER": str(folder)}, timeout=600)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert (
+            proc.stderr.strip().splitlines()[-1].startswith(f"{folder} holds results ") and expected in proc.stderr
+        )
+        assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # nothing written
+        assert "train:" not in proc.stdout
+
+
 def test_demo_refuses_a_model_it_cannot_build_offline(tmp_path):
     env = {**os.environ, "DRY_RUN": "1", "EVALUATOR_MODEL": "google/gemma-2b"}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], capture_output=True, text=True, env=env)
