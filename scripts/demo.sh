@@ -79,15 +79,17 @@ log "demo ($DEMO), seeds $SEEDS: $PROGRESS_TOTAL steps, results in $RESULTS_FOLD
 built=$(mktemp -d)
 trap 'rm -rf "$built"' EXIT
 builds=()
-for model in "$WEAK_MODEL" "$STRONG_MODEL"; do
-  OMP_NUM_THREADS=1 py experiments.build_models "$model" >"$built/$model" &
+for model in weak strong; do  # one output file each (quick uses one model for both)
+  name=${model^^}_MODEL
+  OMP_NUM_THREADS=1 py experiments.build_models "${!name}" >"$built/$model" &
   builds+=($!)
 done
 for pid in "${builds[@]}"; do wait "$pid"; done
+cat "$built/weak" "$built/strong"  # their commands, then the paths they resolved
 # Run dirs are named by model name, not by weights, so a finished step made with other bases would
 # be reused: the results folder records its bases' cache dirs (named by recipe) and refuses others.
 if [ "$DRY_RUN" != 1 ]; then
-  bases=$(for model in "$WEAK_MODEL" "$STRONG_MODEL"; do basename "$(tail -n 1 "$built/$model")"; done | paste -sd ' ')
+  bases=$(for model in weak strong; do basename "$(tail -n 1 "$built/$model")"; done | paste -sd ' ')
   if [ -f "$RESULTS_FOLDER/bases.txt" ]; then
     if [ "$(cat "$RESULTS_FOLDER/bases.txt")" != "$bases" ]; then
       echo "$RESULTS_FOLDER holds results of other tiny bases ($(cat "$RESULTS_FOLDER/bases.txt"), now $bases): move it away or set RESULTS_FOLDER" >&2

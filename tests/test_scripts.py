@@ -354,9 +354,7 @@ def test_demo_refuses_a_results_folder_made_with_other_bases(tmp_path):
         proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], capture_output=True, text=True,
                               env={**env, "RESULTS_FOLDER": str(folder)}, timeout=600)  # fmt: skip
         assert proc.returncode == 2, proc.stderr[-2000:]
-        assert (
-            proc.stderr.strip().splitlines()[-1].startswith(f"{folder} holds results ") and expected in proc.stderr
-        )
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"{folder} holds results ") and expected in proc.stderr
         assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # nothing written
         assert "train:" not in proc.stdout
 
