@@ -18,38 +18,27 @@ import fire
 import torch
 
 from iterative_label_refinement.core.common import format_prompt
-from iterative_label_refinement.core.models import resolve_model_path
+from iterative_label_refinement.core.generation import _generate_hf, hf_sampling
+from iterative_label_refinement.core.models import load_model, load_tokenizer
 from iterative_label_refinement.toy.arithmetic import sample_problem
 
 
-def solved_share(model, tokenizer, prompts: list[str], results: list[int], batch_size: int = 50) -> float:
+def solved_share(model, tokenizer, prompts: list[str], results: list[int]) -> float:
     """The share of prompts whose greedy answer's first `#### ` line is `#### <result>`."""
-    solved = 0
-    for start in range(0, len(prompts), batch_size):
-        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + batch_size]]
-        width = max(map(len, encoded))
-        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded])
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=30, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        for row, result in zip(out[:, width:], results[start : start + batch_size]):
-            lines = tokenizer.decode(row, skip_special_tokens=True).splitlines()
-            solved += next((line for line in lines if line.startswith("#### ")), None) == f"#### {result}"
-    return solved / len(prompts)
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    answers = _generate_hf(model, tokenizer, ids, 30, 50, 1, 0, "generate", hf_sampling(0.0)).texts
+    firsts = [next((line for line in a[0].splitlines() if line.startswith("#### ")), None) for a in answers]
+    return sum(first == f"#### {result}" for first, result in zip(firsts, results)) / len(prompts)
 
 
 def main(models: str = "tiny-llama-weak,tiny-llama-strong", n: int = 200, seed: int = 99):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     torch.set_num_threads(1)
     rng = random.Random(seed)
     problems = [sample_problem(rng, n_steps=2) for _ in range(n)]
     results = [p.result for p in problems]
     print(f"symbolic 2-step problems solved, greedy, {n} problems (seed {seed}):")
     for name in models.split(",") if isinstance(models, str) else models:
-        path = resolve_model_path(name)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        tokenizer, model = load_tokenizer(name), load_model(name, dropout=False)
         bare = solved_share(model, tokenizer, [p.header + "\n" for p in problems], results)
         templated = solved_share(model, tokenizer, [format_prompt(p.header) for p in problems], results)
         print(f"  {name}: bare {100 * bare:.1f}%, in the prompt template {100 * templated:.1f}%")
