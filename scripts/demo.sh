@@ -91,8 +91,9 @@ cat "$built/weak" "$built/strong"  # their commands, then the paths they resolve
 if [ "$DRY_RUN" != 1 ]; then
   bases=$(for model in weak strong; do basename "$(tail -n 1 "$built/$model")"; done | paste -sd ' ')
   if [ -f "$RESULTS_FOLDER/bases.txt" ]; then
-    if [ "$(cat "$RESULTS_FOLDER/bases.txt")" != "$bases" ]; then
-      echo "$RESULTS_FOLDER holds results of other tiny bases ($(cat "$RESULTS_FOLDER/bases.txt"), now $bases): move it away or set RESULTS_FOLDER" >&2
+    recorded=$(cat "$RESULTS_FOLDER/bases.txt")
+    if [ "$recorded" != "$bases" ]; then
+      echo "$RESULTS_FOLDER holds results of other tiny bases ($recorded, now $bases): move it away or set RESULTS_FOLDER" >&2
       exit 2
     fi
   elif [ -d "$RESULTS_FOLDER/$SWEEP" ]; then
