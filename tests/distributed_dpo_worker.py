@@ -114,4 +114,7 @@ if __name__ == "__main__":
             torch.distributed.init_process_group("gloo")
         run_fsdp2(out, rank, world)
         if world > 1:
+            # Both ranks finish every collective before either tears its gloo threads down: rank 1,
+            # with nothing to write, once reached teardown first and aborted (SIGABRT, seen once in CI).
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()

@@ -22,7 +22,7 @@ FLAGS = ["--ds_name=toy_arith", "--model_size=tiny-random", "--n_docs=32", "--n_
 
 def _run(launcher: list[str], folder: Path) -> Path:
     cmd = [*launcher, "-m", "iterative_label_refinement.experiments.main", *FLAGS, f"--results_folder={folder}"]
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     adapters = list(folder.rglob("adapter_model.safetensors"))
@@ -95,9 +95,11 @@ def _worker(mode: str, out: Path, processes: int) -> dict:
     launcher = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--nproc_per_node", str(processes)]
     cmd = [*(launcher if processes > 1 else [sys.executable]), str(WORKER), mode, str(out)]
     # The worker is a script: the repository root on the path makes it import this checkout's package.
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parents[1]))
+    # A native abort (SIGABRT) then prints each thread's Python stack, to say where it happened.
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parents[1]),
+               PYTHONFAULTHANDLER="1")  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-8000:]  # torchrun's own summary alone is 2,000
     return torch.load(out / "result.pt")
 
 
