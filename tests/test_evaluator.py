@@ -226,6 +226,27 @@ def test_evaluator_trains_stops_early_and_reloads_alone(classifier_dir, pipeline
     assert not (tmp_path / "empty-cache").exists()
 
 
+def test_an_evaluator_of_other_weights_is_refused_not_reused(classifier_dir, pipeline, tmp_path):
+    """Evaluator dirs are named by model name too: one trained on another recipe of tiny-random
+    must not be taken as this one."""
+    from iterative_label_refinement.core.models import resolve_model_path
+
+    results, _, data_dir = pipeline
+    out_dir, _ = classifier_dir
+    config = json.loads((out_dir / "experiment_config.json").read_text())
+    assert config["model_weights"] == Path(resolve_model_path("tiny-random")).name  # the build it trained on
+    copy = tmp_path / "results"
+    shutil.copytree(out_dir, copy / out_dir.relative_to(results))
+    moved = copy / out_dir.relative_to(results)
+    write_json(moved / "experiment_config.json", dict(config, model_weights="tiny-random-00000000"))
+    before = {p: p.stat().st_mtime_ns for p in moved.rglob("*")}
+    for kwargs in (dict(), dict(print_save_path=True)):
+        with pytest.raises(ConfigError, match=f"{moved} was made with the weights tiny-random-00000000"):
+            train_evaluator.main(ds_name=str(data_dir), epochs=8, lr=1e-2, results_folder=str(copy), **EVAL_TINY,
+                                 **kwargs)  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in moved.rglob("*")} == before
+
+
 def _varied_triples(n: int = 13):
     rng = random.Random(0)
     qs = [f"{rng.randint(10, 99)} plus {rng.randint(10, 99)}" + " minus 3" * (i % 3) for i in range(n)]

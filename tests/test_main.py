@@ -107,6 +107,45 @@ def test_print_save_path_matches_the_run(weak_run, capsys):
     assert printed == str(weak_dir) and capsys.readouterr().out.strip().splitlines()[-1] == str(weak_dir)
 
 
+def test_a_run_dir_made_with_other_weights_is_refused_not_reused(weak_run, tmp_path):
+    """Run dirs are named by model name: one made by another recipe of tiny-random (another build id)
+    must not be taken as done, resumed, or even named to the scripts' "done already" check."""
+    from iterative_label_refinement.core.models import MODELS_DICT
+
+    results, weak_dir = weak_run
+    # The record names the recipe-named folder the weights were built in, the name the cache gives it.
+    build = Path(resolve_model_path("tiny-random")).name
+    assert build == f"tiny-random-{MODELS_DICT['tiny-random'].build_id}"
+    assert json.loads((weak_dir / "experiment_config.json").read_text())["model_weights"] == build
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    run_dir = copy / weak_dir.relative_to(results)
+    config_path = run_dir / "experiment_config.json"
+    config = json.loads(config_path.read_text())
+    old = "/cache/tiny/tiny-random-00000000"
+    # Recorded either way: the field, or (runs from before it) only the tiny build folder loaded.
+    records = [dict(config, model_weights="tiny-random-00000000"),
+               {k: v for k, v in dict(config, model_loaded_from=old).items() if k != "model_weights"}]  # fmt: skip
+    for record in records:
+        config_path.write_text(json.dumps(record))
+        before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+        for kwargs in (dict(save_model=True), dict(print_save_path=True)):
+            with pytest.raises(
+                ConfigError, match=f"made with the weights tiny-random-00000000, but the model now loads {build}"
+            ):
+                run(copy, **kwargs)
+        assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+    # A hub model's run from before the field records only its hub id: nothing to compare, reused.
+    config_path.write_text(json.dumps({k: v for k, v in dict(config, model_loaded_from="org/model").items()
+                                       if k != "model_weights"}))  # fmt: skip
+    assert run(copy, save_model=True)["skipped"] is True
+    # --force_retrain redoes the run with the current weights and records them.
+    config_path.write_text(json.dumps(records[0]))
+    assert "skipped" not in run(copy, save_model=True, force_retrain=True)
+    assert json.loads(config_path.read_text())["model_weights"] == build
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

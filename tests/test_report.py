@@ -185,6 +185,27 @@ def test_runs_that_differ_beyond_the_seed_are_not_averaged(seeded):
         report.main(results_folder=str(seeded))
 
 
+def test_seeds_are_one_experiment_when_they_loaded_the_same_weights_from_other_places(seeded, capsys):
+    """Where the weights were loaded from (each machine's cache folder; a record from before
+    `model_weights`) does not split seeds; other weights do."""
+    for seed in range(3):
+        config_path = seeded / f"ilr1-s{seed}" / "experiment_config.json"
+        loaded = [{"model_weights": "tiny-llama-strong-2ea67516", "model_loaded_from": "/a/tiny/tiny-llama-strong-2ea67516"},
+                  {"model_loaded_from": "/other/cache/tiny/tiny-llama-strong-2ea67516"},
+                  {"model_weights": "tiny-llama-strong-2ea67516", "model_loaded_from": "/b/tiny/tiny-llama-strong-2ea67516"}]  # fmt: skip
+        write_json(config_path, {**json.loads(config_path.read_text()), **loaded[seed]})
+    report.main(results_folder=str(seeded))
+    ilr = rows_of(capsys.readouterr().out.split("Test accuracy")[1].split("Accuracy (%)")[0])["ilr0.15"]
+    mean, se = by_hand(TEST_ACC["ilr", 1])
+    assert ilr[2] == f"{100 * mean:.1f}±{100 * se:.1f}"
+    config_path = seeded / "ilr1-s1" / "experiment_config.json"
+    write_json(
+        config_path, {**json.loads(config_path.read_text()), "model_loaded_from": "/c/tiny/tiny-llama-strong-91e8e6ea"}
+    )
+    with pytest.raises(ConfigError, match=r"differ in \['model_weights'\]"):
+        report.main(results_folder=str(seeded))
+
+
 def test_two_runs_of_one_seed_are_refused(seeded):
     make_run(seeded, "ilr1-again", 0.9, method="ilr0.15", weak_label_type="ilr0.15", round_id=1, seed=0,
              weak_model={"model_size": "tiny-llama-weak", "seed": 0})  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -357,6 +358,29 @@ def test_demo_refuses_a_results_folder_made_with_other_bases(tmp_path):
         assert proc.stderr.strip().splitlines()[-1].startswith(f"{folder} holds results ") and expected in proc.stderr
         assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # nothing written
         assert "train:" not in proc.stdout
+
+
+def test_a_pipeline_run_directly_refuses_a_run_dir_made_with_other_weights(tmp_path):
+    """Not only demo.sh: a round script's "done already" check must not take a finished run of
+    another recipe of the same tiny model as its own."""
+    env = dict(DS_NAME="toy_arith", WEAK_MODEL="tiny-random", STRONG_MODEL="tiny-random", N_DOCS="48",
+               N_TEST_DOCS="8", ROUNDS="1")  # fmt: skip
+    first = dry_run("sft_ilr.sh", tmp_path, **env)[0]  # the weak supervisor's ground-truth run
+    assert module(first) == "main"
+    run_dir = Path(subprocess.run([sys.executable, "-m", *first[2:], "--print_save_path"], capture_output=True,
+                                  text=True, check=True).stdout.splitlines()[-1])  # fmt: skip
+    (run_dir / "weak_labels").mkdir(parents=True)  # its outputs all there: done, were it these weights
+    (run_dir / "results_summary.json").write_text("{}")
+    (run_dir / "experiment_config.json").write_text(json.dumps({"model_weights": "tiny-random-00000000"}))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    full_env = {**os.environ, "RESULTS_FOLDER": str(tmp_path), "PYTHON": sys.executable, **env}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "sft_ilr.sh")], capture_output=True, text=True,
+                          env=full_env, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {run_dir} was made with the weights tiny-random-00000000, but"), line
+    assert "done already" not in proc.stderr and "train:" not in proc.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def test_demo_refuses_a_model_it_cannot_build_offline(tmp_path):

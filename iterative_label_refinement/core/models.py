@@ -224,6 +224,17 @@ def _read_models_file(path: str, mtime: int) -> dict[str, ModelConfig]:
     return out
 
 
+def weights_id(model_name: str) -> str:
+    """What a run records as its weights: a tiny model's recipe-named build (`<name>-<build_id>`, so a
+    new recipe under the same name reads as other weights), else the name or folder itself (a packaged
+    copy holds its hub model's weights). Cheap: nothing is built or loaded."""
+    if not is_model_folder(model_name):
+        cfg = get_model_config(model_name)
+        if cfg.is_tiny:
+            return f"{cfg.name}-{cfg.build_id}"
+    return model_name
+
+
 def resolve_model_path(model_name: str) -> str:
     """The path or hub id that `from_pretrained` gets; builds a tiny model on first use.
 

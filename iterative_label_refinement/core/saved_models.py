@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+
+from iterative_label_refinement.core.common import ConfigError
 
 
 def model_dir(run_dir: Path, dpo_round: bool) -> Path:
     return run_dir / "train_adapter" if dpo_round else run_dir
+
+
+def recorded_weights(record: dict) -> str | None:
+    """The weights a run dir's `experiment_config.json` says it was made with: its `model_weights`, or,
+    in a run recorded before that field, the tiny model's build dir it loaded (`.../tiny/<name>-<id>`).
+    None: not recorded (a run of a hub model from before the field), nothing to compare."""
+    if "model_weights" in record:
+        return record["model_weights"]
+    loaded_from = Path(record.get("model_loaded_from") or "")
+    return loaded_from.name if loaded_from.parent.name == "tiny" else None
+
+
+def check_same_weights(run_dir: Path, model_weights: str) -> None:
+    """Refuse a run dir made with other weights under the same model name (a tiny model's new recipe):
+    run dirs are named by model name, so its finished outputs or checkpoints would be reused as if
+    the current weights had made them."""
+    config = run_dir / "experiment_config.json"
+    recorded = recorded_weights(json.loads(config.read_text())) if config.exists() else None
+    if recorded is not None and recorded != model_weights:
+        raise ConfigError(f"{run_dir} was made with the weights {recorded}, but the model now loads "
+                          f"{model_weights}: move that run dir away, or pass --force_retrain=True to redo it")  # fmt: skip
 
 
 def has_saved_model(path: Path) -> bool:

@@ -223,7 +223,8 @@ def main(
     evaluator_kind: "classifier" (the paper's) or "likelihood" (a toy-scale stand-in).
     """
     from iterative_label_refinement.core.common import is_main_process
-    from iterative_label_refinement.core.models import get_model_config, load_tokenizer
+    from iterative_label_refinement.core.models import get_model_config, load_tokenizer, weights_id
+    from iterative_label_refinement.core.saved_models import check_same_weights
     from iterative_label_refinement.core.train import TrainConfig, collate
 
     model_cfg = get_model_config(model_size)
@@ -244,6 +245,8 @@ def main(
     if evaluator_kind != "classifier":
         config["evaluator_kind"] = evaluator_kind
     out = get_save_path(results_folder) / "evaluators" / data_path.name / get_config_foldername(config)
+    if not force_retrain:
+        check_same_weights(out, weights_id(model_size))
     if print_save_path:
         print(out)
         return str(out)
@@ -277,7 +280,8 @@ def main(
         summary["stopped_early"] = summary["epochs_run"] < epochs - 1e-6
         if lora_rank:
             model = model.merge_and_unload()
-        full_config = dict(config, evaluator_kind=evaluator_kind, head_lr=head_lr, data_path=str(data_path),
+        full_config = dict(config, model_weights=weights_id(model_size), evaluator_kind=evaluator_kind,
+                           head_lr=head_lr, data_path=str(data_path),
                            minibatch_size_per_device=minibatch_size_per_device, eval_batch_size=eval_batch_size,
                            evaluator_data=read_json(data_path / "experiment_config.json")
                            if (data_path / "experiment_config.json").exists() else None)  # fmt: skip

@@ -21,9 +21,16 @@ from iterative_label_refinement.core.common import (
     write_json,
     write_jsonl,
 )
+from iterative_label_refinement.core.models import weights_id
 from iterative_label_refinement.core.run_config import RunConfig
 from iterative_label_refinement.core.run_data import gt_answers, load_run_data
-from iterative_label_refinement.core.saved_models import delete_saved_model, has_saved_model, load_trained, model_dir
+from iterative_label_refinement.core.saved_models import (
+    check_same_weights,
+    delete_saved_model,
+    has_saved_model,
+    load_trained,
+    model_dir,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -105,6 +112,8 @@ def main(
     print_save_path = flags.pop("print_save_path")
     cfg = RunConfig.from_flags(dry_run=print_save_path, **flags)
     run_dir = cfg.run_dir()
+    if not cfg.force_retrain:  # before the scripts' "done already" check, which asks for this path
+        check_same_weights(run_dir, weights_id(cfg.model_size))
     if print_save_path:
         print(run_dir)
         return str(run_dir)
@@ -132,7 +141,8 @@ def main(
 
         # Where the weights came from: a registered model with a packaged copy may load either.
         loaded_from = resolve_model_path(cfg.model_size)
-        write_json(run_dir / "experiment_config.json", dict(cfg.to_json(), model_loaded_from=loaded_from))
+        write_json(run_dir / "experiment_config.json",
+                   dict(cfg.to_json(), model_loaded_from=loaded_from, model_weights=weights_id(cfg.model_size)))  # fmt: skip
     seed_everything(cfg.seed)
 
     model, tokenizer = _train_or_load(cfg, run_dir, data.train)

@@ -24,11 +24,13 @@ from typing import Any
 from iterative_label_refinement.core.common import ConfigError, get_logger, get_save_path, read_json
 from iterative_label_refinement.core.label_sets import current_labels_path, first, is_label_set, label_accuracy
 from iterative_label_refinement.core.methods import Method, parse_method
+from iterative_label_refinement.core.saved_models import recorded_weights
 
 logger = get_logger(__name__)
 
 # Config entries that name where a run's inputs came from: they differ between seeds by construction.
 _SEED_KEYS = ("seed", "weak_labels_path", "dpo_path")
+_WEIGHTS_KEYS = ("model_loaded_from", "model_weights")
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,12 @@ def _without_seed(config: dict[str, Any]) -> str:
     def strip(c: dict[str, Any] | None) -> dict[str, Any] | None:
         if not isinstance(c, dict):
             return c
-        return {k: strip(v) if k == "weak_model" else v for k, v in c.items() if k not in _SEED_KEYS}
+        out = {k: strip(v) if k == "weak_model" else v for k, v in c.items() if k not in _SEED_KEYS + _WEIGHTS_KEYS}
+        # Which weights, not where they were loaded from (a cache folder differs between machines),
+        # nor whether the record predates `model_weights`.
+        if "model_size" in c:
+            out["model_weights"] = recorded_weights(c) or c["model_size"]
+        return out
 
     return json.dumps(strip(config), sort_keys=True)
 
