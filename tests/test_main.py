@@ -136,6 +136,11 @@ def test_a_run_dir_made_with_other_weights_is_refused_not_reused(weak_run, tmp_p
             ):
                 run(copy, **kwargs)
         assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+    # A damaged record cannot say which weights made the run: refused too, in one line.
+    for damaged in ('{"model_weights": "tiny-ran', "[1, 2]"):
+        config_path.write_text(damaged)
+        with pytest.raises(ConfigError, match=f"{config_path} is not a run's JSON record"):
+            run(copy, print_save_path=True)
     # A hub model's run from before the field records only its hub id: nothing to compare, reused.
     config_path.write_text(json.dumps({k: v for k, v in dict(config, model_loaded_from="org/model").items()
                                        if k != "model_weights"}))  # fmt: skip

@@ -28,7 +28,11 @@ def check_same_weights(run_dir: Path, model_weights: str) -> None:
     run dirs are named by model name, so its finished outputs or checkpoints would be reused as if
     the current weights had made them."""
     config = run_dir / "experiment_config.json"
-    recorded = recorded_weights(json.loads(config.read_text())) if config.exists() else None
+    try:
+        recorded = recorded_weights(json.loads(config.read_text())) if config.exists() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ConfigError(f"{config} is not a run's JSON record ({e}): move that run dir away, or pass "
+                          "--force_retrain=True to redo it") from e  # fmt: skip
     if recorded is not None and recorded != model_weights:
         raise ConfigError(f"{run_dir} was made with the weights {recorded}, but the model now loads "
                           f"{model_weights}: move that run dir away, or pass --force_retrain=True to redo it")  # fmt: skip
