@@ -1,4 +1,4 @@
-"""A run's saved model: where it lives in the run dir, whether it is there, loading and deleting it."""
+"""A run's saved model: which weights made it, where it lives in the run dir, whether it is there, loading and deleting it."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def recorded_weights(record: dict) -> str | None:
     return loaded_from.name if loaded_from.parent.name == "tiny" else None
 
 
+# Moving the one run dir away is not enough: what later steps built on it (label sets in the weak
+# run's dir, evaluator data) sits elsewhere in its results folder and would still be reused.
+_STALE_ADVICE = "start another results folder, or pass --force_retrain=True to redo this run alone"
+
+
 def check_same_weights(run_dir: Path, model_weights: str) -> None:
     """Refuse a run dir made with other weights under the same model name (a tiny model's new recipe):
     run dirs are named by model name, so its finished outputs or checkpoints would be reused as if
@@ -31,11 +36,10 @@ def check_same_weights(run_dir: Path, model_weights: str) -> None:
     try:
         recorded = recorded_weights(json.loads(config.read_text())) if config.exists() else None
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise ConfigError(f"{config} is not a run's JSON record ({e}): move that run dir away, or pass "
-                          "--force_retrain=True to redo it") from e  # fmt: skip
+        raise ConfigError(f"{config} is not a run's JSON record ({e}); {_STALE_ADVICE}") from e
     if recorded is not None and recorded != model_weights:
-        raise ConfigError(f"{run_dir} was made with the weights {recorded}, but the model now loads "
-                          f"{model_weights}: move that run dir away, or pass --force_retrain=True to redo it")  # fmt: skip
+        raise ConfigError(f"{run_dir} was made with the weights {recorded}, but the model now loads {model_weights}; "
+                          f"{_STALE_ADVICE}")  # fmt: skip
 
 
 def has_saved_model(path: Path) -> bool:
