@@ -245,8 +245,9 @@ def main(
     if evaluator_kind != "classifier":
         config["evaluator_kind"] = evaluator_kind
     out = get_save_path(results_folder) / "evaluators" / data_path.name / get_config_foldername(config)
+    weights = weights_id(model_size)
     if not force_retrain:
-        check_same_weights(out, weights_id(model_size))
+        check_same_weights(out, weights)
     if print_save_path:
         print(out)
         return str(out)
@@ -280,7 +281,7 @@ def main(
         summary["stopped_early"] = summary["epochs_run"] < epochs - 1e-6
         if lora_rank:
             model = model.merge_and_unload()
-        full_config = dict(config, model_weights=weights_id(model_size), evaluator_kind=evaluator_kind,
+        full_config = dict(config, model_weights=weights, evaluator_kind=evaluator_kind,
                            head_lr=head_lr, data_path=str(data_path),
                            minibatch_size_per_device=minibatch_size_per_device, eval_batch_size=eval_batch_size,
                            evaluator_data=read_json(data_path / "experiment_config.json")

@@ -112,8 +112,9 @@ def main(
     print_save_path = flags.pop("print_save_path")
     cfg = RunConfig.from_flags(dry_run=print_save_path, **flags)
     run_dir = cfg.run_dir()
+    weights = weights_id(cfg.model_size)
     if not cfg.force_retrain:  # before the scripts' "done already" check, which asks for this path
-        check_same_weights(run_dir, weights_id(cfg.model_size))
+        check_same_weights(run_dir, weights)
     if print_save_path:
         print(run_dir)
         return str(run_dir)
@@ -142,7 +143,7 @@ def main(
         # Where the weights came from: a registered model with a packaged copy may load either.
         loaded_from = resolve_model_path(cfg.model_size)
         write_json(run_dir / "experiment_config.json",
-                   dict(cfg.to_json(), model_loaded_from=loaded_from, model_weights=weights_id(cfg.model_size)))  # fmt: skip
+                   dict(cfg.to_json(), model_loaded_from=loaded_from, model_weights=weights))  # fmt: skip
     seed_everything(cfg.seed)
 
     model, tokenizer = _train_or_load(cfg, run_dir, data.train)
