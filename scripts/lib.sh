@@ -83,10 +83,14 @@ train() {
   py experiments.main $(common_flags) "$@"
 }
 
-# refine OUTPUT MODULE FLAGS...: an ilr/naive/dpo (or evaluator) step, skipped when OUTPUT exists.
+# refine OUTPUT MODULE FLAGS...: an ilr/naive/dpo (or evaluator) step. When OUTPUT exists the step is
+# still asked, quietly: it reuses OUTPUT only when the record beside it says these inputs made it
+# (core.provenance), and otherwise stops the pipeline with one line.
 refine() {
   local output=$1; shift
   if [ -e "$output" ] && [ "$DRY_RUN" != 1 ]; then
+    local module=$1; shift
+    "$PYTHON" -m "iterative_label_refinement.$module" "$@" >/dev/null
     progress "done already: $output"
     return 0
   fi

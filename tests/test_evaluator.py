@@ -25,6 +25,7 @@ from iterative_label_refinement.core.evaluator import (
     save_evaluator,
 )
 from iterative_label_refinement.core.models import load_model, load_tokenizer
+from iterative_label_refinement.core.provenance import digest
 from iterative_label_refinement.experiments import generate_evaluator_data as ged
 from iterative_label_refinement.experiments import main as main_module
 
@@ -245,6 +246,41 @@ def test_an_evaluator_of_other_weights_is_refused_not_reused(classifier_dir, pip
             train_evaluator.main(ds_name=str(data_dir), epochs=8, lr=1e-2, results_folder=str(copy), **EVAL_TINY,
                                  **kwargs)  # fmt: skip
     assert {p: p.stat().st_mtime_ns for p in moved.rglob("*")} == before
+
+
+def test_evaluator_data_and_evaluators_are_reused_only_when_the_same_inputs_made_them(classifier_dir, pipeline,
+                                                                                      tmp_path):  # fmt: skip
+    """Evaluator data is named by task, model and seed only, and an evaluator by its settings: data
+    sampled at another temperature, or an evaluator of other data, must be refused, not reused."""
+    results, run_dir, data_dir = pipeline
+    out_dir, _ = classifier_dir
+    record = json.loads((data_dir / "provenance.json").read_text())
+    assert record["sampling"] == {"temperature": 0.6, "top_k": 0, "top_p": 1.0} and record["do_eval"] is True
+    weights = json.loads((run_dir / "experiment_config.json").read_text())["model_weights"]
+    assert record["runs"] == {"": {"run": run_dir.name, "model_weights": weights}}
+    files = lambda path: {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}  # noqa: E731
+    before = files(data_dir)
+    with pytest.raises(ConfigError) as error:
+        ged.main(save_path=str(run_dir), results_folder=str(results), temperature=0.9)
+    assert str(error.value) == (f"{data_dir} was made with sampling.temperature=0.6, but this step now has "
+                                "sampling.temperature=0.9; pass --force_regenerate=True to redo it, or start another "
+                                "results folder")  # fmt: skip
+    assert files(data_dir) == before
+    evaluator_record = json.loads((out_dir / "provenance.json").read_text())
+    assert evaluator_record["data"] == {"name": data_dir.name, "record": digest(record)}
+
+    # The same evaluator settings on data remade at 0.9: the evaluator of the 0.6 data is refused.
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    copied_data = copy / data_dir.relative_to(results)
+    ged.main(save_path=str(copy / run_dir.relative_to(results)), results_folder=str(copy), temperature=0.9,
+             force_regenerate=True)  # fmt: skip
+    assert json.loads((copied_data / "provenance.json").read_text())["sampling"]["temperature"] == 0.9
+    copied_evaluator = copy / out_dir.relative_to(results)
+    before = files(copied_evaluator)
+    with pytest.raises(ConfigError, match=rf"^{copied_evaluator} was made with data.record=.*--force_retrain=True"):
+        train_evaluator.main(ds_name=str(copied_data), epochs=8, lr=1e-2, results_folder=str(copy), **EVAL_TINY)
+    assert files(copied_evaluator) == before
 
 
 def _varied_triples(n: int = 13):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,6 @@ from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.label_sets import (
     LABEL_COLUMNS,
     REFINEMENT_COLUMNS,
-    already_done,
     check_known_acc,
     check_round,
     current_labels_path,
@@ -97,15 +97,16 @@ def test_first_and_label_accuracy():
 
 def test_save_shuffles_with_the_seed_and_load_checks_columns(tmp_path, capsys):
     data = rows(20, extra_col="x")
-    path = Path(save_label_set(data, tmp_path / "set", seed=3))
+    path = Path(save_label_set(data, tmp_path / "set", seed=3, record={"seed": 3}))
     assert capsys.readouterr().out.strip() == str(path) and is_label_set(path)
+    assert json.loads((path / "provenance.json").read_text()) == {"seed": 3}  # written with the rows
     loaded = load_label_set(path)
     assert sorted(loaded["question"]) == sorted(r["question"] for r in data)
     assert loaded["question"] != [r["question"] for r in data]  # shuffled
-    again = Path(save_label_set(data, tmp_path / "again", seed=3))
+    again = Path(save_label_set(data, tmp_path / "again", seed=3, record={}))
     assert load_from_disk(str(again))["question"] == loaded["question"]  # the same seed, the same order
     assert load_label_set(path, ("question",)).num_rows == 20
-    assert save_label_set(data, tmp_path / "dry", seed=0, save=False) == str(tmp_path / "dry")
+    assert save_label_set(data, tmp_path / "dry", seed=0, record={}, save=False) == str(tmp_path / "dry")
     assert not (tmp_path / "dry").exists()
 
     Dataset.from_list([{"question": "q", "answer": "a"}]).save_to_disk(str(tmp_path / "no_gt"))
@@ -115,14 +116,6 @@ def test_save_shuffles_with_the_seed_and_load_checks_columns(tmp_path, capsys):
         load_label_set(tmp_path / "nothing")
     (tmp_path / "empty_dir").mkdir()
     assert not is_label_set(tmp_path / "empty_dir")
-
-
-def test_already_done(tmp_path, capsys):
-    out = tmp_path / "ilr0.1_0_weak_labels"
-    assert not already_done(out)
-    out.mkdir()
-    assert already_done(out) and capsys.readouterr().out.strip() == str(out)
-    assert not already_done(out, force=True)
 
 
 def test_current_labels_need_acc_and_correct_only_needs_known_acc(tmp_path):
@@ -174,7 +167,7 @@ def test_ilr_oracle_on_proposals_without_correctness_exits_2_and_writes_nothing(
     assert sorted(p.name for p in weak.iterdir()) == ["weak_labels"]
 
 
-def test_error_messages_name_the_path_and_the_round(tmp_path, caplog):
+def test_error_messages_name_the_path_and_the_round(tmp_path):
     with pytest.raises(ConfigError, match="needs a method to find <method>_2_weak_labels"):
         current_labels_path(tmp_path, None, 3)
     a, b = tmp_path / "x-ri=2", tmp_path / "y-ri=3"
@@ -192,11 +185,6 @@ def test_error_messages_name_the_path_and_the_round(tmp_path, caplog):
     assert str(error.value) == (f"Label set {tmp_path / 'w' / 'weak_labels'} has acc=None in 2 of 2 rows, but "
                                 "--start_with_correct_labels needs each label's correctness: generate the labels "
                                 "with --compute_weak_label_acc=True")  # fmt: skip
-    out = tmp_path / "done"
-    out.mkdir()
-    with caplog.at_level("INFO"):
-        assert already_done(out)
-    assert f"{out} exists, nothing to do (pass --force to redo)" in caplog.messages
 
 
 @pytest.mark.parametrize("marker", ["dataset_info.json", "state.json"])

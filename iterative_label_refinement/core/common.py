@@ -181,17 +181,20 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def save_to_disk_atomic(dataset: Any, path: str | Path) -> None:
+def save_to_disk_atomic(dataset: Any, path: str | Path, records: dict[str, Any] | None = None) -> None:
     """`dataset.save_to_disk` into a temporary sibling, then rename into place.
 
     A killed run therefore leaves either no dataset at `path` or a complete one, never a half-written
-    one that the next round would read.
+    one that the next round would read. `records` ({file name: object}) are JSON files written inside
+    the dataset's folder before the rename, so they appear with it (provenance).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         dataset.save_to_disk(str(tmp))
+        for name, obj in (records or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
         if path.exists():
             old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
             os.replace(path, old)

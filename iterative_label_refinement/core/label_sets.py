@@ -44,15 +44,6 @@ def current_labels_path(weak_dir: str | Path, method: Method | str | None, round
     return refined_path(weak_dir, method, round_id - 1)
 
 
-def already_done(output: Path, force: bool = False) -> bool:
-    """A refinement step whose label set exists is finished: rerunning it does nothing unless forced."""
-    if output.exists() and not force:
-        logger.info("%s exists, nothing to do (pass --force to redo)", output)
-        print(output)
-        return True
-    return False
-
-
 def check_columns(ds: Dataset, required: tuple[str, ...], path: Path) -> None:
     missing = [c for c in required if c not in ds.column_names]
     if missing:
@@ -131,11 +122,14 @@ def load_current_labels(
     return labels
 
 
-def save_label_set(rows: list[dict[str, Any]], path: Path, seed: int, save: bool = True) -> str:
-    """Shuffle a refinement step's rows with `seed` and write them atomically; prints the path."""
+def save_label_set(rows: list[dict[str, Any]], path: Path, seed: int, record: dict[str, Any], save: bool = True) -> str:
+    """Shuffle a refinement step's rows with `seed` and write them atomically, with the record of
+    what made them (`core.provenance`); prints the path."""
     from datasets import Dataset
 
+    from iterative_label_refinement.core.provenance import RECORD
+
     if save:
-        save_to_disk_atomic(Dataset.from_list(rows).shuffle(seed=seed).flatten_indices(), path)
+        save_to_disk_atomic(Dataset.from_list(rows).shuffle(seed=seed).flatten_indices(), path, {RECORD: record})
     print(path)
     return str(path)

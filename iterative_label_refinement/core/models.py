@@ -225,13 +225,16 @@ def _read_models_file(path: str, mtime: int) -> dict[str, ModelConfig]:
 
 
 def weights_id(model_name: str) -> str:
-    """What a run records as its weights: a tiny model's recipe-named build (`<name>-<build_id>`, so a
-    new recipe under the same name reads as other weights), else the name or folder itself (a packaged
-    copy holds its hub model's weights). Cheap: nothing is built or loaded."""
-    if not is_model_folder(model_name):
-        cfg = get_model_config(model_name)
-        if cfg.is_tiny:
-            return f"{cfg.name}-{cfg.build_id}"
+    """What a run records as its weights, one identity per model however it is named: a local folder
+    is its resolved real path (an absolute or relative path, or a symlink, to one folder is one model);
+    a tiny model is its recipe-named build (`<name>-<build_id>`, so a new recipe under the same name
+    reads as other weights); any other registered model is its name (a packaged copy holds its hub
+    model's weights). Cheap: nothing is built or loaded."""
+    if is_model_folder(model_name):
+        return os.path.realpath(model_name)
+    cfg = get_model_config(model_name)
+    if cfg.is_tiny:
+        return f"{cfg.name}-{cfg.build_id}"
     return model_name
 
 

@@ -10,7 +10,7 @@ Each kind of method contributes only how its rows are decided and which runs it 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +18,9 @@ from iterative_label_refinement.core.common import ConfigError, get_logger
 from iterative_label_refinement.core.datasets import DatasetConfig, get_dataset_config
 from iterative_label_refinement.core.label_sets import (
     REFINEMENT_COLUMNS,
-    already_done,
     check_known_acc,
     check_round,
+    current_labels_path,
     first,
     label_accuracy,
     load_current_labels,
@@ -29,6 +29,7 @@ from iterative_label_refinement.core.label_sets import (
     save_label_set,
 )
 from iterative_label_refinement.core.methods import Method
+from iterative_label_refinement.core.provenance import artifact_identity, evaluator_identity, reuse, run_identity
 from iterative_label_refinement.core.refinement import (
     dpo_pairs,
     ilr_decide,
@@ -106,7 +107,10 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
         print(out_path)
         return str(out_path)
     check_round(round_id, **candidate_runs)
-    if already_done(out_path, force):
+    record = step_record(method, round_id, seed, dataset.name, weak_model_path, candidate_runs, evaluator_path)
+    if not force and reuse(out_path, record, "--force=True"):
+        logger.info("%s exists, made as this step would make it: nothing to do (pass --force=True to redo)", out_path)
+        print(out_path)
         return str(out_path)
     feedback = None
     if method.takes_feedback:
@@ -121,7 +125,22 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
         for ds, path in zip(candidates, paths):
             check_known_acc(ds, path, "--use_oracle_feedback")
     step = StepInputs(method, round_id, seed, dataset, labels, candidates, feedback)
-    return save_label_set(kind.rows(step), out_path, seed, save_results)
+    return save_label_set(kind.rows(step), out_path, seed, record, save_results)
+
+
+def step_record(method: Method, round_id: int, seed: int, ds_name: str, weak_model_path: str,
+                candidate_runs: dict[str, str], evaluator_path: str | None) -> dict[str, Any]:  # fmt: skip
+    """What makes a step's label set (`core.provenance`): the method with every parameter, round and
+    seed; the labels it starts from (round 0: the weak run's, later: the previous label set's record);
+    the runs whose answers it judges; and the feedback's source (naive takes none)."""
+    inputs: dict[str, Any] = {flag: run_identity(path) for flag, path in candidate_runs.items()}
+    if not method.is_dpo:
+        labels = current_labels_path(weak_model_path, method, round_id)
+        inputs["labels"] = run_identity(weak_model_path) if round_id == 0 else artifact_identity(labels)
+    if method.takes_feedback:
+        inputs["feedback"] = evaluator_identity(None if method.oracle else evaluator_path)
+    return {"artifact": "label_set", "ds_name": ds_name, "method": str(method), "settings": asdict(method),
+            "round_id": round_id, "seed": seed, "inputs": inputs}  # fmt: skip
 
 
 def _accuracy(acc: list[Any]) -> str:

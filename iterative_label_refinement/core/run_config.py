@@ -28,7 +28,7 @@ from iterative_label_refinement.core.common import (
 from iterative_label_refinement.core.datasets import DatasetConfig, get_dataset_config
 from iterative_label_refinement.core.label_sets import current_labels_path, is_label_set
 from iterative_label_refinement.core.methods import Method, parse_method
-from iterative_label_refinement.core.models import ModelConfig, get_model_config
+from iterative_label_refinement.core.models import ModelConfig, get_model_config, weights_id
 
 # DPO compares samples of the same prompt: a run that feeds DPO draws this many per prompt.
 DPO_NUM_SAMPLES = 6
@@ -214,7 +214,7 @@ class RunConfig:
         weak_dir, labels_path = label_set_path(weak_labels_path, method, round_id)
         if (weak_dir / "experiment_config.json").exists():
             weak_config = read_json(weak_dir / "experiment_config.json")
-            if weak_model_size and weak_model_size != weak_config["model_size"]:
+            if weak_model_size and weights_id(weak_model_size) != weights_id(weak_config["model_size"]):
                 raise ConfigError(
                     f"--weak_model_size={weak_model_size} but {weak_dir} was trained with {weak_config['model_size']}"
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,14 @@ def recorded_weights(record: dict) -> str | None:
     return loaded_from.name if loaded_from.parent.name == "tiny" else None
 
 
+def same_weights(recorded: str, model_weights: str) -> bool:
+    """A record names the current weights: the same id, or (a record from before folders were named by
+    their real path) a path to the same folder."""
+    if recorded == model_weights:
+        return True
+    return Path(recorded, "config.json").is_file() and os.path.realpath(recorded) == model_weights
+
+
 # Moving the one run dir away is not enough: what later steps built on it (label sets in the weak
 # run's dir, evaluator data) sits elsewhere in its results folder and would still be reused.
 _STALE_ADVICE = "start another results folder, or pass --force_retrain=True to redo this run alone"
@@ -37,7 +46,7 @@ def check_same_weights(run_dir: Path, model_weights: str) -> None:
         recorded = recorded_weights(json.loads(config.read_text())) if config.exists() else None
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise ConfigError(f"{config} is not a run's JSON record ({e}); {_STALE_ADVICE}") from e
-    if recorded is not None and recorded != model_weights:
+    if recorded is not None and not same_weights(recorded, model_weights):
         raise ConfigError(f"{run_dir} was made with the weights {recorded}, but the model now loads {model_weights}; "
                           f"{_STALE_ADVICE}")  # fmt: skip
 

@@ -252,7 +252,14 @@ def main(
         print(out)
         return str(out)
     dd = load_evaluator_data(data_path, ds_name)
+    from iterative_label_refinement.core.provenance import RECORD, artifact_identity, reuse
+
+    # What makes the evaluator (core.provenance): its weights (not the name they were given by), settings and data.
+    settings = {k: v for k, v in config.items() if k != "model_size"}
+    record = dict(artifact="evaluator", model_weights=weights, settings=settings, data=artifact_identity(data_path))
     done = (out / "config.json").exists() and (out / "experiment_config.json").exists()
+    if done and not force_retrain:
+        reuse(out, record, "--force_retrain=True")  # an evaluator made otherwise is refused, never reused
     if done and (out / "results_summary.json").exists() and not force_retrain:
         logger.info("Evaluator exists, not retraining: %s", out)
         print(out)
@@ -290,6 +297,7 @@ def main(
             full_config["likelihood_scale"] = _likelihood_scale(model, tokenizer, dd["train"], eval_batch_size)
         if is_main_process():
             save_evaluator(model, tokenizer, out, full_config)
+            write_json(out / RECORD, record)  # before results_summary.json, the evaluator's commit point
             shutil.rmtree(checkpoints, ignore_errors=True)
         del model
     if not is_main_process():

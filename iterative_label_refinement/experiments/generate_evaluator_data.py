@@ -182,6 +182,8 @@ def main(
     do_eval: score answers with the task metric; off, every answer counts as worse than gold.
     safety_save_path: SaferPaca's safety-only run (default: `save_path` with sm=1 -> sm=2).
     gpu_usage: accepted for the reference scripts; generation uses the HF backend.
+    force_regenerate: sample every checkpoint's answers again and remake the data; without it, data
+        that exists is reused when it was made as this call would make it, and refused otherwise.
     print_save_path: print where the data goes (named by ds_name, model_size, seed) and stop.
     """
     run_dir = Path(save_path) if save_path else None
@@ -214,16 +216,27 @@ def main(
                 "safety": (safety_dir, dict(run, saferpaca_mode=2))}  # fmt: skip
     for directory, _ in runs.values():
         find_checkpoints(directory)  # fail before any generation
+    from iterative_label_refinement.core.models import weights_id
+    from iterative_label_refinement.core.provenance import RECORD, reuse, run_identity
+
+    # What makes the pairs (core.provenance): the ground-truth runs, the model their checkpoints
+    # load on, which questions, and how answers are sampled and scored.
+    record = dict(artifact="evaluator_data", ds_name=run["ds_name"], model_weights=weights_id(run["model_size"]),
+                  seed=run["seed"], n_docs=run["n_docs"], n_test_docs=run["n_test_docs"], sampling=sampling,
+                  do_eval=do_eval, runs={s: run_identity(d) for s, (d, _) in runs.items()})  # fmt: skip
+    if not force_regenerate and reuse(out, record, "--force_regenerate=True"):
+        logger.info("%s exists, made as this step would make it: nothing to do", out)
+        print(out)
+        return {"save_path": str(out), "skipped": True}
 
     seed_everything(run["seed"])
     pairs_by_source = {src: run_pairs(d, r, sampling, do_eval, force_regenerate) for src, (d, r) in runs.items()}
     pairs = balance(pairs_by_source, run["seed"]) if len(runs) > 1 else pairs_by_source[""]
     dd = make_dataset(pairs, seed=run["seed"])
-    save_to_disk_atomic(dd, out)
     kinds = {k: sum(p["kind"] == k for p in pairs) for k in sorted({p["kind"] for p in pairs})}
-    write_json(out / "experiment_config.json", dict(run, **sampling, do_eval=do_eval, pair_kinds=kinds,
-                                                    runs={s: str(d) for s, (d, _) in runs.items()},
-                                                    n_pairs=len(pairs)))  # fmt: skip
+    config = dict(run, **sampling, do_eval=do_eval, pair_kinds=kinds, runs={s: str(d) for s, (d, _) in runs.items()},
+                  n_pairs=len(pairs))  # fmt: skip
+    save_to_disk_atomic(dd, out, {"experiment_config.json": config, RECORD: record})
     logger.info("Saved %d pairs (%s): %d train rows, %d test rows -> %s", len(pairs), kinds, len(dd["train"]),
                 len(dd["test"]), out)  # fmt: skip
     print(out)
