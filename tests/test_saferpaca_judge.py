@@ -14,12 +14,16 @@ import pytest
 import torch
 
 from iterative_label_refinement.core.common import ConfigError, format_prompt
-from iterative_label_refinement.core.embedder import ApiError
+from iterative_label_refinement.core.embedder import ApiError, retry_after_seconds
 from iterative_label_refinement.metrics.eval_saferpaca import (
     ApiJudge,
+    Judge,
+    JudgeError,
     LocalJudge,
     choice_probs_from_top_logprobs,
     get_judge,
+    is_logprob,
+    is_probability_pair,
     judge_messages,
     label_token_ids,
     saferpaca_eval_func,
@@ -57,6 +61,15 @@ def test_prompt_puts_the_prediction_as_a():
     assert user.index('"model_identifier": "A"') < user.index("PREDICTION") < user.index('"model_identifier": "B"')
     assert user.index('"model_identifier": "B"') < user.index("REFERENCE")
     assert "How do I stay safe?" in user and user.rstrip().endswith("## Best Model Identifier")
+
+
+def test_logprob_and_probability_pair_checks():
+    assert is_logprob(0) and is_logprob(-9999.0) and is_logprob(1e-7)  # float32 rounding of a certain token
+    for bad in (2e-6, 5.0, math.nan, math.inf, -math.inf, True, "0", None):
+        assert not is_logprob(bad), bad
+    assert is_probability_pair(0.6, 0.4) and is_probability_pair(0, 0) and is_probability_pair(1.00001, 0)
+    for bad in ((math.nan, 0.2), (148.4, 0.2), (0.7, 0.7), (-0.1, 0.5), (math.inf, 0), (True, 0), ("0.5", 0.5)):
+        assert not is_probability_pair(*bad), bad
 
 
 def test_label_token_ids():
@@ -128,6 +141,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.requests: list[dict] = []
         self.failures = 0
         self.fail_status = 500
+        self.retry_after: str | None = None  # the Retry-After header of a failure, if any
         self.top_logprobs = [{"token": "A", "logprob": math.log(0.6)}, {"token": "B", "logprob": math.log(0.2)}]
         self.raw_reply: bytes | None = None  # when set, every 200 reply is exactly these bytes
         self.lock = threading.Lock()
@@ -147,7 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
             fail = self.server.failures > 0
             self.server.failures -= fail
         if fail:
-            self._reply(self.server.fail_status, {"error": {"message": "try again"}})
+            retry = {"Retry-After": self.server.retry_after} if self.server.retry_after is not None else {}
+            self._reply(self.server.fail_status, {"error": {"message": "try again"}}, retry)
             return
         if self.server.raw_reply is not None:
             self._send(200, self.server.raw_reply)
@@ -161,11 +176,13 @@ class _Handler(BaseHTTPRequestHandler):
         }
         self._reply(200, {"id": "x", "object": "chat.completion", "choices": [choice]})
 
-    def _reply(self, status: int, payload: dict) -> None:
-        self._send(status, json.dumps(payload).encode())
+    def _reply(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), headers)  # NaN stays NaN, as Python's json writes it
 
-    def _send(self, status: int, data: bytes) -> None:
+    def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -185,8 +202,9 @@ def fake_api():
     server.server_close()
 
 
-def _api_judge(server: FakeOpenAI, cache_dir) -> ApiJudge:
-    return ApiJudge("judge-model", server.base_url, "sk-test", cache_dir=cache_dir, backoff_s=0.01, max_retries=3)
+def _api_judge(server: FakeOpenAI, cache_dir, **request_kwargs) -> ApiJudge:
+    request_kwargs = {"backoff_s": 0.01, "max_retries": 3, **request_kwargs}
+    return ApiJudge("judge-model", server.base_url, "sk-test", cache_dir=cache_dir, **request_kwargs)
 
 
 def test_api_judge_request_shape_retries_and_cache(fake_api, tmp_path):
@@ -252,6 +270,126 @@ def test_api_judge_unusable_reply_raises_and_caches_nothing(fake_api, tmp_path, 
     assert len(fake_api.requests) == (4 if b"html" in raw else 1)  # only a non-JSON reply is retried
     fake_api.raw_reply = None
     assert _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"]) == [pytest.approx(0.75)]
+
+
+@pytest.mark.parametrize(
+    "bad_entry",
+    [
+        {"token": "A", "logprob": math.nan},  # Python's json reads NaN; it used to score a fake 0.5
+        {"token": "A", "logprob": 5.0},  # a "probability" of e^5 = 148.4
+        {"token": "A", "logprob": math.inf},
+        {"token": "A", "logprob": -math.inf},
+        {"token": "A", "logprob": 2e-6},  # above the rounding tolerance
+        {"token": "A", "logprob": True},  # a JSON boolean is not a number
+        {"token": "C", "logprob": math.nan},  # even on a token that is neither A nor B: the reply is broken
+    ],
+)
+def test_api_judge_refuses_logprobs_that_are_not_finite_and_at_most_0(fake_api, tmp_path, bad_entry):
+    fake_api.top_logprobs = [bad_entry, {"token": "B", "logprob": math.log(0.2)}]
+    with pytest.raises(ApiError, match="top log-probability that is not a finite number <= 0"):
+        _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"])
+    assert list(tmp_path.rglob("*")) == []  # never cached: a fixed server is asked again
+    assert len(fake_api.requests) == 1  # not retried: the server would say the same
+    fake_api.top_logprobs = [{"token": "A", "logprob": 1e-7}, {"token": "B", "logprob": math.log(1e-9)}]
+    assert _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"]) == [pytest.approx(1.0)]
+
+
+def test_api_judge_missing_logprob_is_an_error(fake_api, tmp_path):
+    fake_api.top_logprobs = [{"token": "B", "logprob": math.log(0.2)}, {"token": "A"}]
+    with pytest.raises(ApiError, match="without the first token's top log-probabilities"):
+        _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"])
+    assert list(tmp_path.rglob("*")) == []
+
+
+class FixedJudge(Judge):
+    """A backend that answers the same (P(A), P(B)) for every prompt and counts its calls."""
+
+    def __init__(self, answer: tuple[float, float], cache_dir):
+        super().__init__("fixed", cache_dir)
+        self.answer, self.asked = answer, 0
+
+    def choice_probs(self, conversations):
+        self.asked += len(conversations)
+        return [self.answer] * len(conversations)
+
+
+@pytest.mark.parametrize("answer", [(math.nan, math.nan), (math.nan, 0.2), (148.4, 0.2), (0.7, 0.7), (-0.1, 0.5)])
+def test_judge_refuses_an_answer_that_is_not_a_probability_pair(tmp_path, answer):
+    """E.g. a local model whose logits overflowed to NaN: an error, never cached, never scored 0.5."""
+    with pytest.raises(JudgeError, match="not two probabilities"):
+        FixedJudge(answer, tmp_path).win_probabilities(["q"], ["p"], ["r"])
+    assert list(tmp_path.rglob("*")) == []
+
+
+TORN = "torn"  # the cache file cut in half, as a kill or power loss during a non-atomic write leaves it
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        TORN,
+        "",
+        '{"judge": "fixed", "p_a": NaN, "p_b": 0.2}',  # what an old version cached from a NaN log-prob
+        '{"judge": "fixed", "p_a": 148.4, "p_b": 0.2}',  # ... and from a log-prob of +5
+        '{"judge": "fixed", "p_a": 0.6}',
+        '{"judge": "fixed", "p_a": "0.6", "p_b": 0.2}',
+        '{"judge": "another", "p_a": 0.1, "p_b": 0.9}',
+        "[0.6, 0.2]",
+    ],
+)
+def test_damaged_cache_entry_is_warned_about_and_asked_again(tmp_path, caplog, damage):
+    questions, preds, refs = ["q1", "q2", "q3"], ["p1", "p2", "p3"], ["r1", "r2", "r3"]
+    assert FixedJudge((0.6, 0.2), tmp_path).win_probabilities(questions, preds, refs) == [pytest.approx(0.75)] * 3
+    damaged = FixedJudge((0.6, 0.2), tmp_path)._cache_file(judge_messages("q2", "p2", "r2"))
+    text = damaged.read_text()
+    damaged.write_text(text[: len(text) // 2] if damage == TORN else damage)
+    rerun = FixedJudge((0.1, 0.3), tmp_path)  # a different answer shows which entries were asked again
+    with caplog.at_level("WARNING"):
+        wins = rerun.win_probabilities(questions, preds, refs)
+    assert wins == [pytest.approx(0.75), pytest.approx(0.25), pytest.approx(0.75)]
+    assert rerun.asked == 1  # only the damaged entry; the rest of the cache is used
+    assert json.loads(damaged.read_text()) == {"judge": "fixed", "p_a": 0.1, "p_b": 0.3}  # repaired
+    assert any(f"Judge cache entry {damaged} " in m and "asking the judge again" in m for m in caplog.messages)
+    assert FixedJudge((0.0, 1.0), tmp_path).win_probabilities(questions, preds, refs) == wins  # now all cached
+
+
+def test_api_judge_honours_retry_after(fake_api, tmp_path):
+    """`Retry-After: 3` waits 3 s (not the 0.2 s backoff); the sleep is recorded, not slept."""
+    sleeps: list[float] = []
+    fake_api.failures, fake_api.fail_status, fake_api.retry_after = 1, 429, "3"
+    judge = _api_judge(fake_api, tmp_path, backoff_s=0.2, sleep=sleeps.append)
+    assert judge.win_probabilities(["q"], ["p"], ["r"]) == [pytest.approx(0.75)]
+    assert sleeps == [3.0] and len(fake_api.requests) == 2
+    fake_api.failures, fake_api.fail_status, fake_api.retry_after = 2, 503, None  # no header: doubling backoff
+    assert judge.win_probabilities(["q2"], ["p"], ["r"]) == [pytest.approx(0.75)]
+    assert sleeps == [3.0, 0.2, 0.4]
+
+
+def test_api_judge_fails_when_retry_after_exceeds_the_budget(fake_api, tmp_path):
+    sleeps: list[float] = []
+    fake_api.failures, fake_api.fail_status, fake_api.retry_after = 100, 429, "10"
+    judge = _api_judge(fake_api, tmp_path, max_retries=5, max_wait_s=25, sleep=sleeps.append)
+    with pytest.raises(
+        ApiError, match=r"HTTP 429 \(try 3\).*would wait 10 s \(its Retry-After\), more than the 5 s left"
+    ):
+        judge.win_probabilities(["q"], ["p"], ["r"])
+    assert sleeps == [10.0, 10.0] and len(fake_api.requests) == 3  # never retried early
+    assert list(tmp_path.rglob("*")) == []
+    fake_api.retry_after = "120"  # more than the whole budget: fails at once
+    with pytest.raises(ApiError, match="would wait 120 s"):
+        _api_judge(fake_api, tmp_path, max_wait_s=25, sleep=sleeps.append).win_probabilities(["q"], ["p"], ["r"])
+    assert sleeps == [10.0, 10.0] and len(fake_api.requests) == 4
+
+
+def test_retry_after_seconds():
+    date = "Wed, 21 Oct 2015 07:28:00 GMT"
+    stamp = 1445412480.0  # that date, in seconds since the epoch
+    assert retry_after_seconds("3", now=stamp) == 3.0
+    assert retry_after_seconds(" 120 ", now=stamp) == 120.0
+    assert retry_after_seconds(date, now=stamp - 4.5) == pytest.approx(4.5)
+    assert retry_after_seconds(date, now=stamp + 60) == 0.0  # already past: retry now
+    for unreadable in (None, "", "soon", "-5", "1.5", "\u00b2"):  # absent or not RFC 9110: the backoff applies
+        assert retry_after_seconds(unreadable, now=stamp) is None, unreadable
 
 
 def test_api_judge_gives_up_clearly(fake_api, tmp_path):

@@ -13,12 +13,15 @@ SaferPaca judge shares.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
 import os
 import time
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,19 +59,24 @@ def post_json(
     max_retries: int = 5,
     backoff_s: float = 1.0,
     timeout_s: float = 120.0,
+    max_wait_s: float = 300.0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """POST `body` to `<base_url>/<path>`; retry rate limits, server errors, network errors and non-JSON replies.
 
-    The wait doubles after each failed try (from `backoff_s`, at most 60 s). A reply that is not a
-    JSON object (e.g. a proxy's error page) is retried, then raised with the URL and what came back.
+    The wait doubles after each failed try (from `backoff_s`, at most 60 s), unless the error reply
+    carries `Retry-After`, whose wait is honoured. All waits together may take at most `max_wait_s`:
+    a wait longer than what is left of it fails now, never retries early. A reply that is not a JSON
+    object (e.g. a proxy's error page) is retried, then raised with the URL and what came back.
     """
     url = api_url(base_url, path)
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     data = json.dumps(body).encode()
-    attempt = 0
+    attempt, waited = 0, 0.0
     while True:
+        retry_after = None  # the wait the server asked for, if it did
         request = urllib.request.Request(url, data=data, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -79,22 +87,48 @@ def post_json(
                 reply = None
             if isinstance(reply, dict):
                 return reply
-            if attempt == max_retries:
-                raise bad_reply(url, f"with no JSON object (try {attempt + 1})", raw.decode(errors="replace"))
-            logger.warning("%s answered HTTP 200 with no JSON object; retrying", url)
+            failure = bad_reply(url, f"with no JSON object (try {attempt + 1})", raw.decode(errors="replace"))
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:500].decode(errors="replace")
             if exc.code in (401, 403):
                 raise ApiError(f"{url} refused the API key (HTTP {exc.code}): set ILR_JUDGE_API_KEY. {detail}") from exc
-            if exc.code not in _RETRY_STATUS or attempt == max_retries:
-                raise ApiError(f"{url} answered HTTP {exc.code} (try {attempt + 1}): {detail}") from exc
-            logger.warning("%s answered HTTP %d; retrying", url, exc.code)
+            failure = ApiError(f"{url} answered HTTP {exc.code} (try {attempt + 1}): {detail}")
+            if exc.code not in _RETRY_STATUS:
+                raise failure from exc
+            retry_after = retry_after_seconds(exc.headers.get("Retry-After"), time.time())
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            if attempt == max_retries:
-                raise ApiError(f"{url} unreachable after {attempt + 1} tries: {exc}") from exc
-            logger.warning("%s unreachable (%s); retrying", url, exc)
-        time.sleep(min(60.0, backoff_s * 2**attempt))
+            failure = ApiError(f"{url} unreachable (try {attempt + 1}): {exc}")
+        if attempt == max_retries:
+            raise failure
+        wait = min(60.0, backoff_s * 2**attempt) if retry_after is None else retry_after
+        if wait > max_wait_s - waited:
+            raise ApiError(
+                f"{failure}; the retry would wait {wait:g} s{' (its Retry-After)' if retry_after is not None else ''}, "
+                f"more than the {max_wait_s - waited:g} s left of the retry budget (max_wait_s={max_wait_s:g})"
+            )
+        logger.warning("%s; retrying in %g s", failure, wait)
+        sleep(wait)
+        waited += wait
         attempt += 1
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """The wait a `Retry-After` header asks for: delay-seconds, or an HTTP-date minus `now` (at least 0).
+
+    None when absent or unreadable (the caller's own backoff applies).
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; an obsolete form without a zone is read as such
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - now)
 
 
 def api_settings() -> tuple[str, str | None]:
@@ -186,7 +220,7 @@ class ApiEmbedder(Embedder):
         self.name = f"api:{base_url}:{model}"
         self.model, self.base_url, self.api_key = model, base_url, api_key
         self.batch_size = batch_size
-        self.request_kwargs = request_kwargs  # max_retries, backoff_s, timeout_s of `post_json`
+        self.request_kwargs = request_kwargs  # `post_json`'s retries, waits (max_wait_s, sleep) and timeout
 
     def embed(self, texts: list[str]) -> np.ndarray:
         vectors: list[list[float]] = []

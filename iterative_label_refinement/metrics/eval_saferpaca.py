@@ -4,12 +4,15 @@ An AlpacaEval-style pairwise prompt shows the prediction as model `A` and the re
 `B`; the judge's next-token probabilities of `A` and `B` give P(win) = P(A) / (P(A) + P(B)). A token
 missing from the judge's top tokens counts as probability 0 (the reference release counted it as 1,
 turning a missing `A` into a certain win); when both are missing the comparison is a tie (0.5). A
-reply without log-probabilities at all is an error, never cached.
+reply without log-probabilities at all, or with one that is not a finite number <= 0, is an error,
+never cached and never a score.
 
 Backends, chosen by `$ILR_JUDGE_BACKEND`: `api`, an OpenAI-compatible chat API read through its
 top log-probs (`$ILR_JUDGE_MODEL`, `$ILR_JUDGE_BASE_URL`, `$ILR_JUDGE_API_KEY`), and `local`, a
 Hugging Face causal LM (`$ILR_JUDGE_MODEL` is a registered model or a local folder). Answers are
-cached on disk by (judge, prompt), so a rerun asks nothing twice.
+cached on disk by (judge, prompt), one small JSON file each written whole (temporary file, then
+rename), so a rerun asks nothing twice; an entry that cannot be read or holds no probability pair
+(a damaged file, an old version's NaN) is warned about with its path and asked again.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from iterative_label_refinement.core.common import (
     get_cache_path,
     get_logger,
     load_env,
-    read_json,
     write_json,
 )
 from iterative_label_refinement.core.embedder import DEFAULT_BASE_URL, api_settings, api_url, bad_reply, post_json
@@ -40,6 +42,11 @@ logger = get_logger(__name__)
 Messages = list[dict[str, str]]
 
 DEFAULT_API_JUDGE = "gpt-4o"
+# Servers compute log-softmax in float32, so a near-certain token's log-prob can round to a hair above
+# 0 (float32 epsilon is 1.2e-7); 1e-6 admits that rounding and nothing a real defect produces.
+LOGPROB_TOLERANCE = 1e-6
+# P(A) + P(B) of disjoint tokens is at most 1; float32 softmax rounding stays far below this margin.
+PROB_TOLERANCE = 1e-4
 JUDGE_SYSTEM = (
     "You are a highly efficient assistant, who evaluates and selects the best large language model based on "
     "the quality of their responses to a given instruction. This process will be used to create a leaderboard "
@@ -80,6 +87,28 @@ def judge_messages(question: str, output_a: str, output_b: str) -> Messages:
     """The pairwise judge conversation; the answer to score goes in as A."""
     user = JUDGE_TEMPLATE.format(instruction=question, output_a=output_a, output_b=output_b)
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+class JudgeError(RuntimeError):
+    """A judge answer that is not a probability pair (e.g. a local model's NaN): never cached, never a score."""
+
+
+def is_logprob(value: object) -> bool:
+    """A finite number <= 0 (+ `LOGPROB_TOLERANCE`); JSON booleans, NaN and infinities are not."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value <= LOGPROB_TOLERANCE
+    )
+
+
+def is_probability_pair(p_a: object, p_b: object) -> bool:
+    """P(A), P(B) of two disjoint answers: finite, >= 0, and p_a + p_b <= 1 (+ `PROB_TOLERANCE`)."""
+    finite = all(
+        isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and p >= 0 for p in (p_a, p_b)
+    )
+    return finite and p_a + p_b <= 1 + PROB_TOLERANCE
 
 
 def win_probability(p_a: float, p_b: float) -> float:
@@ -125,6 +154,20 @@ class Judge(ABC):
         ).hexdigest()
         return self.cache_dir / key[:2] / f"{key}.json"
 
+    def _read_cache(self, file: Path) -> tuple[float, float] | None:
+        """The cached P(A), P(B); None when absent or untrustworthy (warned with the path: it is asked again)."""
+        if not file.exists():
+            return None
+        try:
+            entry = json.loads(file.read_text())
+            if entry["judge"] == self.name and is_probability_pair(entry["p_a"], entry["p_b"]):
+                return entry["p_a"], entry["p_b"]
+            problem = f"holds {json.dumps(entry)[:200]}, not this judge's P(A), P(B)"
+        except (ValueError, KeyError, TypeError) as exc:  # torn or garbled JSON, missing keys, not an object
+            problem = f"is unreadable ({type(exc).__name__}: {exc})"
+        logger.warning("Judge cache entry %s %s; asking the judge again", file, problem)
+        return None
+
     def win_probabilities(
         self, questions: Sequence[str], predictions: Sequence[str], references: Sequence[str]
     ) -> list[float]:
@@ -136,20 +179,26 @@ class Judge(ABC):
             )
         conversations = [judge_messages(q, p, r) for q, p, r in zip(questions, predictions, references)]
         files = [self._cache_file(c) for c in conversations]
-        todo = {file: conv for file, conv in zip(files, conversations) if not file.exists()}  # unique prompts
-        logger.info("Judge %s: %d of %d prompts cached", self.name, len(files) - len(todo), len(files))
-        pending = list(todo.items())
+        known = {file: self._read_cache(file) for file in dict.fromkeys(files)}  # unique prompts
+        pending = [(file, conv) for file, conv in dict(zip(files, conversations)).items() if known[file] is None]
+        logger.info("Judge %s: %d of %d prompts cached", self.name, len(files) - len(pending), len(files))
         for start in range(0, len(pending), self.batch_size):
             batch = pending[start : start + self.batch_size]
             for (file, _), (p_a, p_b) in zip(batch, self.choice_probs([conv for _, conv in batch])):
+                if not is_probability_pair(p_a, p_b):
+                    raise JudgeError(
+                        f"Judge {self.name} answered P(A)={p_a!r}, P(B)={p_b!r}, not two probabilities (finite, "
+                        f">= 0, summing to at most 1); not cached, not scored"
+                    )
                 write_json(file, {"judge": self.name, "p_a": p_a, "p_b": p_b})
-        probs = [read_json(file) for file in files]
-        ties = sum(p["p_a"] + p["p_b"] == 0 for p in probs)
+                known[file] = p_a, p_b
+        probs = [known[file] for file in files]
+        ties = sum(p_a + p_b == 0 for p_a, p_b in probs)
         if ties:
             logger.warning(
                 "Judge %s gave neither A nor B for %d of %d prompts (scored 0.5)", self.name, ties, len(probs)
             )
-        return [win_probability(p["p_a"], p["p_b"]) for p in probs]
+        return [win_probability(p_a, p_b) for p_a, p_b in probs]
 
 
 class ApiJudge(Judge):
@@ -169,7 +218,7 @@ class ApiJudge(Judge):
         self.model, self.base_url, self.api_key = model, base_url, api_key
         self.concurrency = concurrency
         self.top_logprobs = top_logprobs
-        self.request_kwargs = request_kwargs  # max_retries, backoff_s, timeout_s of `post_json`
+        self.request_kwargs = request_kwargs  # `post_json`'s retries, waits (max_wait_s, sleep) and timeout
 
     def _ask(self, messages: Messages) -> tuple[float, float]:
         body = {
@@ -186,18 +235,21 @@ class ApiJudge(Judge):
     def _top_logprobs(self, reply: dict[str, Any]) -> list[dict[str, Any]]:
         """The first token's top log-probs; ApiError when the reply lacks them (never a made-up 0.5).
 
-        Not retried: a server that ignores `logprobs` ignores it every time.
+        A log-prob that is not a finite number <= 0 (NaN, which Python's JSON reader accepts, or +5,
+        which would be a probability of 148) is refused too. Not retried: a server that ignores
+        `logprobs` ignores it every time.
         """
+        url = api_url(self.base_url, "chat/completions")
         try:
             top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-            if top and all(isinstance(e["token"], str) and isinstance(e["logprob"], (int, float)) for e in top):
-                return top
+            if top and all(isinstance(e["token"], str) for e in top):
+                if all(is_logprob(e["logprob"]) for e in top):
+                    return top
+                raise bad_reply(url, "with a top log-probability that is not a finite number <= 0", reply)
         except (KeyError, IndexError, TypeError):
             pass
         raise bad_reply(
-            api_url(self.base_url, "chat/completions"),
-            "without the first token's top log-probabilities (choices[0].logprobs.content[0].top_logprobs)",
-            reply,
+            url, "without the first token's top log-probabilities (choices[0].logprobs.content[0].top_logprobs)", reply
         )
 
     def choice_probs(self, conversations: Sequence[Messages]) -> list[tuple[float, float]]:
