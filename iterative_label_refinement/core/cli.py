@@ -5,15 +5,27 @@ itself would pass a mistyped flag (`--max_replac=0.5`) on to the function's resu
 had run with defaults, and treats a `--help` after other flags as just another argument. So an
 unknown flag is refused with the closest valid one, and `--help`/`-h` anywhere shows the help and
 runs nothing.
+
+Every flag's type and valid values are declared once, in the CLI function's signature
+(`lr: Annotated[float | None, Valid(gt=0)] = None`), and every flag is checked against them before
+the function runs, so before anything is written: fire hands over whatever its parser made of the
+text (`--seed=1.5` a float, `--force=maybe` a string, `--lr=1e400` infinity). `flag_table` writes
+the declarations out as the table in docs/components.md.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
+import math
 import re
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from iterative_label_refinement.core.common import ConfigError
 
@@ -34,7 +46,6 @@ def check_command_line(fn: Callable, args: Sequence[str]) -> None:
     if any(p.kind == p.VAR_KEYWORD for p in params):
         return
     takes_varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
-    positional_slots = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     given: set[str] = set()
     positional: list[str] = []
     skip_next = False
@@ -64,10 +75,147 @@ def check_command_line(fn: Callable, args: Sequence[str]) -> None:
             hint = f"did you mean --{closest[0]}? " if closest else ""
             raise ConfigError(f"unknown flag {argument.split('=')[0]!r}: {hint}Valid flags: --{', --'.join(names)}")
         skip_next = "=" not in argument and not bool_syntax  # `--flag value`
-    free_slots = [name for name in positional_slots if name not in given]
-    if positional and not takes_varargs and len(positional) > len(free_slots):
-        stray = positional[len(free_slots)]
-        raise ConfigError(f"unexpected argument {stray!r}: every value needs its flag (--name=value)")
+    # A bare value would fill the first free parameter (`main 3` sets --seed): every value names its
+    # flag, except the names a CLI takes as a list (`build_models tiny-llama-weak`).
+    if positional and not takes_varargs:
+        raise ConfigError(f"unexpected argument {positional[0]!r}: every value needs its flag (--name=value)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Flag values: types and valid ranges, declared in the signature
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Valid:
+    """The values a flag takes beyond its type: bounds on a number, or a fixed set of choices."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def admits(self, value: Any) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        return not (
+            (self.gt is not None and not value > self.gt)
+            or (self.ge is not None and not value >= self.ge)
+            or (self.lt is not None and not value < self.lt)
+            or (self.le is not None and not value <= self.le)
+        )
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        low = f"({self.gt:g}" if self.gt is not None else f"[{self.ge:g}" if self.ge is not None else None
+        high = f"{self.lt:g})" if self.lt is not None else f"{self.le:g}]" if self.le is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f"{'>' if low[0] == '(' else '>='} {low[1:]}"
+        return f"{'<' if high[-1] == ')' else '<='} {high[:-1]}" if high else ""
+
+
+POSITIVE = Valid(gt=0)
+NON_NEGATIVE = Valid(ge=0)
+FRACTION = Valid(gt=0, le=1)  # a share of rows or pairs: some, at most all
+UNIT = Valid(ge=0, le=1)  # a probability or a share that may be 0
+
+
+@dataclass(frozen=True)
+class FlagType:
+    """A flag's declaration, read from its annotation: the plain types it takes, None or not, and `Valid`."""
+
+    types: tuple[type, ...]
+    optional: bool
+    valid: Valid | None
+
+    def describe(self) -> str:
+        if self.valid is not None and self.valid.choices is not None:
+            text = self.valid.describe()
+        else:
+            text = " or ".join(_NAMES[t] for t in self.types)
+            if self.valid is not None:
+                text += " " + self.valid.describe()
+        return text + (" or None" if self.optional else "")
+
+    def check(self, name: str, value: Any) -> Any:
+        """The value to pass on (a number given for a text flag becomes its text), or ConfigError."""
+        if value is None and self.optional:
+            return value
+        if str in self.types and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # fire reads `--sweep_subfolder=2024` as a number
+        ok = any(_is_a(value, t) for t in self.types)
+        if ok and isinstance(value, float) and not math.isfinite(value):
+            ok = False
+        if ok and self.valid is not None and not isinstance(value, bool):
+            ok = self.valid.admits(value)
+        if not ok:
+            raise ConfigError(f"--{name} must be {self.describe()}, got {value!r}")
+        return value
+
+
+_NAMES = {bool: "True or False", int: "an integer", float: "a finite number", str: "text"}
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def flag_types(fn: Callable) -> dict[str, FlagType]:
+    """Every parameter's declaration; a parameter without a plain type (`*names`) has none."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    out = {}
+    for name, hint in hints.items():
+        if name == "return":
+            continue
+        valid = None
+        if typing.get_origin(hint) is typing.Annotated:
+            hint, *extras = typing.get_args(hint)
+            valid = next((e for e in extras if isinstance(e, Valid)), None)
+        members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        plain = tuple(t for t in members if t in (bool, int, float, str))
+        if plain:
+            out[name] = FlagType(plain, type(None) in members, valid)
+    return out
+
+
+def checked(fn: Callable) -> Callable:
+    """`fn` that first checks every flag, given or default, against its declaration; fire's help
+    shows each flag's declaration as its type."""
+    declared = flag_types(fn)
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        for name, value in bound.arguments.items():
+            if name in declared:
+                bound.arguments[name] = declared[name].check(name, value)
+        return fn(*bound.args, **bound.kwargs)
+
+    shown = {name: types.SimpleNamespace(__qualname__=flag.describe()) for name, flag in declared.items()}
+    run.__signature__ = signature.replace(
+        parameters=[p.replace(annotation=shown.get(p.name, p.annotation)) for p in signature.parameters.values()]
+    )
+    return run
+
+
+def flag_table(fn: Callable, module: str) -> list[str]:
+    """The Markdown rows of `fn`'s flags: CLI module, flag, type and valid values, default."""
+    params = inspect.signature(fn).parameters
+    rows = []
+    for name, flag in flag_types(fn).items():
+        default = params[name].default
+        shown = "required" if default is inspect.Parameter.empty else f"`{default!r}`"
+        rows.append(f"| `{module}` | `--{name}` | {flag.describe()} | {shown} |")
+    return rows
 
 
 def run_cli(fn: Callable, args: Sequence[str] | None = None) -> None:
@@ -75,11 +223,12 @@ def run_cli(fn: Callable, args: Sequence[str] | None = None) -> None:
 
     args = list(sys.argv[1:] if args is None else args)
     try:
+        command = checked(fn)
         if any(argument in HELP_FLAGS for argument in args):
-            fire.Fire(fn, command=["--help"])  # prints the help and exits 0; runs nothing
+            fire.Fire(command, command=["--help"])  # prints the help and exits 0; runs nothing
             return
         check_command_line(fn, args)
-        fire.Fire(fn, command=args, serialize=lambda result: None if isinstance(result, dict) else result)
+        fire.Fire(command, command=args, serialize=lambda result: None if isinstance(result, dict) else result)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
