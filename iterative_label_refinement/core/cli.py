@@ -196,7 +196,11 @@ def checked(fn: Callable) -> Callable:
     def run(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs)
         for name, value in bound.arguments.items():
-            if name in declared:
+            if name not in declared:
+                continue
+            if signature.parameters[name].kind == inspect.Parameter.VAR_POSITIONAL:  # `*names`: each one
+                bound.arguments[name] = tuple(declared[name].check(name, v) for v in value)
+            else:
                 bound.arguments[name] = declared[name].check(name, value)
         return fn(*bound.args, **bound.kwargs)
 

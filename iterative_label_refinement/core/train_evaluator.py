@@ -17,14 +17,17 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 
+from iterative_label_refinement.core.cli import NON_NEGATIVE, POSITIVE, Valid
 from iterative_label_refinement.core.common import (
     ACCEPT,
+    LR_SCHEDULES,
+    OPTIMIZERS,
     REJECT,
     ConfigError,
     get_config_foldername,
@@ -35,6 +38,7 @@ from iterative_label_refinement.core.common import (
     write_json,
 )
 from iterative_label_refinement.core.evaluator import (
+    EVALUATOR_KINDS,
     LikelihoodEvaluator,
     check_evaluator_kind,
     debiased_scores,
@@ -199,18 +203,18 @@ def summarize(evaluator, test: Dataset, batch_size: int) -> dict[str, Any]:
 def main(
     ds_name: str,
     model_size: str = "google/gemma-2b",
-    seed: int = 0,
-    epochs: float = 5,
-    batch_size: int = 16,
-    lr: float | None = None,
-    head_lr: float | None = None,
-    lr_schedule: str = "cosine_anneal_warmup",
-    warmup_ratio: float = 0.05,
-    optim: str = "adamw",
-    lora_rank: int = 0,
-    minibatch_size_per_device: int | None = None,
-    eval_batch_size: int | None = None,
-    evaluator_kind: str = "classifier",
+    seed: Annotated[int, NON_NEGATIVE] = 0,
+    epochs: Annotated[float, POSITIVE] = 5,
+    batch_size: Annotated[int, POSITIVE] = 16,
+    lr: Annotated[float | None, POSITIVE] = None,
+    head_lr: Annotated[float | None, POSITIVE] = None,
+    lr_schedule: Annotated[str, Valid(choices=tuple(LR_SCHEDULES))] = "cosine_anneal_warmup",
+    warmup_ratio: Annotated[float, Valid(ge=0, lt=1)] = 0.05,
+    optim: Annotated[str, Valid(choices=tuple(OPTIMIZERS))] = "adamw",
+    lora_rank: Annotated[int, NON_NEGATIVE] = 0,
+    minibatch_size_per_device: Annotated[int | None, POSITIVE] = None,
+    eval_batch_size: Annotated[int | None, POSITIVE] = None,
+    evaluator_kind: Annotated[str, Valid(choices=EVALUATOR_KINDS)] = "classifier",
     force_retrain: bool = False,
     use_wandb: bool = False,
     results_folder: str | None = None,

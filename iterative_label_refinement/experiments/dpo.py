@@ -15,6 +15,9 @@ the step before any of its inputs exist.
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE, POSITIVE
 from iterative_label_refinement.core.methods import Method
 from iterative_label_refinement.core.refinement_step import run_step
 
@@ -24,14 +27,14 @@ def main(
     weak_model_path: str,
     strong_model_path: str,
     evaluator_path: str | None = None,
-    round_id: int = 0,
+    round_id: Annotated[int, NON_NEGATIVE] = 0,
     save_results: bool = True,
-    subsample: float = 1.0,
-    seed: int = 0,
+    subsample: Annotated[float, FRACTION] = 1.0,
+    seed: Annotated[int, NON_NEGATIVE] = 0,
     use_oracle_feedback: bool = False,
     start_with_correct_labels: bool = False,
-    beta: float = 0.1,
-    batch_size: int = 32,
+    beta: Annotated[float, POSITIVE] = 0.1,
+    batch_size: Annotated[int, POSITIVE] = 32,
     neutral_oracle_ties: bool = False,
     force: bool = False,
     print_save_path: bool = False,

@@ -15,10 +15,11 @@ SaferPaca: pairs come from a general-only (`sm=1`) and a safety-only (`sm=2`) ru
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from datasets import Dataset, DatasetDict
 
+from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE, POSITIVE
 from iterative_label_refinement.core.common import (
     ConfigError,
     get_logger,
@@ -162,13 +163,13 @@ def main(
     save_path: str | None = None,
     model_size: str | None = None,
     ds_name: str | None = None,
-    temperature: float = 0.6,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    n_docs: int | None = None,
-    n_test_docs: int | None = None,
-    gpu_usage: float = 0.9,
+    temperature: Annotated[float, NON_NEGATIVE] = 0.6,
+    top_k: Annotated[int, NON_NEGATIVE] = 0,
+    top_p: Annotated[float, FRACTION] = 1.0,
+    seed: Annotated[int | None, NON_NEGATIVE] = None,
+    n_docs: Annotated[int | None, POSITIVE] = None,
+    n_test_docs: Annotated[int | None, POSITIVE] = None,
+    gpu_usage: Annotated[float, FRACTION] = 0.9,
     do_eval: bool = True,
     force_regenerate: bool = False,
     safety_save_path: str | None = None,
