@@ -25,6 +25,7 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from iterative_label_refinement.core.common import ConfigError
@@ -95,10 +96,14 @@ class Valid:
     lt: float | None = None
     le: float | None = None
     choices: tuple[Any, ...] | None = None
+    inside: bool = False  # a name under a folder the project writes in: it must stay inside that folder
 
     def admits(self, value: Any) -> bool:
         if self.choices is not None:
             return value in self.choices
+        if self.inside:
+            parts = PurePath(value).parts
+            return bool(parts) and not PurePath(value).is_absolute() and ".." not in parts
         return not (
             (self.gt is not None and not value > self.gt)
             or (self.ge is not None and not value >= self.ge)
@@ -109,6 +114,8 @@ class Valid:
     def describe(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(map(str, self.choices))
+        if self.inside:
+            return "a relative path that stays inside its folder (no '..')"
         low = f"({self.gt:g}" if self.gt is not None else f"[{self.ge:g}" if self.ge is not None else None
         high = f"{self.lt:g})" if self.lt is not None else f"{self.le:g}]" if self.le is not None else None
         if low and high:
@@ -122,6 +129,7 @@ POSITIVE = Valid(gt=0)
 NON_NEGATIVE = Valid(ge=0)
 FRACTION = Valid(gt=0, le=1)  # a share of rows or pairs: some, at most all
 UNIT = Valid(ge=0, le=1)  # a probability or a share that may be 0
+INSIDE = Valid(inside=True)
 
 
 @dataclass(frozen=True)

@@ -79,14 +79,17 @@ def load_env() -> None:
 def get_save_path(results_folder: str | None = None) -> Path:
     """`results_folder`, else $ILR_SAVE_PATH (from the environment or `.env`)."""
     if results_folder:
-        return Path(results_folder)
-    load_env()
-    path = os.environ.get("ILR_SAVE_PATH")
+        source, path = "--results_folder", results_folder
+    else:
+        load_env()
+        source, path = "ILR_SAVE_PATH", os.environ.get("ILR_SAVE_PATH")
     if not path:
         raise ConfigError(
             "No results folder: pass --results_folder=<dir> or set ILR_SAVE_PATH in the environment "
             "or in .env (see .env.example)."
         )
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"{source}={path} is a file, not a folder: name a results folder")
     return Path(path)
 
 

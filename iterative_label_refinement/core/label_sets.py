@@ -44,6 +44,34 @@ def current_labels_path(weak_dir: str | Path, method: Method | str | None, round
     return refined_path(weak_dir, method, round_id - 1)
 
 
+def trained_by(path: Path) -> tuple[str | None, int] | None:
+    """(method, round) of the runs a label set is for, as its record (`core.provenance`) or else its
+    name says: `weak_labels` is round 0's of any method (None), `<method>_<r>_weak_labels` round
+    r + 1's of that method. None: a label set named otherwise, with no record (the user's own)."""
+    from iterative_label_refinement.core.provenance import read_record
+
+    record = read_record(path)
+    if record is not None and "method" in record and "round_id" in record:
+        return record["method"], record["round_id"] + 1
+    if path.name == "weak_labels":
+        return None, 0
+    match = re.fullmatch(r"(.+)_(\d+)_weak_labels", path.name)
+    return (match.group(1), int(match.group(2)) + 1) if match else None
+
+
+def check_trains(path: Path, method: Method | str | None, round_id: int) -> None:
+    """A label set given by its path must be the one for this run's method and round: naive labels
+    trained as `--method=ilr0.3 --round_id=1` would be found again as ILR's round 1."""
+    origin = trained_by(path)
+    if origin is None:
+        return
+    made_for, made_round = origin
+    if made_round != round_id or (made_for is not None and made_for != str(method)):
+        made = f"{made_for} round {made_round}" if made_for else f"round {made_round}"
+        raise ConfigError(f"--weak_labels_path={path} holds the labels of {made}, but this run is "
+                          f"--method={method} --round_id={round_id}")  # fmt: skip
+
+
 def check_columns(ds: Dataset, required: tuple[str, ...], path: Path) -> None:
     missing = [c for c in required if c not in ds.column_names]
     if missing:
@@ -51,13 +79,21 @@ def check_columns(ds: Dataset, required: tuple[str, ...], path: Path) -> None:
 
 
 def load_label_set(path: str | Path, required: tuple[str, ...] = LABEL_COLUMNS) -> Dataset:
-    """Read a label set, with an error naming the path when it is absent or lacks columns."""
+    """Read a label set, with an error naming the path when it is absent, damaged, empty or lacks columns."""
+    import pyarrow
     from datasets import load_from_disk
 
     path = Path(path)
     if not is_label_set(path):
         raise ConfigError(f"No label set at {path} (expected a datasets folder saved with save_to_disk)")
-    ds = load_from_disk(str(path))
+    try:
+        ds = load_from_disk(str(path))
+    except (OSError, ValueError, KeyError, TypeError, pyarrow.ArrowException) as e:  # torn JSON or Arrow files
+        raise ConfigError(f"Label set {path} is damaged ({type(e).__name__}: {e}); remake it with --force") from None
+    if not hasattr(ds, "column_names") or isinstance(ds.column_names, dict):
+        raise ConfigError(f"{path} is a DatasetDict of splits, not a label set")
+    if len(ds) == 0:
+        raise ConfigError(f"Label set {path} has no rows; remake it with --force")
     check_columns(ds, required, path)
     return ds
 

@@ -29,7 +29,13 @@ from iterative_label_refinement.core.label_sets import (
     save_label_set,
 )
 from iterative_label_refinement.core.methods import Method
-from iterative_label_refinement.core.provenance import artifact_identity, evaluator_identity, reuse, run_identity
+from iterative_label_refinement.core.provenance import (
+    artifact_identity,
+    evaluator_identity,
+    read_record,
+    reuse,
+    run_identity,
+)
 from iterative_label_refinement.core.refinement import (
     dpo_pairs,
     ilr_decide,
@@ -107,6 +113,9 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
         print(out_path)
         return str(out_path)
     check_round(round_id, **candidate_runs)
+    weak_config = read_record(weak_model_path, "experiment_config.json")
+    if weak_config and weak_config.get("ds_name", ds_name) != ds_name:  # another task's rule would decide
+        raise ConfigError(f"--ds_name={ds_name}, but the weak run {weak_model_path} is of {weak_config['ds_name']}")
     record = step_record(method, round_id, seed, dataset.name, weak_model_path, candidate_runs, evaluator_path)
     if not force and reuse(out_path, record, "--force=True"):
         logger.info("%s exists, made as this step would make it: nothing to do (pass --force=True to redo)", out_path)

@@ -26,7 +26,7 @@ from iterative_label_refinement.core.common import (
     validate_schedule,
 )
 from iterative_label_refinement.core.datasets import DatasetConfig, get_dataset_config
-from iterative_label_refinement.core.label_sets import current_labels_path, is_label_set
+from iterative_label_refinement.core.label_sets import check_trains, current_labels_path, is_label_set
 from iterative_label_refinement.core.methods import Method, parse_method
 from iterative_label_refinement.core.models import ModelConfig, get_model_config, weights_id
 
@@ -45,6 +45,7 @@ def label_set_path(weak_labels_path: str | Path, method: Method | str | None, ro
     """(weak run dir, label set) for a run on labels. A label set path is used as it is."""
     path = Path(weak_labels_path)
     if is_label_set(path):
+        check_trains(path, method, round_id)
         return path.parent, path
     return path, current_labels_path(path, method, round_id)
 
