@@ -194,8 +194,8 @@ def save_to_disk_atomic(dataset: Any, path: str | Path, records: dict[str, Any] 
     swap, so they appear with it (provenance).
 
     The swap is `renameat2(RENAME_EXCHANGE)` where the system has it (Linux, local filesystems): one
-    atomic step, so `path` holds the old dataset or the new one at every moment; the temporary name
-    then holds the old one, deleted next. Elsewhere (other systems, some network filesystems) it is
+    atomic step, so `path` holds the old dataset or the new one at every moment (a reader never finds
+    none, and nothing needs undoing); the temporary name then holds the old one, deleted next. Elsewhere (other systems, some network filesystems) it is
     two renames, path -> `.<name>.<id>.old` and the new one -> path: a run killed between them leaves
     the old dataset only at `.old`, and the next write of `path` (or `recover_interrupted_write`)
     first puts it back. Leftover siblings of a killed run (a half-written `.tmp`, an old copy not yet

@@ -45,9 +45,9 @@ def _from_hub(dataset: DatasetConfig) -> DatasetDict:
 
 MARKER = ".ilr_prepared.json"  # in every dataset folder this module prepares: what made it, each file and its size
 SPLITS = ("train", "test")
-# What it writes, relative to the folder: DatasetDict.save_to_disk's files for train/test, and the marker.
-_WRITTEN = re.compile(r"dataset_dict\.json|\.ilr_prepared\.json|(train|test)/(state|dataset_info)\.json"
-                      r"|(train|test)/data-\d{5}-of-\d{5}\.arrow")  # fmt: skip
+# What it writes, relative to the folder: DatasetDict.save_to_disk's files for the splits, and the marker.
+_WRITTEN = re.compile(rf"dataset_dict\.json|{re.escape(MARKER)}"
+                      rf"|({'|'.join(SPLITS)})/((state|dataset_info)\.json|data-\d{{5}}-of-\d{{5}}\.arrow)")  # fmt: skip
 
 
 class _Prepared:
@@ -86,9 +86,10 @@ def _damage(out: Path) -> str | None:
     """Why a folder with the marker is not the dataset the marker lists (each file, with its size,
     and no other), or None."""
     try:
-        listed = read_json(out / MARKER)["files"]
-        assert isinstance(listed, dict)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        listed = read_json(out / MARKER).get("files")
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+        listed = None
+    if not isinstance(listed, dict):
         return f"its {MARKER} lists no files (unreadable, or written by an older prepare_data)"
     present = _file_sizes(out)
     for name, size in sorted(listed.items()):
