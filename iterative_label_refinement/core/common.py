@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import json
 import logging
 import os
 import random
+import re
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,29 +190,95 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 
 def save_to_disk_atomic(dataset: Any, path: str | Path, records: dict[str, Any] | None = None) -> None:
-    """`dataset.save_to_disk` into a temporary sibling, then rename into place.
+    """`dataset.save_to_disk` into a temporary sibling, then swap it into place.
 
-    A killed run therefore leaves either no dataset at `path` or a complete one, never a half-written
-    one that the next round would read. `records` ({file name: object}) are JSON files written inside
-    the dataset's folder before the rename, so they appear with it (provenance).
+    Whatever kills the run, `path` never holds a half-written dataset, and an old one is never lost.
+    `records` ({file name: object}) are JSON files written inside the dataset's folder before the
+    swap, so they appear with it (provenance).
+
+    The swap is `renameat2(RENAME_EXCHANGE)` where the system has it (Linux, local filesystems): one
+    atomic step, so `path` holds the old dataset or the new one at every moment (a reader never finds
+    none, and nothing needs undoing); the temporary name then holds the old one, deleted next. Elsewhere (other systems, some network filesystems) it is
+    two renames, path -> `.<name>.<id>.old` and the new one -> path: a run killed between them leaves
+    the old dataset only at `.old`, and the next write of `path` (or `recover_interrupted_write`)
+    first puts it back. Leftover siblings of a killed run (a half-written `.tmp`, an old copy not yet
+    deleted) are deleted then too; after an exception, Ctrl-C included, at once.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with _folder_lock(path.parent):
+        _recover(path)
+        tmp = _sibling(path, "tmp")
+        try:
+            dataset.save_to_disk(str(tmp))
+            for name, obj in (records or {}).items():
+                (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+            if not path.exists() and not path.is_symlink():
+                os.replace(tmp, path)
+            elif not _exchange(tmp, path):
+                os.replace(path, _sibling(path, "old"))
+                os.replace(tmp, path)
+        finally:  # also on Ctrl-C: put the old dataset back if it is not at `path`, delete the siblings
+            _recover(path)
+
+
+def recover_interrupted_write(path: str | Path) -> None:
+    """Undo what a `save_to_disk_atomic` of `path` killed mid-way left: restore the old dataset to
+    `path` if it is only at a `.old` sibling; delete leftover `.tmp`/`.old` siblings."""
+    path = Path(path)
+    if path.parent.is_dir():
+        with _folder_lock(path.parent):
+            _recover(path)
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.{kind}")
+
+
+def _recover(path: Path) -> None:
+    """Under `_folder_lock`, so no live write's siblings are among those found."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{32}}\.(tmp|old)")
+    found = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+    old = [p for p in found if p.name.endswith(".old")]
+    if old and not path.exists() and not path.is_symlink():
+        os.replace(old[0], path)  # one at most: writes of one folder never overlap
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Writes into one folder take turns: an flock on the folder, released even by a killed process.
+    Where the filesystem has no flock, writes go unlocked: this project never writes one path from two
+    processes at once (rank 0 owns a run's files)."""
+    import fcntl  # POSIX only, as the renames above
+
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        dataset.save_to_disk(str(tmp))
-        for name, obj in (records or {}).items():
-            (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
-        if path.exists():
-            old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step; False where the system or the filesystem cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+    if renameat2 is None:  # not Linux, or a C library before glibc 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2  # from <fcntl.h> and <linux/fs.h>
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the filesystem or kernel has no exchange
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
 # The processes of a torchrun (DDP) launch; kept torch-free, since run-dir queries check batch sizes.

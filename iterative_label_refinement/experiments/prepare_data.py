@@ -4,11 +4,13 @@
 
 Each task's registry entry (`core.datasets`) names its raw-file reader (`core.raw_data`), its hub
 source and its how-to hint. Without `--raw_path` it tries the Hugging Face hub (only where the
-internet is reachable).
+internet is reachable). An existing `--out_path` is kept, or replaced with `--force`, only when
+prepare_data wrote it, complete and alone; what else is refused is in `_check_out_path`.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from iterative_label_refinement.core.common import (
     ConfigError,
     get_data_path,
     get_logger,
+    read_json,
+    recover_interrupted_write,
     save_to_disk_atomic,
     write_json,
 )
@@ -39,7 +43,11 @@ def _from_hub(dataset: DatasetConfig) -> DatasetDict:
     return DatasetDict({s: dd[s].select_columns(["question", "answer"]) for s in ("train", "test")})
 
 
-MARKER = ".ilr_prepared.json"  # written into every dataset folder this module prepares
+MARKER = ".ilr_prepared.json"  # in every dataset folder this module prepares: what made it, each file and its size
+SPLITS = ("train", "test")
+# What it writes, relative to the folder: DatasetDict.save_to_disk's files for the splits, and the marker.
+_WRITTEN = re.compile(rf"dataset_dict\.json|{re.escape(MARKER)}"
+                      rf"|({'|'.join(SPLITS)})/((state|dataset_info)\.json|data-\d{{5}}-of-\d{{5}}\.arrow)")  # fmt: skip
 
 
 class _Prepared:
@@ -50,34 +58,84 @@ class _Prepared:
 
     def save_to_disk(self, path: str) -> None:
         self.dd.save_to_disk(path)
-        write_json(Path(path) / MARKER, self.info)
+        write_json(Path(path) / MARKER, dict(self.info, files=_file_sizes(Path(path))))
 
 
-def prepared_here(path: Path) -> bool:
-    """A folder this module wrote: its marker, or (before the marker existed) only a train/test DatasetDict."""
-    if (path / MARKER).is_file():
-        return True
-    entries = {p.name for p in path.iterdir()} if path.is_dir() else set()
-    return entries == {"dataset_dict.json", "train", "test"}
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """{path relative to `folder`: size in bytes} of the files below it, the marker aside."""
+    sizes = {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+    return {name: size for name, size in sizes.items() if name != MARKER}
+
+
+def _foreign(out: Path) -> list[str]:
+    """The entries of `out` that prepare_data never writes (see `_WRITTEN`; links never)."""
+
+    def written(p: Path) -> bool:
+        return p.is_file() and not p.is_symlink() and bool(_WRITTEN.fullmatch(p.relative_to(out).as_posix()))
+
+    foreign = []
+    for p in sorted(out.iterdir()):
+        if p.name in SPLITS and p.is_dir() and not p.is_symlink():
+            foreign += [f"{p.name}/{q.name}" for q in sorted(p.iterdir()) if not written(q)]
+        elif not written(p):
+            foreign.append(p.name)
+    return foreign
+
+
+def _damage(out: Path) -> str | None:
+    """Why a folder with the marker is not the dataset the marker lists (each file, with its size,
+    and no other), or None."""
+    try:
+        listed = read_json(out / MARKER).get("files")
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+        listed = None
+    if not isinstance(listed, dict):
+        return f"its {MARKER} lists no files (unreadable, or written by an older prepare_data)"
+    present = _file_sizes(out)
+    for name, size in sorted(listed.items()):
+        if name not in present:
+            return f"{name} is missing"
+        if present[name] != size:
+            return f"{name} has {present[name]} bytes, not the {size} written"
+    unlisted = sorted(set(present) - set(listed))
+    return f"{_some(unlisted)} not written with it" if unlisted else None
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _check_out_path(out: Path, force: bool) -> bool:
-    """True when `out` already holds a prepared dataset and `force` is off (nothing to do).
+    """True when `out` already holds the dataset prepare_data wrote and `force` is off (nothing to do).
 
-    Refuses, with or without `force`, anything else already there: a file, or a folder with files
-    this module did not write. `--force` replaces only a dataset prepared here.
+    What prepare_data wrote is a folder with its marker, which lists each file with its size. Such a
+    folder is kept, or replaced with `force`; damaged (a listed file missing or of another size, or
+    the marker listing none), it is an error without `force`, replaced with it. Anything else at
+    `out` is refused with or without `force`, since replacing it would delete what the user made: a
+    file, a link, a folder without the marker (a DatasetDict included: nothing says prepare_data
+    wrote it), or a marked folder holding anything prepare_data does not write (a user's notes).
     """
     if not out.exists() and not out.is_symlink():
         return False
-    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+    refuse = "refusing to replace it (with or without --force)"
+    if out.is_symlink() or not out.is_dir():
+        what = "a symbolic link" if out.is_symlink() else "a file"
+        raise ConfigError(f"--out_path={out} is {what}; {refuse}. Pass a new or empty folder, or a dataset folder "
+                          "prepare_data wrote.")  # fmt: skip
+    if not any(out.iterdir()):
         return False
-    if out.is_dir() and not out.is_symlink() and prepared_here(out):
-        return not force
-    what = "a folder with files not written by prepare_data" if out.is_dir() else "a file"
-    raise ConfigError(
-        f"--out_path={out} is {what}; refusing to replace it (with or without --force). "
-        "Pass a new or empty folder, or a dataset folder prepare_data wrote."
-    )
+    if not (out / MARKER).is_file():
+        what = "a DatasetDict folder" if (out / "dataset_dict.json").exists() else "a folder"
+        raise ConfigError(f"--out_path={out} is {what} not written by prepare_data; {refuse}: it has no {MARKER}. "
+                          "Move it away, or pass another --out_path.")  # fmt: skip
+    foreign = _foreign(out)
+    if foreign:
+        raise ConfigError(f"--out_path={out} holds {_some(foreign)}, not written by prepare_data; {refuse}. "
+                          "Move that out of it first.")  # fmt: skip
+    damage = _damage(out)
+    if damage and not force:
+        raise ConfigError(f"--out_path={out} is a damaged prepared dataset: {damage}. Pass --force to rebuild it.")
+    return not force
 
 
 def main(ds_name: str, raw_path: str | None = None, out_path: str | None = None, force: bool = False) -> str:
@@ -86,6 +144,7 @@ def main(ds_name: str, raw_path: str | None = None, out_path: str | None = None,
         raise ConfigError(f"Unknown dataset {ds_name!r} for preparation. Valid: {sorted(preparable_datasets())}")
     dataset = get_dataset_config(ds_name)
     out = Path(out_path) if out_path else get_data_path() / ds_name
+    recover_interrupted_write(out)  # a killed earlier run: its old dataset back at `out`, no stray siblings
     if _check_out_path(out, force):
         logger.info("%s already exists; pass --force to rebuild", out)
         return str(out)
