@@ -322,3 +322,26 @@ def test_label_sets_are_found_beside_the_run_when_paths_were_relative_to_another
     csv_path = report.main(results_folder=str(seeded))
     rows = {(r["method"], r["round"]): r for r in csv.DictReader(open(csv_path))}
     assert rows["ilr0.15", "1"]["seeds"] == "0;1;2" and rows["ilr0.15", "1"]["replaced"] == "5"
+
+
+def test_the_pipelines_manifests_are_printed_compactly_and_kept(seeded, capsys):
+    """One line per commit and library versions, with the pipeline runs made with them; the whole
+    manifests go to report_provenance.json."""
+    names = ("torch", "transformers", "peft", "datasets", "accelerate")
+    versions = dict(zip(names, ("2.1.0", "4.40.0", "0.10.0", "2.19.0", "0.30.0")))
+    made = [("evaluator", "0123456789abcdef", True, "2026-01-01T10:00:00"),
+            ("sft_ilr", "0123456789abcdef", True, "2026-01-01T11:00:00"),
+            ("sft_ilr", "fedcba9876543210", False, "2026-01-02T09:00:00")]  # fmt: skip
+    for pipeline, commit, dirty, started in made:
+        write_json(seeded / "default" / "manifests" / f"{pipeline}-{started}.json",
+                   {"pipeline": pipeline, "started": started, "git": {"commit": commit, "dirty": dirty},
+                    "versions": versions, "settings": {"SEED": "0", "MAX_REPLACE": "0.15"}})  # fmt: skip
+    report.main(results_folder=str(seeded))
+    lines = capsys.readouterr().out.splitlines()
+    libs = "torch 2.1.0, transformers 4.40.0, peft 0.10.0, datasets 2.19.0, accelerate 0.30.0"
+    assert f"  commit 0123456789ab (dirty), {libs}: evaluator x1, sft_ilr x1" in lines
+    assert f"  commit fedcba987654, {libs}: sft_ilr x1" in lines
+    kept = json.loads((seeded / "report_provenance.json").read_text())["manifests"]
+    assert [(m["pipeline"], m["git"]["commit"], m["settings"]["MAX_REPLACE"]) for m in kept] == [
+        (p, c, "0.15") for p, c, _, _ in made
+    ]
