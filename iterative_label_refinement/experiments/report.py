@@ -294,8 +294,11 @@ def collect(results_folder: Path) -> tuple[list[Cell], list[Cell], list[tuple[st
     skipped, not reported: it has no result, and it must not stand for its setting."""
     cells: list[Cell] = []
     weak: list[Cell] = []
-    skipped = [(str(d), "empty") for d in sorted(results_folder.rglob("*")) if d.is_dir() and not any(d.iterdir())]
-    for run_dir, config in find_runs(results_folder):
+    runs = find_runs(results_folder)
+    # An empty folder beside run dirs is a run dir that died before its config (not an emptied one inside a run).
+    sweeps = sorted({run_dir.parent for run_dir, _ in runs})
+    skipped = [(str(d), "empty") for s in sweeps for d in sorted(s.iterdir()) if d.is_dir() and not any(d.iterdir())]
+    for run_dir, config in runs:
         if config.get("half_data"):
             continue  # cross-fitting models: a means, not a result
         if not (run_dir / "results_summary.json").exists():
