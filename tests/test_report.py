@@ -332,9 +332,9 @@ def test_the_pipelines_manifests_are_printed_compactly_and_kept(seeded, capsys):
     made = [("evaluator", "0123456789abcdef", True, "2026-01-01T10:00:00"),
             ("sft_ilr", "0123456789abcdef", True, "2026-01-01T11:00:00"),
             ("sft_ilr", "fedcba9876543210", False, "2026-01-02T09:00:00")]  # fmt: skip
-    for pipeline, commit, dirty, started in made:
-        write_json(seeded / "default" / "manifests" / f"{pipeline}-{started}.json",
-                   {"pipeline": pipeline, "started": started, "git": {"commit": commit, "dirty": dirty},
+    for pipeline, commit, dirty, recorded in made:
+        write_json(seeded / "default" / "manifests" / f"{pipeline}-{recorded}.json",
+                   {"pipeline": pipeline, "recorded": recorded, "git": {"commit": commit, "dirty": dirty},
                     "versions": versions, "settings": {"SEED": "0", "MAX_REPLACE": "0.15"}})  # fmt: skip
     report.main(results_folder=str(seeded))
     lines = capsys.readouterr().out.splitlines()

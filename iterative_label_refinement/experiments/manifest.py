@@ -79,7 +79,7 @@ def build_manifest(pipeline: str, script: Path, settings: dict[str, str | None])
     return {
         "pipeline": pipeline,
         "script": str(script.resolve()),
-        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "recorded": datetime.now().astimezone().isoformat(timespec="seconds"),
         "git": git_state(script.resolve().parent),
         "python": platform.python_version(),
         "versions": library_versions(),

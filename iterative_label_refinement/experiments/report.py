@@ -457,7 +457,7 @@ def read_manifests(root: Path) -> list[dict[str, Any]]:
             found.append({"path": str(path), **read_json(path)})
         except (OSError, ValueError) as e:
             found.append({"path": str(path), "error": f"unreadable: {e}"})
-    return sorted(found, key=lambda m: str(m.get("started", "")))
+    return sorted(found, key=lambda m: str(m.get("recorded", "")))
 
 
 def format_manifests(manifests: list[dict[str, Any]]) -> list[str]:
