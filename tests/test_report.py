@@ -345,3 +345,19 @@ def test_the_pipelines_manifests_are_printed_compactly_and_kept(seeded, capsys):
     assert [(m["pipeline"], m["git"]["commit"], m["settings"]["MAX_REPLACE"]) for m in kept] == [
         (p, c, "0.15") for p, c, _, _ in made
     ]
+
+
+def test_seeds_stay_one_row_across_pipelines_and_older_records(seeded, capsys):
+    """The shared round-0 SFT run records the method of whichever pipeline trained it first, and a
+    record from before the training keys (dtype, LoRA, ...) lacks them: neither is another setting."""
+    edits = {"sft-s1": {"method": "naive0.15"},
+             "ilr1-s0": {"dtype": "float32", "mixed_precision": "no", "lora_alpha": 128,
+                         "lora_target_modules": "all-linear", "gradient_checkpointing": False}}  # fmt: skip
+    for name, entries in edits.items():
+        config_path = seeded / name / "experiment_config.json"
+        write_json(config_path, {**json.loads(config_path.read_text()), **entries})
+    report.main(results_folder=str(seeded))
+    ilr = rows_of(capsys.readouterr().out.split("Test accuracy")[1].split("Accuracy (%)")[0])["ilr0.15"]
+    for r, cell in zip((0, 1), ilr[1:3]):
+        mean, se = by_hand(TEST_ACC["sft" if r == 0 else "ilr", r])
+        assert cell == f"{100 * mean:.1f}±{100 * se:.1f}"
