@@ -29,6 +29,7 @@ else
   train "results_summary.json" $gt
   GT_DIR=$RUN_DIR
 fi
+write_manifest  # once the ground-truth run passed its checks: a refused pipeline records nothing
 DATA=$(evaluator_data_name)
 refine "$DATA" experiments.generate_evaluator_data --save_path="$GT_DIR" --model_size="$EVALUATOR_MODEL" \
   --ds_name="$DS_NAME" --seed="$SEED" --temperature="$TEMPERATURE" --results_folder="$RESULTS_FOLDER"

@@ -54,6 +54,17 @@ py() {
   fi
 }
 
+# write_manifest: record this pipeline run in <results>/<sweep>/manifests/ (its settings, the commit,
+# the library versions). The shell variables go to Python on stdin, which keeps those the script reads.
+write_manifest() {
+  if [ "$DRY_RUN" = 1 ]; then return 0; fi
+  local name path
+  path=$(for name in $(compgen -v); do printf '%s=%s\0' "$name" "${!name-}"; done |
+    "$PYTHON" -m iterative_label_refinement.experiments.manifest --script="$0" --results_folder="$RESULTS_FOLDER" \
+      --sweep_subfolder="$SWEEP" | tail -n 1)
+  log "manifest: $path"
+}
+
 # query MODULE FLAGS...: the last line a CLI prints for --print_save_path (cheap: no model is loaded).
 query() {
   local module=$1; shift

@@ -51,6 +51,7 @@ weak_run
 ROUND0_LABELS=$(query "${refiner[@]}" $(refiner_flags 0 "$WEAK_DIR" "$WEAK_DIR"))  # an assignment: a refusal stops here
 METHOD=$(method_of "$ROUND0_LABELS" 0)
 log "method $METHOD"
+write_manifest  # once the weak run and the method passed their checks: a refused pipeline records nothing
 on_labels="--model_size=$STRONG_MODEL --epochs=$EPOCHS --weak_labels_path=$WEAK_DIR --weak_model_size=$WEAK_MODEL \
 --method=$METHOD $STRONG_FLAGS"
 

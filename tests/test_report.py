@@ -52,7 +52,8 @@ def results(tmp_path):
     make_run(root, "half", 0.99, method="ilr0.15", weak_label_type="weak", half_data=1)  # ignored
     make_run(root, "dpo0", 0.52, method="dpo0.10.15", weak_label_type="weak", do_dpo=True,
              weak_labels_path=str(weak / "weak_labels"))  # fmt: skip
-    make_run(root, "dpo2", None, method="dpo0.10.15", weak_label_type="dpo0.10.15", do_dpo=True, round_id=2)
+    dpo2 = make_run(root, "dpo2", None, method="dpo0.10.15", weak_label_type="dpo0.10.15", do_dpo=True, round_id=2)
+    write_json(dpo2 / "results_summary.json", {"n_test": 4})  # evaluated, but not scored (compute_test_acc=False)
     return root
 
 
@@ -178,16 +179,9 @@ def test_plot_draws_standard_errors(seeded, monkeypatch):
     assert yerr == pytest.approx([100 * s for _, s in expected])
 
 
-def test_runs_that_differ_beyond_the_seed_are_not_averaged(seeded):
-    make_run(seeded, "ilr1-other-lr", 0.9, method="ilr0.15", weak_label_type="ilr0.15", round_id=1, seed=5, lr=1e-2,
-             weak_model={"model_size": "tiny-llama-weak", "seed": 5})  # fmt: skip
-    with pytest.raises(ConfigError, match=r"differ in \['lr'\]"):
-        report.main(results_folder=str(seeded))
-
-
 def test_seeds_are_one_experiment_when_they_loaded_the_same_weights_from_other_places(seeded, capsys):
     """Where the weights were loaded from (each machine's cache folder; a record from before
-    `model_weights`) does not split seeds; other weights do."""
+    `model_weights`) does not split seeds; other weights do: a row of their own, named by them."""
     for seed in range(3):
         config_path = seeded / f"ilr1-s{seed}" / "experiment_config.json"
         loaded = [{"model_weights": "tiny-llama-strong-2ea67516", "model_loaded_from": "/a/tiny/tiny-llama-strong-2ea67516"},
@@ -202,8 +196,91 @@ def test_seeds_are_one_experiment_when_they_loaded_the_same_weights_from_other_p
     write_json(
         config_path, {**json.loads(config_path.read_text()), "model_loaded_from": "/c/tiny/tiny-llama-strong-91e8e6ea"}
     )
-    with pytest.raises(ConfigError, match=r"differ in \['model_weights'\]"):
-        report.main(results_folder=str(seeded))
+    csv_path = report.main(results_folder=str(seeded))
+    test_part = capsys.readouterr().out.split("Test accuracy")[1].split("Accuracy (%)")[0]
+    rows = {line.split("  ")[0]: line.split() for line in test_part.splitlines() if line.startswith("ilr0.15")}
+    same = rows["ilr0.15 [model_weights=tiny-llama-strong-2ea67516]"]
+    mean, se = by_hand([TEST_ACC["ilr", 1][0], TEST_ACC["ilr", 1][2]])
+    assert same[2:] == ["-", f"{100 * mean:.1f}±{100 * se:.1f}", "-"]  # seeds 0 and 2, of 2
+    assert rows["ilr0.15 [model_weights=tiny-llama-strong-91e8e6ea]"][2:] == ["-", "52.0", "-"]
+    settings = {(r["method"], r["settings"], r["round"]) for r in csv.DictReader(open(csv_path))}
+    assert ("ilr0.15", "model_weights=tiny-llama-strong-91e8e6ea", "1") in settings
+
+
+# Two learning rates of SFT+ILR in one folder, on the same weak runs: lr 5e-6 with three seeds, lr 1e-4
+# with two (test accuracies per (setting, method, round), one per seed).
+SETTINGS_ACC = {
+    (5e-6, "sft", 0): [0.50, 0.40, 0.45],
+    (5e-6, "ilr", 1): [0.60, 0.52, 0.47],
+    (1e-4, "sft", 0): [0.30, 0.36],
+    (1e-4, "ilr", 1): [0.41, 0.49],
+}
+
+
+@pytest.fixture
+def two_settings(tmp_path):
+    root = tmp_path / "res"
+    for seed in range(3):
+        weak = make_run(root, f"weak-s{seed}", 0.3, model_size="tiny-llama-weak", weak_model=None, seed=seed)
+        label_set(weak / "weak_labels", [0, 0, 1, 0])
+        label_set(weak / "ilr0.15_0_weak_labels", [1, 0, 1, 0], answers=["b", "a", "a", "a"])
+    for (lr, kind, r), accs in SETTINGS_ACC.items():
+        for seed, acc in enumerate(accs):
+            labels = root / f"weak-s{seed}" / ("weak_labels" if r == 0 else "ilr0.15_0_weak_labels")
+            make_run(root, f"{kind}{r}-lr{lr}-s{seed}", acc, method="ilr0.15", round_id=r, seed=seed, lr=lr,
+                     weak_label_type="weak" if r == 0 else "ilr0.15", weak_labels_path=str(labels),
+                     weak_model={"model_size": "tiny-llama-weak", "seed": seed, "lr": 3e-3})  # fmt: skip
+    return root
+
+
+def test_two_settings_of_one_method_are_rows_side_by_side_named_by_what_differs(two_settings, capsys, monkeypatch):
+    import matplotlib.axes
+
+    drawn = {}
+    original = matplotlib.axes.Axes.errorbar
+
+    def spy(self, x, y, yerr=None, **kwargs):
+        drawn[kwargs["label"]] = (list(x), list(y), list(yerr))
+        return original(self, x, y, yerr=yerr, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    csv_path = report.main(results_folder=str(two_settings))
+    test_part = capsys.readouterr().out.split("Test accuracy")[1].split("Accuracy (%)")[0]
+    rows = {line.split("  ")[0]: line.split() for line in test_part.splitlines() if line[:3] in ("ilr", "SFT")}
+    assert set(rows) == {"ilr0.15 [lr=0.0001]", "ilr0.15 [lr=5e-06]", "SFT [lr=0.0001]", "SFT [lr=5e-06]"}
+    csv_rows = {(r["method"], r["settings"], r["round"]): r for r in csv.DictReader(open(csv_path))}
+    for lr, name in ((5e-6, "lr=5e-06"), (1e-4, "lr=0.0001")):
+        expected = [by_hand(SETTINGS_ACC[lr, "sft", 0]), by_hand(SETTINGS_ACC[lr, "ilr", 1])]
+        cells = [f"{100 * m:.1f}±{100 * e:.1f}" for m, e in expected]
+        assert rows[f"ilr0.15 [{name}]"][2:] == cells  # every seed of that setting, none of the other's
+        assert rows[f"SFT [{name}]"][2:] == cells[:1] + ["-"]
+        for r in (0, 1):
+            row = csv_rows["ilr0.15", name, str(r)]
+            assert (float(row["test_accuracy"]), float(row["test_accuracy_se"])) == pytest.approx(expected[r])
+            assert row["n_seeds"] == str(len(SETTINGS_ACC[lr, "sft", 0]))
+        x, y, yerr = drawn[f"ilr0.15 [{name}]"]
+        assert x == [0, 1] and y == pytest.approx([100 * m for m, _ in expected])
+        assert yerr == pytest.approx([100 * e for _, e in expected])
+
+
+def test_a_dead_run_dir_is_skipped_and_listed_not_blocking(seeded, capsys):
+    """A failed run leaves its dir with only experiment_config.json (or nothing): it has no result,
+    so it neither blocks the report nor changes a number of it."""
+    before = Path(report.main(results_folder=str(seeded))).read_text()
+    capsys.readouterr()
+    # An SFT run of seed 0 at another learning rate that died before its results, and an empty run dir.
+    dead = make_run(seeded, "sft0-lr0.01-s0", None, method="ilr0.15", seed=0, lr=1e-2, weak_label_type="weak",
+                    weak_model={"model_size": "tiny-llama-weak", "seed": 0})  # fmt: skip
+    empty = seeded / "ilr1-died-s1"
+    empty.mkdir()
+    assert Path(report.main(results_folder=str(seeded))).read_text() == before
+    out = capsys.readouterr().out
+    assert "skipped 2 run dir(s) without results" in out
+    assert f"  {dead} (no results_summary.json)" in out.splitlines()
+    assert f"  {empty} (empty)" in out.splitlines()
+    assert "lr=0.01" not in out
+    provenance = json.loads((seeded / "report_provenance.json").read_text())
+    assert {s["path"] for s in provenance["skipped"]} == {str(dead), str(empty)}
 
 
 def test_two_runs_of_one_seed_are_refused(seeded):
@@ -245,3 +322,42 @@ def test_label_sets_are_found_beside_the_run_when_paths_were_relative_to_another
     csv_path = report.main(results_folder=str(seeded))
     rows = {(r["method"], r["round"]): r for r in csv.DictReader(open(csv_path))}
     assert rows["ilr0.15", "1"]["seeds"] == "0;1;2" and rows["ilr0.15", "1"]["replaced"] == "5"
+
+
+def test_the_pipelines_manifests_are_printed_compactly_and_kept(seeded, capsys):
+    """One line per commit and library versions, with the pipeline runs made with them; the whole
+    manifests go to report_provenance.json."""
+    names = ("torch", "transformers", "peft", "datasets", "accelerate")
+    versions = dict(zip(names, ("2.1.0", "4.40.0", "0.10.0", "2.19.0", "0.30.0")))
+    made = [("evaluator", "0123456789abcdef", True, "2026-01-01T10:00:00"),
+            ("sft_ilr", "0123456789abcdef", True, "2026-01-01T11:00:00"),
+            ("sft_ilr", "fedcba9876543210", False, "2026-01-02T09:00:00")]  # fmt: skip
+    for pipeline, commit, dirty, recorded in made:
+        write_json(seeded / "default" / "manifests" / f"{pipeline}-{recorded}.json",
+                   {"pipeline": pipeline, "recorded": recorded, "git": {"commit": commit, "dirty": dirty},
+                    "versions": versions, "settings": {"SEED": "0", "MAX_REPLACE": "0.15"}})  # fmt: skip
+    report.main(results_folder=str(seeded))
+    lines = capsys.readouterr().out.splitlines()
+    libs = "torch 2.1.0, transformers 4.40.0, peft 0.10.0, datasets 2.19.0, accelerate 0.30.0"
+    assert f"  commit 0123456789ab (dirty), {libs}: evaluator x1, sft_ilr x1" in lines
+    assert f"  commit fedcba987654, {libs}: sft_ilr x1" in lines
+    kept = json.loads((seeded / "report_provenance.json").read_text())["manifests"]
+    assert [(m["pipeline"], m["git"]["commit"], m["settings"]["MAX_REPLACE"]) for m in kept] == [
+        (p, c, "0.15") for p, c, _, _ in made
+    ]
+
+
+def test_seeds_stay_one_row_across_pipelines_and_older_records(seeded, capsys):
+    """The shared round-0 SFT run records the method of whichever pipeline trained it first, and a
+    record from before the training keys (dtype, LoRA, ...) lacks them: neither is another setting."""
+    edits = {"sft-s1": {"method": "naive0.15"},
+             "ilr1-s0": {"dtype": "float32", "mixed_precision": "no", "lora_alpha": 128,
+                         "lora_target_modules": "all-linear", "gradient_checkpointing": False}}  # fmt: skip
+    for name, entries in edits.items():
+        config_path = seeded / name / "experiment_config.json"
+        write_json(config_path, {**json.loads(config_path.read_text()), **entries})
+    report.main(results_folder=str(seeded))
+    ilr = rows_of(capsys.readouterr().out.split("Test accuracy")[1].split("Accuracy (%)")[0])["ilr0.15"]
+    for r, cell in zip((0, 1), ilr[1:3]):
+        mean, se = by_hand(TEST_ACC["sft" if r == 0 else "ilr", r])
+        assert cell == f"{100 * mean:.1f}±{100 * se:.1f}"

@@ -301,7 +301,12 @@ CONFIGS = {
         '  "inference_backend": "hf",\n'
         '  "do_dpo": false,\n'
         '  "world_size": 1,\n'
-        '  "weak_model": null\n'
+        '  "weak_model": null,\n'
+        '  "lora_target_modules": "all-linear",\n'
+        '  "lora_alpha": 128,\n'
+        '  "dtype": "float32",\n'
+        '  "mixed_precision": "no",\n'
+        '  "gradient_checkpointing": false\n'
         '}\n'
     ),
     'half1_corilr': (
@@ -342,7 +347,12 @@ CONFIGS = {
         '  "weak_model": {\n'
         '    "model_size": "tiny-random",\n'
         '    "round_id": 0\n'
-        '  }\n'
+        '  },\n'
+        '  "lora_target_modules": "all-linear",\n'
+        '  "lora_alpha": 128,\n'
+        '  "dtype": "float32",\n'
+        '  "mixed_precision": "no",\n'
+        '  "gradient_checkpointing": false\n'
         '}\n'
     ),
     'round1_orailr': (
@@ -383,7 +393,12 @@ CONFIGS = {
         '  "weak_model": {\n'
         '    "model_size": "tiny-random",\n'
         '    "round_id": 0\n'
-        '  }\n'
+        '  },\n'
+        '  "lora_target_modules": "all-linear",\n'
+        '  "lora_alpha": 128,\n'
+        '  "dtype": "float32",\n'
+        '  "mixed_precision": "no",\n'
+        '  "gradient_checkpointing": false\n'
         '}\n'
     ),
     'dpo_round1': (
@@ -426,7 +441,12 @@ CONFIGS = {
         '  "weak_model": {\n'
         '    "model_size": "tiny-random",\n'
         '    "round_id": 0\n'
-        '  }\n'
+        '  },\n'
+        '  "lora_target_modules": null,\n'
+        '  "lora_alpha": null,\n'
+        '  "dtype": "float32",\n'
+        '  "mixed_precision": "no",\n'
+        '  "gradient_checkpointing": false\n'
         '}\n'
     ),
 }

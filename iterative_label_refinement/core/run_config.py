@@ -253,13 +253,28 @@ class RunConfig:
         return get_save_path(self.results_folder) / self.sweep_subfolder / self.dirname()
 
     def to_json(self) -> dict[str, Any]:
-        """experiment_config.json: the name's keys, then what else decides the run's outputs."""
+        """experiment_config.json: the name's keys, then what else decides the run's outputs. The
+        keys after `weak_model` were added later (older records lack them): how the model was
+        trained, as experiments.main and core.train do it on this machine. A DPO round trains the
+        adapter it continues (`dpo_path`), so its LoRA is read from there; otherwise core.train's
+        `add_lora` builds r=lora_rank, alpha=2r (none for lora_rank=0, a full fine-tune)."""
         from iterative_label_refinement.core.common import world_size
+        from iterative_label_refinement.core.models import default_dtype, mixed_precision
 
+        lora: dict[str, Any] = {}
+        if self.dpo_round:
+            adapter = Path(self.dpo_path, "adapter_config.json")
+            lora = read_json(adapter) if adapter.exists() else {}
+        elif self.lora_rank:
+            lora = {"target_modules": self.model.lora_target_modules, "lora_alpha": 2 * self.lora_rank}
+        full_finetune = self.lora_rank == 0 and not self.dpo_round  # see _train_or_load in experiments.main
         return dict(self.name_config(), method=str(self.method) if self.method else None, num_samples=self.num_samples,
                     label_temp=self.label_temp, max_len=self.max_len,
                     minibatch_size_per_device=self.minibatch_size_per_device, save_model=self.save_model,
                     weak_labels_path=str(self.labels_path) if self.labels_path else None, dpo_path=self.dpo_path,
                     num_beams=self.num_beams, top_k=self.top_k, top_p=self.top_p, eval_batch_size=self.eval_batch_size,
                     inference_backend=self.inference_backend, do_dpo=self.do_dpo, world_size=world_size(),
-                    weak_model=self.weak_config)  # fmt: skip
+                    weak_model=self.weak_config, lora_target_modules=lora.get("target_modules"),
+                    lora_alpha=lora.get("lora_alpha"), dtype=str(default_dtype(full_finetune)).removeprefix("torch."),
+                    mixed_precision=mixed_precision(),
+                    gradient_checkpointing=self.model.gradient_checkpointing)  # fmt: skip

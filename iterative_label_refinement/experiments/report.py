@@ -6,8 +6,12 @@ Runs are found from their `experiment_config.json`. Per dataset (and strong/weak
 prints test accuracy per method and round, the accuracy of the labels each round trained on (when
 correctness is known), what each refinement step's replacements did to the labels, and the
 weak-model baseline. Runs that differ only by seed are one cell: the mean over seeds, with the
-standard error of the mean when there are several, and `[2/3]` when only 2 of the group's 3 seeds
-have the cell. Missing rounds show as "-", never invented.
+standard error of the mean when there are several, and `[2/3]` when only 2 of the row's 3 seeds
+have the cell. Runs of one method that differ in anything else (a learning rate, the weights, ...)
+are rows side by side, named by the settings that differ: `ilr0.15 [lr=0.0001]`. Missing rounds
+show as "-", never invented; run dirs without results (a failed or unfinished run) are listed as
+skipped. The pipelines' manifests (scripts/lib.sh: settings, commit, library versions) are printed
+and copied into `report_provenance.json`.
 """
 
 from __future__ import annotations
@@ -17,20 +21,23 @@ import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from iterative_label_refinement.core.common import ConfigError, get_logger, get_save_path, read_json
+from iterative_label_refinement.core.common import ConfigError, get_logger, get_save_path, read_json, write_json
 from iterative_label_refinement.core.label_sets import current_labels_path, first, is_label_set, label_accuracy
 from iterative_label_refinement.core.methods import Method, parse_method
 from iterative_label_refinement.core.saved_models import recorded_weights
+from iterative_label_refinement.experiments.manifest import MANIFESTS
 
 logger = get_logger(__name__)
 
 # Config entries that name where a run's inputs came from: they differ between seeds by construction.
 _SEED_KEYS = ("seed", "weak_labels_path", "dpo_path")
 _WEIGHTS_KEYS = ("model_loaded_from", "model_weights")
+# Config entries added after runs were already recorded: a record without one is unknown there, not different.
+_LATER_KEYS = ("lora_target_modules", "lora_alpha", "dtype", "mixed_precision", "gradient_checkpointing")
 
 
 @dataclass(frozen=True)
@@ -58,12 +65,25 @@ class Cell:
     method: str
     round_id: int
     seed: int | None
-    variant: str  # the run's config without its seed: runs aggregated together must share it
+    settings: dict[str, Any]  # the run's config without its seed, flattened (`weak_model.lr`)
     test_accuracy: float | None
     label_accuracy: float | None
     replacements: Replacements | None
     run_dir: str
     weak_dir: str | None  # name of the weak run whose labels this run trained on (of itself for a weak run)
+    setting: str = ""  # the settings that tell this run's row from the method's other rows (`label_rows`)
+
+
+@dataclass(frozen=True, order=True)
+class Row:
+    """One row of the tables: a method, and the settings that tell it from the method's other rows."""
+
+    method: str
+    setting: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} [{self.setting}]" if self.setting else self.method
 
 
 @dataclass(frozen=True)
@@ -180,18 +200,61 @@ def _accuracy(run_dir: Path) -> float | None:
     return read_json(summary).get("accuracy") if summary.exists() else None
 
 
-def _without_seed(config: dict[str, Any]) -> str:
-    def strip(c: dict[str, Any] | None) -> dict[str, Any] | None:
-        if not isinstance(c, dict):
-            return c
-        out = {k: strip(v) if k == "weak_model" else v for k, v in c.items() if k not in _SEED_KEYS + _WEIGHTS_KEYS}
+def run_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config without what differs between seeds by construction, flattened: the weak run's
+    entries as `weak_model.<key>`. The shared round-0 SFT run drops `method`: it names only the
+    pipeline that happened to train it first."""
+
+    def strip(c: dict[str, Any], prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in c.items():
+            if k == "weak_model" and isinstance(v, dict):
+                out.update(strip(v, f"{prefix}{k}."))
+            elif k not in _SEED_KEYS + _WEIGHTS_KEYS:
+                out[prefix + k] = v
         # Which weights, not where they were loaded from (a cache folder differs between machines),
         # nor whether the record predates `model_weights`.
         if "model_size" in c:
-            out["model_weights"] = recorded_weights(c) or c["model_size"]
+            out[prefix + "model_weights"] = recorded_weights(c) or c["model_size"]
         return out
 
-    return json.dumps(strip(config), sort_keys=True)
+    out = strip(config, "")
+    if config.get("weak_model") and config["round_id"] == 0 and not config.get("do_dpo"):
+        out.pop("method", None)
+    return out
+
+
+def differing(settings: list[dict[str, Any]]) -> list[str]:
+    """The keys on which these runs' settings differ (a key some lack counts as differing, as such
+    keys are recorded only away from their default), except keys added to the record later
+    (`_LATER_KEYS`) that an older record lacks: those are unknown, not different."""
+    keys = sorted({k for s in settings for k in s})
+    later = [k for k in keys if k.rsplit(".", 1)[-1] in _LATER_KEYS and any(k not in s for s in settings)]
+    return [k for k in keys if k not in later and len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1]
+
+
+def _value(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return ",".join(map(str, v))
+    return str(v)
+
+
+def label_rows(cells: list[Cell]) -> list[Cell]:
+    """Each cell with its row's `setting`: its values of the keys on which its method's runs differ
+    at some round. Runs of one method that differ only by seed share a row; the keys are found per
+    round, since settings such as DPO's learning rate differ between rounds by design."""
+    by_round: dict[tuple[str, int], list[Cell]] = defaultdict(list)
+    for c in cells:
+        by_round[(c.method, c.round_id)].append(c)
+    keys: dict[str, set[str]] = defaultdict(set)
+    for (method, _), cs in by_round.items():
+        keys[method].update(differing([c.settings for c in cs]))
+    return [replace(c, setting=", ".join(f"{k}={_value(c.settings.get(k))}" for k in sorted(keys[c.method])))
+            for c in cells]  # fmt: skip
 
 
 def _family(config: dict[str, Any]) -> list[str]:
@@ -210,10 +273,10 @@ def _method(row: str) -> Method | None:
     return None if row.startswith("SFT") or row == "weak model" else parse_method(row)
 
 
-def _row_order(name: str) -> tuple[bool, bool, str]:
+def _row_order(row: Row) -> tuple[bool, bool, str, str]:
     """Refinement methods first, then DPO, then the SFT and weak-model rows; by name within each."""
-    method = _method(name)
-    return method is None, method is not None and method.is_dpo, name
+    method = _method(row.method)
+    return method is None, method is not None and method.is_dpo, row.method, row.setting
 
 
 def find_runs(results_folder: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -225,18 +288,27 @@ def find_runs(results_folder: Path) -> list[tuple[Path, dict[str, Any]]]:
     return runs
 
 
-def collect(results_folder: Path) -> tuple[list[Cell], list[Cell]]:
-    """(method cells, weak-model baselines) of every full-data run under `results_folder`."""
+def collect(results_folder: Path) -> tuple[list[Cell], list[Cell], list[tuple[str, str]]]:
+    """(method cells, weak-model baselines, skipped run dirs with why) of the full-data runs under
+    `results_folder`. A run dir without `results_summary.json` (a failed or unfinished run) is
+    skipped, not reported: it has no result, and it must not stand for its setting."""
     cells: list[Cell] = []
     weak: list[Cell] = []
-    for run_dir, config in find_runs(results_folder):
+    runs = find_runs(results_folder)
+    # An empty folder beside run dirs is a run dir that died before its config (not an emptied one inside a run).
+    sweeps = sorted({run_dir.parent for run_dir, _ in runs})
+    skipped = [(str(d), "empty") for s in sweeps for d in sorted(s.iterdir()) if d.is_dir() and not any(d.iterdir())]
+    for run_dir, config in runs:
         if config.get("half_data"):
             continue  # cross-fitting models: a means, not a result
+        if not (run_dir / "results_summary.json").exists():
+            skipped.append((str(run_dir), "no results_summary.json"))
+            continue
         dataset, strong, seed = config["ds_name"], _short(config["model_size"]), config.get("seed")
         if not config.get("weak_model"):
-            summary = read_json(run_dir / "results_summary.json") if (run_dir / "results_summary.json").exists() else {}
+            summary = read_json(run_dir / "results_summary.json")
             if (run_dir / "weak_labels").exists():
-                weak.append(Cell(dataset, strong, "-", "weak model", 0, seed, _without_seed(config),
+                weak.append(Cell(dataset, strong, "-", "weak model", 0, seed, run_settings(config),
                                  summary.get("accuracy"), summary.get("label_accuracy"), None, str(run_dir),
                                  run_dir.name))  # fmt: skip
             continue
@@ -246,7 +318,7 @@ def collect(results_folder: Path) -> tuple[list[Cell], list[Cell]]:
         replaced = _replacements(config, trained_on)
         for method in _family(config):
             cells.append(Cell(dataset, strong, _short(config["weak_model"]["model_size"]), method, config["round_id"],
-                              seed, _without_seed(config), _accuracy(run_dir), label_acc, replaced, str(run_dir),
+                              seed, run_settings(config), _accuracy(run_dir), label_acc, replaced, str(run_dir),
                               weak_dir))  # fmt: skip
     # The shared round-0 SFT run is every non-DPO method's round 0.
     for cell in list(cells):
@@ -255,25 +327,21 @@ def collect(results_folder: Path) -> tuple[list[Cell], list[Cell]]:
             for name in {c.method for c in cells if c.round_id >= 1 and _method(c.method) is not None}:
                 method = _method(name)
                 if not method.is_dpo and method.correct_start == correct:
-                    cells.append(Cell(**{**cell.__dict__, "method": name}))
-    return cells, weak
+                    cells.append(replace(cell, method=name))
+    return cells, weak, skipped
 
 
 def summarize(cells: list[Cell], seeds: tuple[Any, ...]) -> Summary:
-    """One method-round over seeds. Runs of one seed are one result; runs that differ in anything but
-    the seed are different experiments, and averaging them would be silently wrong."""
+    """One row's round over seeds (`label_rows` put runs that differ in anything but the seed in
+    different rows). Two runs of one seed there are the same experiment twice, e.g. in two sweep
+    folders: which one counts is not for the report to guess."""
     by_seed: dict[Any, Cell] = {}
     for c in cells:
         if c.seed in by_seed:
-            raise ConfigError(f"two runs of {c.method} round {c.round_id} seed {c.seed}: {by_seed[c.seed].run_dir} "
-                              f"and {c.run_dir}; report one setting at a time (--sweep_subfolder)")  # fmt: skip
+            raise ConfigError(f"two runs of {Row(c.method, c.setting).name} round {c.round_id} seed {c.seed} with the "
+                              f"same settings: {by_seed[c.seed].run_dir} and {c.run_dir}; report one of them "
+                              "(--sweep_subfolder, or move one away)")  # fmt: skip
         by_seed[c.seed] = c
-    variants = {c.variant for c in cells}
-    if len(variants) > 1:
-        configs = [json.loads(v) for v in variants]
-        differ = sorted({k for c in configs for k in c if any(c.get(k) != o.get(k) for o in configs)})
-        raise ConfigError(f"runs of {cells[0].method} round {cells[0].round_id} differ in {differ}, not only in "
-                          "their seed; report one setting at a time (--sweep_subfolder)")  # fmt: skip
     ordered = [by_seed[s] for s in sorted(by_seed, key=str)]
     reps = [c.replacements for c in ordered if c.replacements is not None]
     total = Replacements(*(sum(getattr(r, f) for r in reps) for f in ("changed", "wrong_to_right", "right_to_wrong")))
@@ -288,15 +356,17 @@ def summarize(cells: list[Cell], seeds: tuple[Any, ...]) -> Summary:
     )
 
 
-def grid(cells: list[Cell]) -> dict[str, dict[int, Summary]]:
-    """method -> round -> summary over the seeds of these cells."""
-    seeds = tuple(sorted({c.seed for c in cells}, key=str))
-    groups: dict[tuple[str, int], list[Cell]] = defaultdict(list)
-    for c in cells:
-        groups[(c.method, c.round_id)].append(c)
-    out: dict[str, dict[int, Summary]] = defaultdict(dict)
-    for (method, round_id), cs in groups.items():
-        out[method][round_id] = summarize(cs, seeds)
+def grid(cells: list[Cell]) -> dict[Row, dict[int, Summary]]:
+    """row -> round -> summary over the seeds of these cells (a row's seeds: those of any of its rounds)."""
+    groups: dict[tuple[Row, int], list[Cell]] = defaultdict(list)
+    for c in label_rows(cells):
+        groups[(Row(c.method, c.setting), c.round_id)].append(c)
+    seeds: dict[Row, set[Any]] = defaultdict(set)
+    for (row, _), cs in groups.items():
+        seeds[row].update(c.seed for c in cs)
+    out: dict[Row, dict[int, Summary]] = defaultdict(dict)
+    for (row, round_id), cs in groups.items():
+        out[row][round_id] = summarize(cs, tuple(sorted(seeds[row], key=str)))
     return out
 
 
@@ -318,15 +388,15 @@ def fmt_replacements(s: Summary) -> str:
     return f"{r.wrong_to_right}/{r.right_to_wrong} {fmt_pct(s.precision, 0)}%" + _coverage(s)
 
 
-def table(summaries: dict[str, dict[int, Summary]], entry: Callable[[Summary], str],
-          keep: Callable[[str], bool] = lambda m: True) -> tuple[list[str], list[list[str]]]:  # fmt: skip
-    """Rows: methods; columns: rounds; `entry` formats a cell, "-" where a run is missing."""
+def table(summaries: dict[Row, dict[int, Summary]], entry: Callable[[Summary], str],
+          keep: Callable[[Row], bool] = lambda row: True) -> tuple[list[str], list[list[str]]]:  # fmt: skip
+    """Rows: methods (and their settings); columns: rounds; `entry` formats a cell, "-" where a run is missing."""
     rounds = sorted({r for by_round in summaries.values() for r in by_round})
     header = ["method"] + [f"r{r}" for r in rounds]
     rows = []
-    for method in sorted(summaries, key=_row_order):
-        if keep(method):
-            rows.append([method] + [entry(summaries[method][r]) if r in summaries[method] else "-" for r in rounds])
+    for row in sorted(summaries, key=_row_order):
+        if keep(row):
+            rows.append([row.name] + [entry(summaries[row][r]) if r in summaries[row] else "-" for r in rounds])
     return header, rows
 
 
@@ -337,7 +407,7 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def plot(summaries: dict[str, dict[int, Summary]], weak: Summary | None, title: str, path: Path) -> None:
+def plot(summaries: dict[Row, dict[int, Summary]], weak: dict[Row, Summary], title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -345,15 +415,16 @@ def plot(summaries: dict[str, dict[int, Summary]], weak: Summary | None, title: 
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, by_round in sorted(summaries.items()):
+    for row, by_round in sorted(summaries.items()):
         points = [(r, s.test) for r, s in sorted(by_round.items()) if s.test[0] is not None]
-        if method.startswith("SFT") or not points:
+        if row.method.startswith("SFT") or not points:
             continue
         errors = [100 * se if se is not None else 0.0 for _, (_, se) in points]
         ax.errorbar([r for r, _ in points], [100 * m for _, (m, _) in points], yerr=errors, marker="o", capsize=3,
-                    label=method)  # fmt: skip
-    if weak is not None and weak.test[0] is not None:
-        ax.axhline(100 * weak.test[0], color="gray", linestyle="--", label="weak model")
+                    label=row.name)  # fmt: skip
+    for row, baseline in sorted(weak.items()):
+        if baseline.test[0] is not None:
+            ax.axhline(100 * baseline.test[0], color="gray", linestyle="--", label=row.name)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
@@ -365,70 +436,109 @@ def plot(summaries: dict[str, dict[int, Summary]], weak: Summary | None, title: 
     plt.close(fig)
 
 
-CSV_COLUMNS = ["dataset", "strong", "weak", "method", "round", "seeds", "n_seeds", "test_accuracy", "test_accuracy_se",
+CSV_COLUMNS = ["dataset", "strong", "weak", "method", "settings", "round", "seeds", "n_seeds", "test_accuracy", "test_accuracy_se",
                "label_accuracy", "label_accuracy_se", "replaced", "wrong_to_right", "right_to_wrong",
                "replacement_precision", "replacement_precision_se", "run_dirs"]  # fmt: skip
 
 
-def _csv_row(dataset: str, strong: str, weak: str, method: str, round_id: int, s: Summary) -> list[Any]:
+def _csv_row(dataset: str, strong: str, weak: str, row: Row, round_id: int, s: Summary) -> list[Any]:
     r = s.replacements
-    return [dataset, strong, weak, method, round_id, ";".join(str(x) for x in s.seeds), len(s.seeds), *s.test,
+    return [dataset, strong, weak, row.method, row.setting, round_id, ";".join(str(x) for x in s.seeds), len(s.seeds), *s.test,
             *s.labels, r and r.changed, r and r.wrong_to_right, r and r.right_to_wrong, *s.precision,
             ";".join(s.run_dirs)]  # fmt: skip
 
 
+def read_manifests(root: Path) -> list[dict[str, Any]]:
+    """The pipelines' manifests under `root` (scripts/lib.sh writes one per pipeline run), oldest first;
+    one that cannot be read is kept as its path and the error, not dropped."""
+    found = []
+    for path in sorted(root.rglob(f"{MANIFESTS}/*.json")):
+        try:
+            found.append({"path": str(path), **read_json(path)})
+        except (OSError, ValueError) as e:
+            found.append({"path": str(path), "error": f"unreadable: {e}"})
+    return sorted(found, key=lambda m: str(m.get("recorded", "")))
+
+
+def format_manifests(manifests: list[dict[str, Any]]) -> list[str]:
+    """One line per distinct (commit, library versions): the pipeline runs made with it."""
+    if not manifests:
+        return ["pipelines: no manifests (runs made without scripts/, or before they wrote them)"]
+    runs: dict[str, Counter] = defaultdict(Counter)
+    unreadable = []
+    for m in manifests:
+        if "error" in m:
+            unreadable.append(f"  {m['path']}: {m['error']}")
+            continue
+        git, versions = m.get("git") or {}, m.get("versions") or {}
+        commit = (git.get("commit") or "no git checkout")[:12] + (" (dirty)" if git.get("dirty") else "")
+        made_with = ", ".join([f"commit {commit}"] + [f"{k} {v}" for k, v in versions.items()])
+        runs[made_with][str(m.get("pipeline"))] += 1
+    lines = [f"  {made_with}: " + ", ".join(f"{p} x{n}" for p, n in sorted(c.items())) for made_with, c in runs.items()]
+    return ["pipeline runs (manifests: settings, commit, versions in report_provenance.json):", *lines, *unreadable]
+
+
 def main(results_folder: str | None = None, out_dir: str | None = None, sweep_subfolder: str | None = None) -> str:
-    """Print the tables; write `report.csv` and one `accuracy_<dataset>_<strong>.png` per group."""
+    """Print the tables; write `report.csv`, one `accuracy_<dataset>_<strong>.png` per group and
+    `report_provenance.json` (the pipelines' manifests and the skipped run dirs)."""
     root = get_save_path(results_folder)
     if sweep_subfolder:
         root = root / sweep_subfolder
     if not root.is_dir():
         raise ConfigError(f"results folder {root} does not exist")
-    cells, weak = collect(root)
+    cells, weak, skipped = collect(root)
     if not cells and not weak:
-        raise ConfigError(f"no runs (experiment_config.json) found under {root}")
+        raise ConfigError(f"no runs with results (experiment_config.json and results_summary.json) under {root}"
+                          + (f"; {len(skipped)} without: {skipped[0][0]}, ..." if skipped else ""))  # fmt: skip
     out = Path(out_dir) if out_dir else root
     out.mkdir(parents=True, exist_ok=True)
+    manifests = read_manifests(root)
+    text = format_manifests(manifests)
+    if skipped:
+        text.append(f"skipped {len(skipped)} run dir(s) without results (a failed or unfinished run):")
+        text += [f"  {path} ({why})" for path, why in skipped]
     groups: dict[tuple[str, str, str], list[Cell]] = defaultdict(list)
     for c in cells:
         groups[(c.dataset, c.strong, c.weak)].append(c)
-    text, csv_rows, baselines_written = [], [], set()
+    csv_rows, baselines_written = [], set()
     for (dataset, strong, weak_name), group in sorted(groups.items()):
         summaries = grid(group)
         weak_dirs = {c.weak_dir for c in group}
-        baselines = [w for w in weak if w.dataset == dataset and w.weak_dir in weak_dirs]
-        baseline = grid(baselines)["weak model"][0] if baselines else None
+        baselines = {row: by_round[0] for row, by_round in
+                     grid([w for w in weak if w.dataset == dataset and w.weak_dir in weak_dirs]).items()}  # fmt: skip
         n_seeds = len({c.seed for c in group})
         text.append(f"\n== {dataset}: strong {strong}, weak {weak_name}" + (f", {n_seeds} seeds" if n_seeds > 1 else "")
                     + " ==")  # fmt: skip
-        if baseline is not None:
-            text.append(f"weak model: test accuracy {fmt_pct(baseline.test)}, weak-label accuracy "
+        for row, baseline in sorted(baselines.items()):
+            text.append(f"{row.name}: test accuracy {fmt_pct(baseline.test)}, weak-label accuracy "
                         f"{fmt_pct(baseline.labels)}{_coverage(baseline)}")  # fmt: skip
             if baseline.run_dirs not in baselines_written:
                 baselines_written.add(baseline.run_dirs)
-                csv_rows.append(_csv_row(dataset, weak_name, "-", "weak model", 0, baseline))
+                csv_rows.append(_csv_row(dataset, weak_name, "-", row, 0, baseline))
         if n_seeds > 1:
-            text.append("(mean±standard error over seeds; [k/n]: only k of the n seeds have that cell)")
+            text.append("(mean±standard error over seeds; [k/n]: only k of the row's n seeds have that cell)")
         text.append("\nTest accuracy (%) by round:")
         text.append(format_table(*table(summaries, lambda s: fmt_pct(s.test) + _coverage(s))))
         text.append("\nAccuracy (%) of the training labels each round used:")
         text.append(format_table(*table(summaries, lambda s: fmt_pct(s.labels) + _coverage(s))))
-        refined = {m for m, by_round in summaries.items() if any(s.replacements for s in by_round.values())}
+        refined = {row for row, by_round in summaries.items() if any(s.replacements for s in by_round.values())}
         if refined:
             text.append("\nLabels the refinement step before each round replaced: wrong->right/right->wrong, and "
                         "precision (the share of those that fixed a label):")  # fmt: skip
             text.append(format_table(*table(summaries, fmt_replacements, keep=refined.__contains__)))
         png = out / f"accuracy_{dataset}_{strong}.png"
-        plot(summaries, baseline, f"{dataset}: {strong} supervised by {weak_name}", png)
+        plot(summaries, baselines, f"{dataset}: {strong} supervised by {weak_name}", png)
         text.append(f"\nplot: {png}")
-        for method, by_round in sorted(summaries.items()):
-            csv_rows += [_csv_row(dataset, strong, weak_name, method, r, s) for r, s in sorted(by_round.items())]
+        for row, by_round in sorted(summaries.items()):
+            csv_rows += [_csv_row(dataset, strong, weak_name, row, r, s) for r, s in sorted(by_round.items())]
     csv_path = out / "report.csv"
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         writer.writerows(csv_rows)
-    text.append(f"csv: {csv_path}")
+    provenance = out / "report_provenance.json"
+    write_json(provenance, {"manifests": manifests, "skipped": [{"path": p, "why": w} for p, w in skipped]})
+    text += [f"csv: {csv_path}", f"provenance: {provenance}"]
     print("\n".join(text))
     return str(csv_path)
 
