@@ -16,16 +16,18 @@ the declarations out as the table in docs/components.md.
 from __future__ import annotations
 
 import difflib
+import errno
 import functools
 import inspect
 import math
 import re
+import shutil
 import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 from iterative_label_refinement.core.common import ConfigError
@@ -244,3 +246,30 @@ def run_cli(fn: Callable, args: Sequence[str] | None = None) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:  # a full disk or a folder that cannot be written is the user's to fix, not a bug
+        line = storage_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+
+
+def storage_error(e: BaseException) -> str | None:
+    """One line for a write the disk refused: full (with what is free where), or read-only.
+
+    safetensors reports a full disk as a SafetensorError whose text holds the OS error; every write of
+    this project goes to a temporary name first, so what was refused was never taken for a result."""
+    full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in str(e)
+    denied = getattr(e, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM)
+    if not (full or denied):
+        return None
+    target = getattr(e, "filename", None)
+    if full:
+        folder = Path(target).parent if target else Path.cwd()
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        free = shutil.disk_usage(folder).free / 2**20
+        where = f"writing {target}" if target else f"({e})"
+        return (f"the disk is full {where}: {free:.0f} MiB free in {folder}; free space there, or choose a "
+                "results folder on a larger disk")  # fmt: skip
+    return f"cannot write {target}: {e.strerror}; choose a folder you can write to"

@@ -177,7 +177,11 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file; a torn or foreign one is one line naming it (never a bare JSONDecodeError)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is damaged ({e}); remake it, or move it away") from None
 
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:

@@ -6,6 +6,7 @@ Label sets are `datasets` saved with `save_to_disk` (question, answer, gt_answer
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,14 @@ def check_columns(ds: Dataset, required: tuple[str, ...], path: Path) -> None:
         raise ConfigError(f"Label set {path} is missing column(s) {missing}; it has {ds.column_names}")
 
 
+def _data_files(path: Path) -> list | None:
+    """The Arrow files a saved dataset's state.json lists; None when it cannot be read."""
+    try:
+        return json.loads((path / "state.json").read_text()).get("_data_files")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def load_label_set(path: str | Path, required: tuple[str, ...] = LABEL_COLUMNS) -> Dataset:
     """Read a label set, with an error naming the path when it is absent, damaged, empty or lacks columns."""
     import pyarrow
@@ -86,14 +95,17 @@ def load_label_set(path: str | Path, required: tuple[str, ...] = LABEL_COLUMNS) 
     path = Path(path)
     if not is_label_set(path):
         raise ConfigError(f"No label set at {path} (expected a datasets folder saved with save_to_disk)")
+    empty = ConfigError(f"Label set {path} has no rows; remake it with --force")
     try:
         ds = load_from_disk(str(path))
-    except (OSError, ValueError, KeyError, TypeError, pyarrow.ArrowException) as e:  # torn JSON or Arrow files
+    except (OSError, ValueError, KeyError, IndexError, TypeError, pyarrow.ArrowException) as e:  # torn files
+        if _data_files(path) == []:  # datasets cannot load the save of 0 rows
+            raise empty from None
         raise ConfigError(f"Label set {path} is damaged ({type(e).__name__}: {e}); remake it with --force") from None
     if not hasattr(ds, "column_names") or isinstance(ds.column_names, dict):
         raise ConfigError(f"{path} is a DatasetDict of splits, not a label set")
     if len(ds) == 0:
-        raise ConfigError(f"Label set {path} has no rows; remake it with --force")
+        raise empty
     check_columns(ds, required, path)
     return ds
 

@@ -23,8 +23,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from iterative_label_refinement.core.cli import INSIDE
 from iterative_label_refinement.core.common import ConfigError, get_logger, get_save_path, read_json, write_json
 from iterative_label_refinement.core.label_sets import current_labels_path, first, is_label_set, label_accuracy
 from iterative_label_refinement.core.methods import Method, parse_method
@@ -478,7 +479,8 @@ def format_manifests(manifests: list[dict[str, Any]]) -> list[str]:
     return ["pipeline runs (manifests: settings, commit, versions in report_provenance.json):", *lines, *unreadable]
 
 
-def main(results_folder: str | None = None, out_dir: str | None = None, sweep_subfolder: str | None = None) -> str:
+def main(results_folder: str | None = None, out_dir: str | None = None,
+         sweep_subfolder: Annotated[str | None, INSIDE] = None) -> str:  # fmt: skip
     """Print the tables; write `report.csv`, one `accuracy_<dataset>_<strong>.png` per group and
     `report_provenance.json` (the pipelines' manifests and the skipped run dirs)."""
     root = get_save_path(results_folder)
@@ -491,6 +493,8 @@ def main(results_folder: str | None = None, out_dir: str | None = None, sweep_su
         raise ConfigError(f"no runs with results (experiment_config.json and results_summary.json) under {root}"
                           + (f"; {len(skipped)} without: {skipped[0][0]}, ..." if skipped else ""))  # fmt: skip
     out = Path(out_dir) if out_dir else root
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out_dir={out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     manifests = read_manifests(root)
     text = format_manifests(manifests)

@@ -1,0 +1,201 @@
+"""Bad input on the real CLIs: one line naming the bad value and what is valid, exit status 2, and no
+file under the results folder created, changed or removed.
+
+The runs and label sets are synthetic (a run's `experiment_config.json` and `weak_labels`): every
+refusal here comes before a model or dataset is loaded, so nothing trains.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+
+from iterative_label_refinement.core.common import write_json
+
+TINY = ["--ds_name=toy_arith", "--model_size=tiny-random", "--n_docs=16", "--n_test_docs=4", "--batch_size=8",
+        "--minibatch_size_per_device=8", "--epochs=1", "--lora_rank=4"]  # fmt: skip
+
+
+def cli(module: str, args: list[str], folder: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ILR_SAVE_PATH=str(folder / "results"), ILR_DATA_PATH=str(folder / "data"), PAGER="cat")
+    return subprocess.run([sys.executable, "-m", f"iterative_label_refinement.{module}", *args], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def refused(run: subprocess.CompletedProcess, message: str) -> None:
+    """Exit 2, no traceback, and one error line, the last: `error: <message...>` (progress bars of the
+    data loading that came first may stand above it)."""
+    assert run.returncode == 2, run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == [lines[-1]] and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert lines[-1].startswith(f"error: {message}"), run.stderr[-2000:]
+
+
+def _labels(n: int = 8) -> list[dict]:
+    return [{"question": f"q{i}", "answer": f"#### {i}", "gt_answer": f"#### {i}", "acc": 1.0} for i in range(n)]
+
+
+@pytest.fixture
+def world(tmp_path) -> dict[str, Path]:
+    """A finished weak run of toy_arith in the results folder, with naive round 0's label set."""
+    weak = tmp_path / "results" / "default" / "weak"
+    Dataset.from_list(_labels()).save_to_disk(str(weak / "weak_labels"))
+    write_json(weak / "experiment_config.json", {"model_size": "tiny-random", "ds_name": "toy_arith", "round_id": 0,
+                                                  "model_weights": "tiny-random-x"})  # fmt: skip
+    naive = weak / "naive0.3_0_weak_labels"
+    Dataset.from_list(_labels()).save_to_disk(str(naive))
+    write_json(naive / "provenance.json", {"artifact": "label_set", "method": "naive0.3", "round_id": 0})
+    return {"root": tmp_path, "weak": weak, "naive": naive}
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs that contradict each other
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_label_set_given_by_path_must_be_for_the_runs_method_and_round(world):
+    """Naive labels passed as `--method=ilr0.3 --round_id=1` trained into ILR round 1's run dir."""
+    before = snapshot(world["root"])
+    run = cli("experiments.main", [*TINY, f"--weak_labels_path={world['naive']}", "--method=ilr0.3", "--round_id=1"],
+              world["root"])  # fmt: skip
+    refused(run, f"--weak_labels_path={world['naive']} holds the labels of naive0.3 round 1, but this run is "
+                 "--method=ilr0.3 --round_id=1")  # fmt: skip
+    run = cli("experiments.main", [*TINY, f"--weak_labels_path={world['naive']}", "--method=naive0.3", "--round_id=2"],
+              world["root"])  # fmt: skip
+    refused(run, f"--weak_labels_path={world['naive']} holds the labels of naive0.3 round 1, but this run is "
+                 "--method=naive0.3 --round_id=2")  # fmt: skip
+    # without a record the name says it: round 0's `weak_labels` train round 0 only
+    run = cli("experiments.main", [*TINY, f"--weak_labels_path={world['weak'] / 'weak_labels'}", "--method=ilr0.3",
+                                   "--round_id=1"], world["root"])  # fmt: skip
+    refused(run, f"--weak_labels_path={world['weak'] / 'weak_labels'} holds the labels of round 0, but")
+    assert snapshot(world["root"]) == before
+
+
+def test_a_refinement_step_refuses_another_tasks_rule(world):
+    """`ilr --ds_name=gsm8k` on a toy_arith weak run applied GSM8K's agreement rule and wrote labels."""
+    halves = []
+    for half in (1, 2):
+        run = world["root"] / "results" / "default" / f"h{half}-ri=0"
+        Dataset.from_list(_labels()).save_to_disk(str(run / "weak_labels"))
+        write_json(run / "experiment_config.json", {"round_id": 0, "ds_name": "toy_arith"})
+        halves.append(run)
+    before = snapshot(world["root"])
+    run = cli("experiments.ilr", ["--ds_name=gsm8k", f"--weak_model_path={world['weak']}", f"--model1_path={halves[0]}",
+                                  f"--model2_path={halves[1]}", "--use_oracle_feedback=True"], world["root"])  # fmt: skip
+    refused(run, f"--ds_name=gsm8k, but the weak run {world['weak']} is of toy_arith")
+    assert snapshot(world["root"]) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged or odd files and paths
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["state.json", "dataset_info.json", "arrow", "no rows"])
+def test_a_damaged_label_set_is_one_line(world, damage):
+    labels = world["naive"]
+    if damage == "arrow":
+        arrow = next(labels.glob("*.arrow"))
+        arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    elif damage == "no rows":
+        shutil.rmtree(labels)
+        Dataset.from_list(_labels()).select([]).save_to_disk(str(labels))
+    else:
+        text = (labels / damage).read_text()
+        (labels / damage).write_text(text[: len(text) // 2])
+    before = snapshot(world["root"])
+    run = cli("experiments.main", [*TINY, f"--weak_labels_path={labels}", "--method=naive0.3", "--round_id=1"],
+              world["root"])  # fmt: skip
+    refused(run, f"Label set {labels} ")
+    assert ("has no rows" in run.stderr) == (damage == "no rows") and "remake it with --force" in run.stderr
+    assert snapshot(world["root"]) == before
+
+
+def test_a_file_as_results_folder_is_one_line(tmp_path):
+    (tmp_path / "results.txt").write_text("not a folder")
+    before = snapshot(tmp_path)
+    run = cli("experiments.main", [*TINY, f"--results_folder={tmp_path / 'results.txt'}"], tmp_path)
+    refused(run, f"--results_folder={tmp_path / 'results.txt'} is a file, not a folder")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_sweep_subfolder_cannot_escape_the_results_folder(tmp_path):
+    """`--sweep_subfolder=../../escape` wrote a run dir outside the results folder."""
+    before = snapshot(tmp_path)
+    for name in ("../../escape", "/tmp/escape", "a/../../b"):
+        run = cli("experiments.main", [*TINY, f"--sweep_subfolder={name}", "--print_save_path"], tmp_path)
+        refused(run, f"--sweep_subfolder must be a relative path that stays inside its folder (no '..'), got {name!r}")
+    assert snapshot(tmp_path) == before
+    run = cli("experiments.main", [*TINY, "--sweep_subfolder=sweeps/lr", "--print_save_path"], tmp_path)
+    assert run.returncode == 0 and Path(run.stdout.strip().splitlines()[-1]).parent.parent.name == "sweeps"
+
+
+def test_report_of_damaged_records_is_one_line(world):
+    config = world["weak"] / "experiment_config.json"
+    config.write_text(config.read_text()[:20])
+    (world["weak"] / "results_summary.json").write_text('{"accuracy": 0.')
+    before = snapshot(world["root"])
+    run = cli("experiments.report", [f"--results_folder={world['root'] / 'results'}"], world["root"])
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr[-2000:]
+    assert str(world["weak"]) in run.stderr and ".json" in run.stderr
+    assert snapshot(world["root"]) == before
+
+
+def test_a_file_as_report_out_dir_is_one_line(world):
+    (world["weak"] / "results_summary.json").write_text('{"accuracy": 0.5, "accuracy_stderr": 0.1, "n_test": 4}')
+    (world["root"] / "report.txt").write_text("mine")
+    before = snapshot(world["root"])
+    run = cli("experiments.report", [f"--results_folder={world['root'] / 'results'}",
+                                     f"--out_dir={world['root'] / 'report.txt'}"], world["root"])  # fmt: skip
+    refused(run, f"--out_dir={world['root'] / 'report.txt'} is a file, not a folder")
+    assert snapshot(world["root"]) == before
+
+
+WRAPPER = """import errno, sys
+from datasets import DatasetDict
+def refuse(self, path, *args, **kwargs):
+    raise OSError(errno.{code}, {text!r}, path)
+DatasetDict.save_to_disk = refuse
+from iterative_label_refinement.core.cli import run_cli
+from iterative_label_refinement.experiments.prepare_data import main
+run_cli(main)
+"""
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "message"),
+    [
+        ("ENOSPC", "No space left on device", r"the disk is full writing \S+\.tmp: \d+ MiB free in {out}; free space"),
+        ("EROFS", "Read-only file system", r"cannot write \S+\.tmp: Read-only file system; choose a folder you can"),
+    ],
+)
+def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(tmp_path, code, text, message):
+    """The disk refuses the write (simulated: the dataset's save raises what the OS raises)."""
+    import re
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split in ("train", "test"):
+        (raw / f"{split}.jsonl").write_text('{"question": "1+2?", "answer": "1+2=3\\n#### 3"}\n' * 3)
+    script = tmp_path / "refusing_disk.py"
+    script.write_text(WRAPPER.format(code=code, text=text))
+    out = tmp_path / "data"
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    run = subprocess.run([sys.executable, str(script), "--ds_name=gsm8k", f"--raw_path={raw}",
+                          f"--out_path={out / 'gsm8k'}"], capture_output=True, text=True, env=env)  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: " + message.format(out=re.escape(str(out))) + ".*", last), last
+    assert list(out.iterdir()) == []  # no dataset, no hidden half-written sibling
