@@ -28,6 +28,7 @@ from iterative_label_refinement.core.label_sets import (
     refined_path,
     save_label_set,
 )
+from iterative_label_refinement.core.locks import writing
 from iterative_label_refinement.core.methods import Method
 from iterative_label_refinement.core.provenance import (
     artifact_identity,
@@ -117,10 +118,27 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
     if weak_config and weak_config.get("ds_name", ds_name) != ds_name:  # another task's rule would decide
         raise ConfigError(f"--ds_name={ds_name}, but the weak run {weak_model_path} is of {weak_config['ds_name']}")
     record = step_record(method, round_id, seed, dataset.name, weak_model_path, candidate_runs, evaluator_path)
-    if not force and reuse(out_path, record, "--force=True"):
-        logger.info("%s exists, made as this step would make it: nothing to do (pass --force=True to redo)", out_path)
-        print(out_path)
+    if _reusable(out_path, record, force):  # checked before the lock too, so a refusal leaves no lock file
         return str(out_path)
+    with writing(out_path):
+        if _reusable(out_path, record, force):  # another writer finished it while this one started
+            return str(out_path)
+        step = _inputs(dataset, weak_model_path, method, round_id, candidate_runs, evaluator_path, batch_size, seed)
+        return save_label_set(kind.rows(step), out_path, seed, record, save_results)
+
+
+def _reusable(out_path: Path, record: dict[str, Any], force: bool) -> bool:
+    """The label set exists and these inputs made it (`core.provenance.reuse`): print its path."""
+    if force or not reuse(out_path, record, "--force=True"):
+        return False
+    logger.info("%s exists, made as this step would make it: nothing to do (pass --force=True to redo)", out_path)
+    print(out_path)
+    return True
+
+
+def _inputs(dataset: DatasetConfig, weak_model_path: str, method: Method, round_id: int, candidate_runs: dict[str, str],
+            evaluator_path: str | None, batch_size: int, seed: int) -> StepInputs:  # fmt: skip
+    """Read what the step decides on: the feedback, the current labels and the answers to judge."""
     feedback = None
     if method.takes_feedback:
         from iterative_label_refinement.core.evaluator import load_feedback_evaluator
@@ -133,8 +151,7 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
     if method.oracle:
         for ds, path in zip(candidates, paths):
             check_known_acc(ds, path, "--use_oracle_feedback")
-    step = StepInputs(method, round_id, seed, dataset, labels, candidates, feedback)
-    return save_label_set(kind.rows(step), out_path, seed, record, save_results)
+    return StepInputs(method, round_id, seed, dataset, labels, candidates, feedback)
 
 
 def step_record(method: Method, round_id: int, seed: int, ds_name: str, weak_model_path: str,

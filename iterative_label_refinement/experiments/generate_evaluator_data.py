@@ -217,6 +217,7 @@ def main(
                 "safety": (safety_dir, dict(run, saferpaca_mode=2))}  # fmt: skip
     for directory, _ in runs.values():
         find_checkpoints(directory)  # fail before any generation
+    from iterative_label_refinement.core.locks import writing
     from iterative_label_refinement.core.models import weights_id
     from iterative_label_refinement.core.provenance import RECORD, reuse, run_identity
 
@@ -225,23 +226,29 @@ def main(
     record = dict(artifact="evaluator_data", ds_name=run["ds_name"], model_weights=weights_id(run["model_size"]),
                   seed=run["seed"], n_docs=run["n_docs"], n_test_docs=run["n_test_docs"], sampling=sampling,
                   do_eval=do_eval, runs={s: run_identity(d) for s, (d, _) in runs.items()})  # fmt: skip
-    if not force_regenerate and reuse(out, record, "--force_regenerate=True"):
-        logger.info("%s exists, made as this step would make it: nothing to do", out)
-        print(out)
-        return {"save_path": str(out), "skipped": True}
-
-    seed_everything(run["seed"])
-    pairs_by_source = {src: run_pairs(d, r, sampling, do_eval, force_regenerate) for src, (d, r) in runs.items()}
-    pairs = balance(pairs_by_source, run["seed"]) if len(runs) > 1 else pairs_by_source[""]
-    dd = make_dataset(pairs, seed=run["seed"])
-    kinds = {k: sum(p["kind"] == k for p in pairs) for k in sorted({p["kind"] for p in pairs})}
-    config = dict(run, **sampling, do_eval=do_eval, pair_kinds=kinds, runs={s: str(d) for s, (d, _) in runs.items()},
-                  n_pairs=len(pairs))  # fmt: skip
-    save_to_disk_atomic(dd, out, {"experiment_config.json": config, RECORD: record})
+    if not force_regenerate and reuse(out, record, "--force_regenerate=True"):  # before the lock: no lock file
+        return _reused(out)
+    with writing(out):
+        if not force_regenerate and reuse(out, record, "--force_regenerate=True"):  # made while this one waited
+            return _reused(out)
+        seed_everything(run["seed"])
+        pairs_by_source = {s: run_pairs(d, r, sampling, do_eval, force_regenerate) for s, (d, r) in runs.items()}
+        pairs = balance(pairs_by_source, run["seed"]) if len(runs) > 1 else pairs_by_source[""]
+        dd = make_dataset(pairs, seed=run["seed"])
+        kinds = {k: sum(p["kind"] == k for p in pairs) for k in sorted({p["kind"] for p in pairs})}
+        config = dict(run, **sampling, do_eval=do_eval, pair_kinds=kinds, n_pairs=len(pairs),
+                      runs={s: str(d) for s, (d, _) in runs.items()})  # fmt: skip
+        save_to_disk_atomic(dd, out, {"experiment_config.json": config, RECORD: record})
     logger.info("Saved %d pairs (%s): %d train rows, %d test rows -> %s", len(pairs), kinds, len(dd["train"]),
                 len(dd["test"]), out)  # fmt: skip
     print(out)
     return {"save_path": str(out), "n_pairs": len(pairs), "n_train": len(dd["train"]), "n_test": len(dd["test"])}
+
+
+def _reused(out: Path) -> dict[str, Any]:
+    logger.info("%s exists, made as this step would make it: nothing to do", out)
+    print(out)
+    return {"save_path": str(out), "skipped": True}
 
 
 if __name__ == "__main__":
