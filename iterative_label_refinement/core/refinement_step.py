@@ -118,12 +118,13 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
     if weak_config and weak_config.get("ds_name", ds_name) != ds_name:  # another task's rule would decide
         raise ConfigError(f"--ds_name={ds_name}, but the weak run {weak_model_path} is of {weak_config['ds_name']}")
     record = step_record(method, round_id, seed, dataset.name, weak_model_path, candidate_runs, evaluator_path)
-    if _reusable(out_path, record, force):  # checked before the lock too, so a refusal leaves no lock file
+    # Checked, and the inputs read, before the lock too: a refusal leaves not even a lock file behind.
+    if _reusable(out_path, record, force):
         return str(out_path)
+    step = _inputs(dataset, weak_model_path, method, round_id, candidate_runs, evaluator_path, batch_size, seed)
     with writing(out_path):
         if _reusable(out_path, record, force):  # another writer finished it while this one started
             return str(out_path)
-        step = _inputs(dataset, weak_model_path, method, round_id, candidate_runs, evaluator_path, batch_size, seed)
         return save_label_set(kind.rows(step), out_path, seed, record, save_results)
 
 
