@@ -137,7 +137,27 @@ def test_bad_lora_targets_stop_main_before_the_run_dir(tmp_path):
     assert files_under(tmp_path) == ["models.json"]
 
 
-def test_bad_lora_targets_stop_the_evaluator_before_its_dir(tmp_path, monkeypatch):
+@pytest.fixture
+def pairs(tmp_path) -> str:
+    """Evaluator pair data of two pairs (train) and one (test), as generate_evaluator_data writes it."""
+    from iterative_label_refinement.core.common import ACCEPT, REJECT, format_evaluator_prompt
+
+    def split(n: int) -> Dataset:
+        rows = []
+        for i in range(n):
+            worse, better = f"1+{i}=9\n#### 9", f"1+{i}={i + 1}\n#### {i + 1}"
+            for a, b, label in ((worse, better, ACCEPT), (better, worse, REJECT)):
+                rows.append(dict(prompt=format_evaluator_prompt(f"1+{i}?", a, b), label=label, question=f"1+{i}?",
+                                 answer_a=a, answer_b=b, pair_id=i, pair_kind="gt"))  # fmt: skip
+        return Dataset.from_list(rows)
+
+    path = tmp_path / "pairs"
+    DatasetDict(train=split(2), test=split(1)).save_to_disk(str(path))
+    return str(path)
+
+
+def test_bad_lora_targets_stop_the_evaluator_before_its_dir(tmp_path, monkeypatch, pairs):
+    """Before: PEFT's error once the data and the model were loaded."""
     from iterative_label_refinement.core import train_evaluator
 
     (tmp_path / "models.json").write_text(json.dumps({"tiny-random": {"lora_target_modules": ["score"]}}))
@@ -145,13 +165,8 @@ def test_bad_lora_targets_stop_the_evaluator_before_its_dir(tmp_path, monkeypatc
     results = tmp_path / "results"
     # The classifier's head is trained in full: PEFT never puts LoRA on it.
     with pytest.raises(ConfigError, match=r"of model 'tiny-random' \(LlamaForSequenceClassification\): 'score' "):
-        train_evaluator.main(str(tmp_path / "pairs"), model_size="tiny-random", lora_rank=4,
-                             results_folder=str(results))  # fmt: skip
+        train_evaluator.main(pairs, model_size="tiny-random", lora_rank=4, results_folder=str(results))
     assert not results.exists()
-    # Full fine-tuning uses no target: nothing to check (it goes on to look for its data).
-    with pytest.raises(ConfigError, match="No evaluator data"):
-        train_evaluator.main(str(tmp_path / "pairs"), model_size="tiny-random", lora_rank=0,
-                             results_folder=str(results))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,14 +182,14 @@ def test_use_wandb_without_wandb_stops_main_before_the_run_dir(tmp_path):
     assert files_under(tmp_path) == []
 
 
-def test_use_wandb_without_wandb_stops_the_evaluator(tmp_path, monkeypatch):
+def test_use_wandb_without_wandb_stops_the_evaluator(tmp_path, monkeypatch, pairs):
+    """Before: the Trainer's RuntimeError once the data and the model were loaded."""
     from iterative_label_refinement.core import train_evaluator
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # find_spec answers None: not installed
     with pytest.raises(ConfigError, match="--use_wandb=True needs the wandb package"):
-        train_evaluator.main(str(tmp_path / "pairs"), model_size="tiny-random", use_wandb=True,
-                             results_folder=str(tmp_path / "results"))  # fmt: skip
-    assert files_under(tmp_path) == []
+        train_evaluator.main(pairs, model_size="tiny-random", use_wandb=True, results_folder=str(tmp_path / "results"))
+    assert not (tmp_path / "results").exists()
 
 
 # ---------------------------------------------------------------------------------------------
