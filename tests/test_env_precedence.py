@@ -39,7 +39,7 @@ def probe_lib(tmp_path: Path, env: dict[str, str]) -> dict[str, str]:
         f'for v in {names}; do printf "%s=%s\\n" "$v" "${{!v-UNSET}}"; done\n'
         'printf "RESULTS_FOLDER=%s\\n" "$RESULTS_FOLDER"\n'
         # the Python the scripts run inherits the same values
-        f"{sys.executable} -c 'import os; print(\"child=\" + os.environ.get(\"ILR_SAVE_PATH\", \"UNSET\"))'\n"
+        f'{sys.executable} -c \'import os; print("child=" + os.environ.get("ILR_SAVE_PATH", "UNSET"))\'\n'
     )
     base = {k: v for k, v in os.environ.items() if k not in NAMES and k != "RESULTS_FOLDER"}
     proc = subprocess.run(["bash", str(root / "scripts" / "probe.sh")], capture_output=True, text=True,
