@@ -319,15 +319,20 @@ def lora_targets(modules: dict[str, str], target: str | Sequence[str], head: str
         if not matched:
             raise ConfigError("'all-linear' finds no linear layer but the output head")
         return matched
-    if isinstance(target, str):
-        try:
-            matched = [n for n in names if re.fullmatch(target, n)]
-        except re.error as e:
-            raise ConfigError(f"{target!r} is not a valid regex ({e})") from None
-        entries = {target: matched}
-    else:
-        entries = {t: [n for n in names if n == t or n.endswith(f".{t}")] for t in target}
+
+    def matches(entry: str, pool: Sequence[str]) -> list[str]:
+        if isinstance(target, str):  # the one entry is a regex
+            return [n for n in pool if re.fullmatch(entry, n)]
+        return [n for n in pool if n == entry or n.endswith(f".{entry}")]
+
+    try:
+        entries = {t: matches(t, names) for t in ([target] if isinstance(target, str) else target)}
+    except re.error as e:
+        raise ConfigError(f"{target!r} is not a valid regex ({e})") from None
     missing = [t for t, found in entries.items() if not found]
+    for t in missing:
+        if matches(t, [n for n in modules if n]):
+            raise ConfigError(f"{t!r} matches only the classifier head, which is trained in full, not by LoRA")
     if missing:
         raise ConfigError(f"{', '.join(map(repr, missing))} {'matches' if len(missing) == 1 else 'match'} no module")
     for t, found in entries.items():
@@ -359,8 +364,11 @@ def model_modules(path: str, kind: str, trust_remote_code: bool) -> tuple[tuple[
     if kind == "classifier":
         hf_config.num_labels = 2
     auto_cls = AutoModelForSequenceClassification if kind == "classifier" else AutoModelForCausalLM
-    with torch.device("meta"):
-        model = auto_cls.from_config(hf_config, trust_remote_code=trust_remote_code)
+    try:
+        with torch.device("meta"):
+            model = auto_cls.from_config(hf_config, trust_remote_code=trust_remote_code)
+    except ValueError as e:  # e.g. an architecture with no sequence-classification class
+        raise ConfigError(f"cannot build {auto_cls.__name__} from {path}: {str(e).strip().splitlines()[0]}") from None
     other = (torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.MultiheadAttention)
 
     def layer_kind(module: torch.nn.Module) -> str:
