@@ -5,8 +5,19 @@
 set -euo pipefail
 
 ILR_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Settings from $ILR_ROOT/.env, under the environment's, as in the Python CLIs (core.common.load_env):
+# a variable the environment sets, even to "", keeps its value. bash reads .env as shell code, so a
+# value with spaces needs quotes; the environment's values are put back exactly, whatever they hold.
 if [ -f "$ILR_ROOT/.env" ]; then
+  declare -A _ilr_environment=()
+  for _ilr_name in $(compgen -e); do _ilr_environment[$_ilr_name]=${!_ilr_name-}; done
   set -a; . "$ILR_ROOT/.env"; set +a
+  for _ilr_name in "${!_ilr_environment[@]}"; do
+    if [ "${!_ilr_name-}" != "${_ilr_environment[$_ilr_name]}" ]; then
+      printf -v "$_ilr_name" '%s' "${_ilr_environment[$_ilr_name]}"
+    fi
+  done
+  unset _ilr_environment _ilr_name
 fi
 if [ -z "${PYTHON:-}" ]; then
   if [ -x "$ILR_ROOT/.venv/bin/python" ]; then PYTHON="$ILR_ROOT/.venv/bin/python"; else PYTHON=python; fi

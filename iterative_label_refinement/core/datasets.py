@@ -195,6 +195,9 @@ def tokenize_dataset(ds: Dataset, tokenizer, preference: bool = False, max_len: 
 
         n = len(out)
         out = out.filter(short_enough, desc="length filter")
+        if n and not len(out):
+            raise ConfigError(f"0 of {n} training rows left: {n} dropped because their answers are longer than "
+                              f"max_len={max_len} tokens (raise --max_len to keep them)")  # fmt: skip
         if len(out) < n:
             # Silent drops would bias a run towards short answers without anyone noticing.
             logger.warning("max_len filter dropped %d of %d training rows (%.1f%%): their answers are longer "

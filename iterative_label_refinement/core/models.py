@@ -12,14 +12,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
+import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iterative_label_refinement.core.common import (
+    OPTIMIZERS,
     ConfigError,
     build_once,
     get_cache_path,
@@ -201,6 +204,8 @@ def _read_models_file(path: str, mtime: int) -> dict[str, ModelConfig]:
         raise ConfigError(f"ILR_MODELS_FILE={path} must map model names to settings, got {type(entries).__name__}")
     out = {}
     for name, settings in entries.items():
+        if not name.strip():
+            raise ConfigError(f"ILR_MODELS_FILE={path}: a model name is empty; valid: a hub id or a model folder")
         if not isinstance(settings, dict):
             raise ConfigError(f"ILR_MODELS_FILE={path}: the settings of {name!r} must be an object")
         unknown = sorted(set(settings) - set(USER_FIELDS))
@@ -220,8 +225,38 @@ def _read_models_file(path: str, mtime: int) -> dict[str, ModelConfig]:
                 key == "lora_target_modules" and isinstance(value, list))  # fmt: skip
             if not ok or (expected is int and isinstance(value, bool)):
                 raise ConfigError(f"ILR_MODELS_FILE={path}: {name!r} {key}={value!r} should be a {expected.__name__}")
+            valid, what = _SETTING_RANGES.get(key, (None, ""))
+            if valid is not None and not valid(value):
+                raise ConfigError(f"ILR_MODELS_FILE={path}: {name!r} {key}={value!r} is not valid: it must be {what}")
         out[name] = dataclasses.replace(base, **settings)
     return out
+
+
+def _is_positive_number(value: Any) -> bool:
+    return math.isfinite(value) and value > 0  # JSON's NaN and Infinity parse, and 1e999 is inf
+
+
+# The kwargs `load_model` passes to `from_pretrained` itself: custom_kwargs naming one would fail there.
+_LOADER_KWARGS = ("pretrained_model_name_or_path", "config", "trust_remote_code")
+# What each setting of a models file may be, beyond its type (booleans need nothing more).
+_SETTING_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "default_lr": (_is_positive_number, "a finite number > 0"),
+    "default_dpo_lr": (_is_positive_number, "a finite number > 0"),
+    "evaluator_lr": (_is_positive_number, "a finite number > 0"),
+    "default_optimizer": (lambda v: v in OPTIMIZERS, f"one of {sorted(OPTIMIZERS)}"),
+    "dpo_optimizer": (lambda v: v in OPTIMIZERS, f"one of {sorted(OPTIMIZERS)}"),
+    "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "minibatch_size_per_device": (lambda v: v >= 1, "an integer >= 1"),
+    "tensor_parallel_size": (lambda v: v >= 1, "an integer >= 1"),
+    "lora_target_modules": (
+        lambda v: bool(v) and (isinstance(v, str) or all(isinstance(m, str) and m for m in v)),
+        "'all-linear', a regex of module names, or a non-empty list of non-empty module names",
+    ),
+    "custom_kwargs": (
+        lambda v: not set(v) & set(_LOADER_KWARGS),
+        f"extra from_pretrained arguments other than {list(_LOADER_KWARGS)}, which the loader sets itself",
+    ),
+}
 
 
 def weights_id(model_name: str) -> str:
@@ -257,6 +292,117 @@ def resolve_model_path(model_name: str) -> str:
     if cfg.verify is not None:
         cfg.verify(path)
     return str(path)
+
+
+# PEFT's LoRA layer types (peft 0.21, `peft.tuners.lora.layer.dispatch_default`): a target of another
+# type fails in `get_peft_model`. LINEAR ones (nn.Linear, transformers' Conv1D) are what "all-linear" takes.
+LINEAR, OTHER_LORA_LAYER, NOT_LORA_LAYER = "linear", "other LoRA layer", "not a LoRA layer"
+# A classifier's head: PEFT trains it in full (`modules_to_save`) and never puts LoRA on it.
+CLASSIFIER_HEADS = ("classifier", "score")
+
+
+def lora_targets(modules: dict[str, str], target: str | Sequence[str], head: str | None = None,
+                 protected: Sequence[str] = ()) -> list[str]:  # fmt: skip
+    """The modules LoRA adapts for `target`, by PEFT 0.21's rule (`check_target_module_exists` and
+    `_maybe_include_all_linear_layers` in peft.tuners.tuners_utils); ConfigError (without the
+    "what is valid" part, which `check_lora_targets` adds) when it would fail or adapt less than asked.
+
+    modules: every module name of the model -> LINEAR, OTHER_LORA_LAYER or NOT_LORA_LAYER.
+    head: the output layer, which "all-linear" leaves out. protected: names of modules PEFT never
+    adapts (a classifier's head): a module is under one when the name is one of its dotted components.
+    "all-linear" (any case) is every LINEAR module but `head`; any other string is a regex that must
+    match a whole module name; a list entry matches the module of that name and every module whose
+    name ends with "." + entry. PEFT fails when nothing matches or a match is not a LoRA layer; here,
+    stricter, every entry must match: a misspelt entry beside a right one would silently adapt fewer
+    layers than asked.
+    """
+    names = _adaptable(modules, protected)
+    if isinstance(target, str) and target.lower() == "all-linear":
+        matched = [n for n in names if modules[n] == LINEAR and n != head]
+        if not matched:
+            raise ConfigError("'all-linear' finds no linear layer but the output head")
+        return matched
+
+    def matches(entry: str, pool: Sequence[str]) -> list[str]:
+        if isinstance(target, str):  # the one entry is a regex
+            return [n for n in pool if re.fullmatch(entry, n)]
+        return [n for n in pool if n == entry or n.endswith(f".{entry}")]
+
+    try:
+        entries = {t: matches(t, names) for t in ([target] if isinstance(target, str) else target)}
+    except re.error as e:
+        raise ConfigError(f"{target!r} is not a valid regex ({e})") from None
+    missing = [t for t, found in entries.items() if not found]
+    for t in missing:
+        if matches(t, [n for n in modules if n]):
+            raise ConfigError(f"{t!r} matches only the classifier head, which is trained in full, not by LoRA")
+    if missing:
+        raise ConfigError(f"{', '.join(map(repr, missing))} {'matches' if len(missing) == 1 else 'match'} no module")
+    for t, found in entries.items():
+        bad = [n for n in found if modules[n] == NOT_LORA_LAYER]
+        if bad:
+            raise ConfigError(f"{t!r} matches {bad[0]!r}, which LoRA cannot adapt (only Linear, Conv1D, Embedding, "
+                              "Conv1d/2d/3d and MultiheadAttention layers)")  # fmt: skip
+    return [n for n in names if any(n in found for found in entries.values())]
+
+
+def _adaptable(modules: dict[str, str], protected: Sequence[str]) -> list[str]:
+    """The module names PEFT may adapt: all but the root and those under a protected name."""
+    return [n for n in modules if n and not any(re.match(rf"(^|.*\.){p}($|\..*)", n) for p in protected)]
+
+
+@functools.lru_cache(maxsize=8)
+def model_modules(path: str, kind: str, trust_remote_code: bool) -> tuple[tuple[tuple[str, str], ...], str | None, str]:
+    """(every module name with its LoRA layer kind, the output head's name, the architecture) of the
+    model at `path`, built from its config on the meta device: no weight is read or allocated."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.pytorch_utils import Conv1D
+
+    try:
+        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot read the model config of {path}: {first_line}") from None
+    if kind == "classifier":
+        hf_config.num_labels = 2
+    auto_cls = AutoModelForSequenceClassification if kind == "classifier" else AutoModelForCausalLM
+    try:
+        with torch.device("meta"):
+            model = auto_cls.from_config(hf_config, trust_remote_code=trust_remote_code)
+    except ValueError as e:  # e.g. an architecture with no sequence-classification class
+        raise ConfigError(f"cannot build {auto_cls.__name__} from {path}: {str(e).strip().splitlines()[0]}") from None
+    other = (torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.MultiheadAttention)
+
+    def layer_kind(module: torch.nn.Module) -> str:
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
+            return LINEAR
+        return OTHER_LORA_LAYER if isinstance(module, other) else NOT_LORA_LAYER
+
+    output = model.get_output_embeddings()
+    head = next((n for n, m in model.named_modules() if m is output), None) if output is not None else None
+    return tuple((n, layer_kind(m)) for n, m in model.named_modules()), head, type(model).__name__
+
+
+def check_lora_targets(model_name: str, kind: str = "causal_lm") -> None:
+    """Refuse, before anything is written, a model's `lora_target_modules` that would make
+    `get_peft_model` fail (or adapt fewer layers than listed) on its architecture (see `lora_targets`).
+
+    kind: "causal_lm", or "classifier" (the evaluator's sequence classifier).
+    """
+    cfg = get_model_config(model_name)
+    pairs, head, architecture = model_modules(resolve_model_path(model_name), kind, cfg.trust_remote_code)
+    modules = dict(pairs)
+    protected = CLASSIFIER_HEADS if kind == "classifier" else ()
+    try:
+        lora_targets(modules, cfg.lora_target_modules, head, protected)
+    except ConfigError as e:
+        linear = sorted({n.rsplit(".", 1)[-1] for n in _adaptable(modules, protected) if modules[n] == LINEAR})
+        raise ConfigError(
+            f"lora_target_modules={cfg.lora_target_modules!r} of model {model_name!r} ({architecture}): {e}. Valid: "
+            f"'all-linear', or a list of module names (each matches the modules whose name ends with it), e.g. "
+            f"its linear layers {linear} (set in $ILR_MODELS_FILE, see docs/models.md)"
+        ) from None
 
 
 @functools.cache

@@ -10,6 +10,7 @@ else; both are how finished runs are found again, so their keys and order never 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from iterative_label_refinement.core.common import (
 from iterative_label_refinement.core.datasets import DatasetConfig, get_dataset_config
 from iterative_label_refinement.core.label_sets import check_trains, current_labels_path, is_label_set
 from iterative_label_refinement.core.methods import Method, parse_method
-from iterative_label_refinement.core.models import ModelConfig, get_model_config, weights_id
+from iterative_label_refinement.core.models import ModelConfig, check_lora_targets, get_model_config, weights_id
 
 # DPO compares samples of the same prompt: a run that feeds DPO draws this many per prompt.
 DPO_NUM_SAMPLES = 6
@@ -63,6 +64,18 @@ def check_sizes(**sizes: float) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"--{name} must be a positive number, got {value!r}")
     accumulation_steps(sizes["batch_size"], sizes["minibatch_size_per_device"])
+
+
+def check_wandb(use_wandb: bool) -> None:
+    """--use_wandb=True needs the wandb package: refused here, not by the Trainer once the model is loaded."""
+    if use_wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("--use_wandb=True needs the wandb package, which is not installed: pip install wandb, "
+                          "or leave --use_wandb off")  # fmt: skip
+
+
+def check_lora_rank(lora_rank: int) -> None:
+    if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
+        raise ConfigError(f"--lora_rank must be 0 (full fine-tune) or a positive integer, got {lora_rank!r}")
 
 
 @dataclass(frozen=True)
@@ -178,6 +191,8 @@ class RunConfig:
         check_sizes(n_docs=f["n_docs"], n_test_docs=f["n_test_docs"], epochs=f["epochs"], batch_size=f["batch_size"],
                     max_len=max_len, minibatch_size_per_device=minibatch, eval_batch_size=eval_batch_size,
                     num_samples=num_samples)  # fmt: skip
+        check_wandb(f["use_wandb"])
+        check_lora_rank(f["lora_rank"])
         compute_weak_label_acc = f["compute_weak_label_acc"]
         if compute_weak_label_acc is None:
             compute_weak_label_acc = dataset.score_labels
@@ -185,6 +200,9 @@ class RunConfig:
         weak_dir, labels_path, weak_config, weak_model_size = cls._weak_run(
             f["weak_labels_path"], method, round_id, f["weak_model_size"], dry_run
         )
+        # Last: it reads the model's config (a dry run only names the run; a DPO round trains the adapter at --dpo_path).
+        if f["lora_rank"] and not dpo_round and not dry_run:
+            check_lora_targets(f["model_size"])
         return cls(
             dataset=dataset, model=model, model_size=f["model_size"], method=method, seed=f["seed"], data_seed=f["data_seed"],
             n_docs=f["n_docs"], n_test_docs=f["n_test_docs"], half_data=f["half_data"], round_id=round_id,

@@ -9,6 +9,7 @@ registry entry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,24 +29,38 @@ logger = get_logger(__name__)
 def filter_rows(ds: Dataset, dataset: DatasetConfig, method: Method | None, round_id: int,
                 saferpaca_mode: int | None, preference: bool) -> Dataset:  # fmt: skip
     """The rows a run trains on: the task mode's category, correct-only round-0 demonstrations for a
-    `cor` method, oracle-correct chosen answers for an oracle DPO round, and the task's answer marker."""
+    `cor` method, oracle-correct chosen answers for an oracle DPO round, and the task's answer marker.
+
+    ConfigError when no row is left, saying how many rows each filter dropped (before training's
+    max_len filter, which needs the tokenizer)."""
     n = len(ds)
+    dropped: list[str] = []  # how many rows each filter dropped and why, in the order they ran
+
+    def apply(rows: Dataset, keep: Callable[[dict], bool], why: str) -> Dataset:
+        kept = rows.filter(keep)
+        dropped.append(f"{len(rows) - len(kept)} dropped because {why}")
+        return kept
+
     if saferpaca_mode:
         if saferpaca_mode not in dataset.modes:
             valid = " or ".join(f"{m} ({c})" for m, c in dataset.modes.items()) or f"unset: {dataset.name} has no modes"
             raise ConfigError(f"saferpaca_mode must be {valid}, got {saferpaca_mode!r}")
         if "category" in ds.column_names:
             keep = dataset.modes[saferpaca_mode]
-            ds = ds.filter(lambda r: r["category"] == keep)
+            ds = apply(ds, lambda r: r["category"] == keep,
+                       f"they are not in category {keep!r} (saferpaca_mode={saferpaca_mode})")  # fmt: skip
     if method and preference and method.is_dpo and method.oracle:
-        ds = ds.filter(lambda r: first(r["acc"]) == 1)
+        ds = apply(ds, lambda r: first(r["acc"]) == 1, f"their chosen answer is wrong (oracle {method})")
     if method and not preference and method.correct_start and round_id == 0 and "acc" in ds.column_names:
-        ds = ds.filter(lambda r: first(r["acc"]) == 1)
+        ds = apply(ds, lambda r: first(r["acc"]) == 1, f"their label is wrong ({method} starts from correct labels)")
     if dataset.answer_marker:
         column, marker = ("chosen" if preference else "answer"), dataset.answer_marker
-        ds = ds.filter(lambda r: marker in first(r[column]))
+        ds = apply(ds, lambda r: marker in first(r[column]),
+                   f"the {column} has no {marker!r} ({dataset.name}'s final-answer marker)")  # fmt: skip
+    if len(ds) == 0:
+        raise ConfigError(f"0 of {n} training rows left: {', '.join(dropped) or 'there were none'}")
     if len(ds) < n:
-        logger.info("Filters kept %d of %d rows", len(ds), n)
+        logger.info("Filters kept %d of %d rows: %s", len(ds), n, ", ".join(dropped))
     return ds
 
 

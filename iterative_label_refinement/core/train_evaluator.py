@@ -227,7 +227,8 @@ def main(
     evaluator_kind: "classifier" (the paper's) or "likelihood" (a toy-scale stand-in).
     """
     from iterative_label_refinement.core.common import is_main_process
-    from iterative_label_refinement.core.models import get_model_config, load_tokenizer, weights_id
+    from iterative_label_refinement.core.models import check_lora_targets, get_model_config, load_tokenizer, weights_id
+    from iterative_label_refinement.core.run_config import check_lora_rank, check_wandb
     from iterative_label_refinement.core.saved_models import check_same_weights
     from iterative_label_refinement.core.train import TrainConfig, collate
 
@@ -237,6 +238,8 @@ def main(
         raise ConfigError("--head_lr applies to the classifier evaluator only")
     if head_lr and optim != "adamw":
         raise ConfigError(f"--head_lr uses AdamW; got --optim={optim}")
+    check_wandb(use_wandb)
+    check_lora_rank(lora_rank)
     lr = lr or model_cfg.evaluator_lr
     minibatch_size_per_device = minibatch_size_per_device or model_cfg.minibatch_size_per_device
     eval_batch_size = eval_batch_size or model_cfg.eval_batch_size
@@ -255,6 +258,8 @@ def main(
     if print_save_path:
         print(out)
         return str(out)
+    if lora_rank:  # reads the model's config: not for a --print_save_path query
+        check_lora_targets(model_size, "classifier" if evaluator_kind == "classifier" else "causal_lm")
     dd = load_evaluator_data(data_path, ds_name)
     from iterative_label_refinement.core.provenance import RECORD, artifact_identity, reuse
 
