@@ -1,6 +1,6 @@
 """One process of tests/test_distributed.py's DPO checks, run alone or under `torchrun` (gloo, CPU).
 
-`trainer OUT`: train_dpo on 12 pairs. Rank 0 saves the reference log-probs the trainer computed and
+`trainer OUT`: train_dpo on 21 pairs. Rank 0 saves the reference log-probs the trainer computed and
 the trained policy adapter; every rank saves which adapter was active in each forward that went
 through DistributedDataParallel (the Trainer's wrapper on several CPU processes).
 
@@ -26,7 +26,8 @@ from iterative_label_refinement.core.models import load_model, load_tokenizer
 
 ROWS = [{"question": f"{a} plus {b}", "chosen": f"#### {a + b}", "rejected": f"{a}+{b}={a + b + 7}\n#### {a + b + 7}"}
         for a, b in [(10, 12), (31, 40), (25, 25), (60, 11), (18, 19), (44, 45), (70, 2), (13, 80), (5, 6),
-                     (9, 90), (27, 3), (8, 64)]]  # fmt: skip
+                     (9, 90), (27, 3), (8, 64), (15, 51), (33, 7), (2, 29), (48, 16), (61, 30), (4, 77),
+                     (36, 36), (21, 12), (50, 9)]]  # fmt: skip
 
 
 def sft_adapter(path: Path, seed: int) -> None:
@@ -56,11 +57,13 @@ def run_trainer(out: Path, rank: int) -> None:
     train.reference_logps = lambda *a, **k: computed.append(reference_logps(*a, **k)) or computed[-1]
     tok = load_tokenizer("tiny-random")
     ds = tokenize_dataset(Dataset.from_list(ROWS), tok, preference=True)
+    # 21 pairs in steps of 8: the last step's 5 pairs are minibatches of 2, 2 and 1, so on 2 processes
+    # one gets 2 + (1 and a padding pair), the other 2 + (2 padding pairs).
     # AdamW: RMSprop (DPO's default) divides each gradient by its own running magnitude, which grows
     # the float-noise differences of 1 vs 2 processes (measured here: 2e-6 after one step, 1e-3 after
     # six, on today's code and before; AdamW: 6e-8 after six).
-    cfg = train.TrainConfig(output_dir=str(out / "dpo"), lr=1e-2, epochs=2, batch_size=4,
-                            minibatch_size_per_device=1, optim="adamw", warmup_ratio=0)  # fmt: skip
+    cfg = train.TrainConfig(output_dir=str(out / "dpo"), lr=1e-2, epochs=2, batch_size=8,
+                            minibatch_size_per_device=2, optim="adamw", warmup_ratio=0)  # fmt: skip
     train.train_dpo(model, tok, ds, cfg, beta=0.1)
     (out / f"active{rank}.json").write_text(json.dumps(active))
     if rank == 0:

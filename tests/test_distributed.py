@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
 from safetensors.torch import load_file
 
-FLAGS = ["--ds_name=toy_arith", "--model_size=tiny-random", "--n_docs=32", "--n_test_docs=4", "--batch_size=8",
+FLAGS = ["--ds_name=toy_arith", "--model_size=tiny-random", "--n_docs=42", "--n_test_docs=4", "--batch_size=8",
          "--minibatch_size_per_device=2", "--epochs=2", "--lr=1e-2", "--lora_rank=4", "--save_model=True"]  # fmt: skip
 
 
@@ -31,9 +32,12 @@ def _run(launcher: list[str], folder: Path) -> Path:
 
 
 def test_two_processes_train_the_weights_of_one(tmp_path):
-    """16 rows of unequal length, effective batch 8 = 2 rows x 4 accumulation steps on one process, or
+    """21 rows of unequal length, effective batch 8 = 2 rows x 4 accumulation steps on one process, or
     2 rows x 2 steps x 2 processes: the same rows meet in every optimizer step, so the adapters match.
-    Two independent replicas (each on all rows) or a halved effective batch would move them apart."""
+    Two independent replicas (each on all rows) or a halved effective batch would move them apart.
+    The last step of an epoch has 5 rows, minibatches of 2, 2 and 1: one process gets 2 rows and
+    (1 row + a padding row), the other 2 rows and a minibatch of padding, which must weigh nothing
+    (accelerate's own evening out repeats the epoch's first rows: 2e-2 apart)."""
     torchrun = Path(sys.executable).with_name("torchrun")
     one = _run([sys.executable], tmp_path / "one")
     two = _run([str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--nproc_per_node", "2"],
@@ -87,6 +91,7 @@ def test_training_arguments_pick_data_parallel_cpu_processes(tmp_path, monkeypat
 
 
 WORKER = Path(__file__).with_name("distributed_dpo_worker.py")
+EVALUATOR_WORKER = Path(__file__).with_name("distributed_evaluator_worker.py")
 
 
 def _worker(mode: str, out: Path, processes: int) -> dict:
@@ -104,18 +109,64 @@ def _worker(mode: str, out: Path, processes: int) -> dict:
 
 
 def test_dpo_reference_runs_through_ddp_and_two_processes_train_the_weights_of_one(tmp_path):
-    """DPO on 12 pairs, effective batch 4: 1 process, or 2 processes with DDP. The reference log-probs
-    are computed by the DDP-wrapped model (each rank 6 rows, in 2 batches of at most 4), gathered
-    to the full column on every rank, equal to one process's; the trained adapters match."""
+    """DPO on 21 pairs, effective batch 8 in minibatches of 2: 1 process, or 2 processes with DDP. The
+    reference log-probs are computed by the DDP-wrapped model (each rank 11 rows, in 2 batches of at
+    most 8), gathered to the full column on every rank, equal to one process's; the trained adapters
+    match, also through the last step of each epoch, whose 5 pairs leave the processes unequal
+    minibatches (2 + 1 pairs, 2 + 0), evened out with padding pairs of no weight."""
     one = _worker("trainer", tmp_path / "one", 1)
     two = _worker("trainer", tmp_path / "two", 2)
-    assert one["reference"].shape == (12, 2) and torch.equal(one["reference"], two["reference"])
+    assert one["reference"].shape == (21, 2) and torch.equal(one["reference"], two["reference"])
     for rank in (0, 1):
         active = json.loads((tmp_path / "two" / f"active{rank}.json").read_text())
         # 2 reference forwards, then 2 epochs x 6 rows of policy forwards, all through DDP.
         assert active == ["reference"] * 2 + ["default"] * 12, active
     lora_b = [k for k in one["policy"] if "lora_B" in k]
     assert lora_b and max((one["policy"][k] - two["policy"][k]).abs().max().item() for k in one["policy"]) < 1e-6
+    start = load_file(tmp_path / "one" / "sft0" / "adapter_model.safetensors")  # the policy before training
+    assert max((one["policy"][k] - start[k.replace(".default", "")]).abs().max().item() for k in lora_b) > 1e-3
+
+
+def test_both_evaluator_kinds_on_two_processes_train_the_weights_of_one(tmp_path):
+    """`core.train_evaluator`, effective batch 8 in minibatches of 2, 1 process or 2: the classifier on
+    25 rows (its last step 1 row: one process gets it with a padding row, the other 2 padding rows)
+    and the likelihood evaluator on 13 answers (last step 5: minibatches of 2, 2, 1) save the same
+    weights (accelerate's evening out with repeated rows: 2e-4 and 9e-4 apart)."""
+    from datasets import DatasetDict
+
+    from iterative_label_refinement.core.evaluator_pairs import pairs_to_rows
+    from iterative_label_refinement.core.models import load_model
+
+    # 15 pairs of unequal lengths, two rows each (<reject>, <accept>): 13 to train on, 2 held out.
+    pairs = [dict(question=f"What is {a} plus {b}?", better=f"{a}+{b}={a + b}\n#### {a + b}",
+                  worse=f"#### {a + b + 1 + a % 5}", kind="gold_vs_wrong")
+             for a, b in zip(range(3, 63, 4), range(40, 10, -2))]  # fmt: skip
+    rows = pairs_to_rows(pairs)
+    train_rows = rows[:26]
+    del train_rows[-2]  # the 13th pair's <reject> row: 25 classifier rows, 13 <accept> rows
+    data = tmp_path / "data"
+    DatasetDict({"train": Dataset.from_list(train_rows), "test": Dataset.from_list(rows[26:])}).save_to_disk(str(data))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    torchrun = str(torchrun) if torchrun.exists() else shutil.which("torchrun")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=str(EVALUATOR_WORKER.parents[1]),
+               PYTHONFAULTHANDLER="1")  # fmt: skip
+    saved = {}
+    for run, launcher in (("one", [sys.executable]), ("two", [torchrun, "--nproc_per_node", "2"])):
+        cmd = [*launcher, str(EVALUATOR_WORKER), str(data), str(tmp_path / run)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-8000:]
+        found = sorted((tmp_path / run / "evaluators" / "data").rglob("model.safetensors"))
+        assert len(found) == 2, found
+        for path in found:
+            kind = json.loads((path.parent / "experiment_config.json").read_text())["evaluator_kind"]
+            saved[run, kind] = load_file(path)
+    for kind in ("classifier", "likelihood"):
+        one, two = saved["one", kind], saved["two", kind]
+        assert one.keys() == two.keys()
+        assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-6, kind
+        start = load_model("tiny-random", kind="classifier" if kind == "classifier" else "causal_lm").state_dict()
+        moved = max((one[k] - start[k]).abs().max().item() for k in one if k in start and "score" not in k)
+        assert moved > 1e-4, kind
 
 
 def test_reference_logps_through_fsdp2_on_two_processes_equal_one(tmp_path):
@@ -209,3 +260,85 @@ def test_fsdp_on_cpus_is_refused_not_run_as_ddp(tmp_path, monkeypatch):
         ConfigError, match=r"^FSDP needs GPUs \(accelerate runs DDP on CPUs\): on CPUs launch with torchrun$"
     ):
         cfg.training_arguments()
+
+
+# ---------------------------------------------------------------------------------------------
+# One process: a step of unequal minibatches trains the mean over its rows
+# ---------------------------------------------------------------------------------------------
+
+
+def _sgd(monkeypatch) -> None:
+    """Plain SGD without clipping from every TrainConfig: a step is lr x the gradient, of any scale."""
+    from iterative_label_refinement.core.train import TrainConfig
+
+    arguments = TrainConfig.training_arguments
+    monkeypatch.setattr(TrainConfig, "training_arguments",
+                        lambda self, **kw: arguments(self, **{"optim": "sgd", "max_grad_norm": 0, **kw}))  # fmt: skip
+
+
+def test_a_dpo_step_of_unequal_minibatches_trains_the_mean_over_its_pairs(tmp_path, monkeypatch):
+    """5 pairs, effective batch 8 in minibatches of 2: one SGD step over minibatches of 2, 2 and 1 pairs
+    moves the policy by lr x the gradient of the mean DPO loss of the 5 pairs, here pair by pair. The
+    Trainer's mean per minibatch divided by 3 weighs the lone pair 1/3, each other 1/6 (1e-2 apart)."""
+    from distributed_dpo_worker import ROWS, sft_adapter
+
+    from iterative_label_refinement.core import train
+    from iterative_label_refinement.core.datasets import tokenize_dataset
+    from iterative_label_refinement.core.models import load_tokenizer
+
+    lr, beta = 1.0, 0.1
+    sft_adapter(tmp_path / "sft", seed=0)
+    tok = load_tokenizer("tiny-random")
+    ds = tokenize_dataset(Dataset.from_list(ROWS[:5]), tok, preference=True)
+    model = train.load_dpo_policy("tiny-random", str(tmp_path / "sft"))
+    losses = []
+    for row in ds:  # the reference adapter is the policy's start: its log-probs are the policy's, fixed
+        chosen, rejected = train._pair_logps(model, train._pair_batch([row], tok.pad_token_id), False)
+        losses.append(train.dpo_loss(chosen, rejected, chosen.detach(), rejected.detach(), beta)[0])
+    torch.cat(losses).mean().backward()
+    policy = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    expected = {n: (p - lr * p.grad).detach() for n, p in policy.items()}
+
+    _sgd(monkeypatch)
+    model = train.load_dpo_policy("tiny-random", str(tmp_path / "sft"))
+    cfg = train.TrainConfig(output_dir=str(tmp_path / "dpo"), lr=lr, epochs=1, batch_size=8,
+                            minibatch_size_per_device=2, lr_schedule="constant", warmup_ratio=0)  # fmt: skip
+    train.train_dpo(model, tok, ds, cfg, beta=beta)
+    trained = dict(model.named_parameters())
+    assert max((expected[n] - policy[n].detach()).abs().max().item() for n in policy) > 1e-3  # it moved
+    assert max((expected[n] - trained[n].detach()).abs().max().item() for n in policy) < 1e-6
+
+
+def test_a_classifier_step_of_unequal_minibatches_trains_the_mean_over_its_rows(tmp_path, monkeypatch):
+    """The classifier evaluator on 5 rows of unequal length, one SGD step over minibatches of 2, 2 and
+    1: lr x the gradient of the mean cross-entropy of the 5 rows, each computed alone."""
+    import copy
+
+    from iterative_label_refinement.core import train_evaluator
+    from iterative_label_refinement.core.models import load_model, load_tokenizer
+    from iterative_label_refinement.core.train import TrainConfig, collate
+
+    lr = 0.5
+    tok = load_tokenizer("tiny-random")
+    prompts = [f"Is {i * 7} + {i} = {i * 8}?" + " Surely" * i for i in range(5)]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    ds = Dataset.from_dict({"input_ids": ids, "labels": [1, 0, 0, 1, 1]})
+    torch.manual_seed(0)
+    start = load_model("tiny-random", kind="classifier", dropout=False)
+    start.config.pad_token_id = tok.pad_token_id
+    model = copy.deepcopy(start)
+    losses = [torch.nn.functional.cross_entropy(model(input_ids=torch.tensor([r["input_ids"]])).logits,
+                                                torch.tensor([r["labels"]])) for r in ds]  # fmt: skip
+    torch.stack(losses).mean().backward()
+    expected = {n: (p - lr * p.grad).detach() for n, p in model.named_parameters()}
+
+    _sgd(monkeypatch)
+    model = copy.deepcopy(start)
+    args = TrainConfig(output_dir=str(tmp_path), lr=lr, epochs=1, batch_size=8, minibatch_size_per_device=2,
+                       lr_schedule="constant", warmup_ratio=0).training_arguments(
+        eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="eval_loss",
+        greater_is_better=False)  # fmt: skip
+    train_evaluator.train(model, ds, ds, lambda rows: collate(rows, tok.pad_token_id), args, head_lr=None)
+    trained, before = dict(model.named_parameters()), dict(start.named_parameters())
+    assert max((expected[n] - before[n]).abs().max().item() for n in expected) > 1e-3  # it moved
+    assert max((expected[n] - trained[n].detach()).abs().max().item() for n in expected) < 1e-6

@@ -3,9 +3,10 @@
 The same code runs on one CPU, one GPU, `torchrun --nproc_per_node N` (DDP: gloo on CPUs, NCCL on
 GPUs) and `accelerate launch` with the configs in configs/accelerate/ (DDP; FSDP version 2, GPUs only;
 DPO refuses DeepSpeed): the effective batch `batch_size` is reached by gradient accumulation over
-minibatches of `minibatch_size_per_device` on each process. In SFT and DPO the rows of every optimizer
-step do not depend on the number of processes (`EffectiveBatchSampler`), so N processes train the same
-weights as one. DPO's reference log-probs are computed through the model as the Trainer wrapped it.
+minibatches of `minibatch_size_per_device` on each process. In SFT, DPO and the evaluator every optimizer
+step, a short last one included, sees the same rows weighted alike whatever the number of processes
+(`trainer_class`), so N processes train the same weights as one. DPO's reference log-probs are
+computed through the model as the Trainer wrapped it.
 """
 
 from __future__ import annotations
@@ -156,34 +157,100 @@ class EffectiveBatchSampler(torch.utils.data.Sampler):
     processes: accelerate deals the minibatches round-robin to the processes, so every optimizer step
     sees the same rows on one process as on N. Sorting inside an effective batch changes no gradient
     (the loss is normalised over the whole effective batch) and keeps minibatches of similar length.
+
+    On N > 1 processes a short last effective batch is completed to a multiple of `pad_to` = minibatch
+    x N rows by padding indices len(lengths), len(lengths) + 1, ...: rows without loss (`PaddedRows`).
+    Every process then gets the same number of full minibatches, which accelerate would otherwise make
+    up with repeats of the epoch's first rows, trained as if they were new. One process needs none.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, pad_to: int = 1):
         self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+        self.padding = -(len(self.lengths) % batch_size) % pad_to
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(self.lengths) + self.padding
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
         for start in range(0, len(order), self.batch_size):
             yield from sorted(order[start : start + self.batch_size], key=lambda i: -self.lengths[i])
+        yield from range(len(self.lengths), len(self.lengths) + self.padding)
+
+
+class PaddedRows(torch.utils.data.Dataset):
+    """The training rows, then padding rows: an index from len(rows) on gives row 0 with every label
+    (each column named *labels) -100, which no loss counts, so it weighs nothing in any step."""
+
+    def __init__(self, rows: Dataset):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if i < len(self.rows):
+            return self.rows[i]
+        ignored = lambda v: [-100] * len(v) if isinstance(v, list) else -100  # noqa: E731
+        return {k: ignored(v) if k.endswith("labels") else v for k, v in self.rows[0].items()}
 
 
 def trainer_class():
-    """`transformers.Trainer` drawing its training rows from `EffectiveBatchSampler`."""
+    """`transformers.Trainer` whose optimizer steps weigh the same rows alike on one process or N.
+
+    Rows come from `EffectiveBatchSampler`, a short last batch completed with rows without loss. A loss
+    averaged over tokens (SFT) is normalised by the Trainer by the labelled tokens of the whole step on
+    all processes (`num_items_in_batch`, `average_tokens_across_devices`). A loss averaged over rows (DPO,
+    the classifier evaluator: `loss_over_rows`) gets the step's rows with a loss on all processes as
+    `num_items_in_batch`, R, and a minibatch adds `row_mean`: the sum of its rows' losses x N / R
+    (x N: DDP averages the gradients of the N processes). Summed over the step's minibatches on all
+    processes, that is the mean over the step's rows, however they were split (the Trainer's own
+    scaling, each minibatch's mean / the step's number of minibatches, weighs a short minibatch's rows more).
+    """
     from transformers import Trainer
 
     class ILRTrainer(Trainer):
+        loss_over_rows = False  # a subclass whose `compute_loss` uses `row_mean` sets it
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if self.loss_over_rows:
+                # No token count for the model, and no division by the number of minibatches.
+                self.model_accepts_loss_kwargs, self.loss_is_scaled_for_ga = False, True
+
         def _get_train_sampler(self, train_dataset=None):
             ds = train_dataset if train_dataset is not None else self.train_dataset
             lengths = ds["length"] if "length" in ds.column_names else [1] * len(ds)
-            effective_batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
-            return EffectiveBatchSampler(lengths, effective_batch * self.args.world_size, self.args.data_seed)
+            minibatch, world = self.args.per_device_train_batch_size, self.args.world_size
+            effective_batch = minibatch * self.args.gradient_accumulation_steps * world
+            return EffectiveBatchSampler(lengths, effective_batch, self.args.data_seed,
+                                         pad_to=minibatch * world if world > 1 else 1)  # fmt: skip
+
+        def get_train_dataloader(self):
+            """The Trainer's, over `PaddedRows`: the sampler's padding indices become rows without loss."""
+            return self._get_dataloader(dataset=PaddedRows(self.train_dataset), description="Training",
+                                        batch_size=self._train_batch_size, is_training=True,
+                                        sampler_fn=lambda _: self._get_train_sampler())  # fmt: skip
+
+        def rows_with_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            """Which rows of a collated minibatch carry a loss (padding rows have every label -100)."""
+            labels = batch["labels"]
+            return labels != -100 if labels.dim() == 1 else (labels != -100).any(-1)
+
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+            if self.loss_over_rows:
+                rows = sum(int(self.rows_with_loss(b).sum()) for b in batches)
+                num_items = self.accelerator.gather(torch.tensor(rows, device=device)).sum()
+            return batches, num_items
+
+        def row_mean(self, row_losses: torch.Tensor, num_items_in_batch: torch.Tensor) -> torch.Tensor:
+            """This minibatch's part of the mean over the step's rows: the losses of its rows with a loss."""
+            return row_losses.sum() * self.accelerator.num_processes / num_items_in_batch
 
     return ILRTrainer
 
@@ -368,14 +435,16 @@ def reference_logps(wrapped, policy, ds: Dataset, pad_token_id: int, batch_size:
 
 def _dpo_trainer_class():
     class DPOTrainer(trainer_class()):
-        """`Trainer` with the DPO loss; logs loss and rewards/{chosen,rejected,accuracies,margins}."""
+        """`Trainer` with the DPO loss, a mean over the pairs of each step (`loss_over_rows`); logs loss
+        and rewards/{chosen,rejected,accuracies,margins}."""
+
+        loss_over_rows = True
 
         def __init__(self, *args, beta: float, loss_type: str, pad_token_id: int, reference_batch_size: int,
                      **kwargs):  # fmt: skip
             super().__init__(*args, **kwargs)
             self.beta, self.loss_type = beta, loss_type
             self.pad_token_id, self.reference_batch_size = pad_token_id, reference_batch_size
-            self.model_accepts_loss_kwargs = False  # the loss is a mean over pairs, scaled per micro-step
             self._stored: dict[str, list[float]] = {}
             self.reference_logps: torch.Tensor | None = None  # (rows, 2), filled once the model is prepared
 
@@ -397,15 +466,24 @@ def _dpo_trainer_class():
             reference = self.reference_logps[inputs["row"].cpu()].to(chosen.device)
             losses, chosen_r, rejected_r = dpo_loss(chosen, rejected, reference[:, 0], reference[:, 1],
                                                     self.beta, self.loss_type)  # fmt: skip
-            for key, value in {
-                "rewards/chosen": chosen_r.mean(),
-                "rewards/rejected": rejected_r.mean(),
-                "rewards/accuracies": (chosen_r > rejected_r).float().mean(),
-                "rewards/margins": (chosen_r - rejected_r).mean(),
-            }.items():
-                self._stored.setdefault(key, []).append(value.item())
-            loss = losses.mean()
+            real = self.rows_with_loss(inputs).to(losses.device)
+            losses, chosen_r, rejected_r = losses[real], chosen_r[real], rejected_r[real]
+            if real.any():
+                for key, value in {
+                    "rewards/chosen": chosen_r.mean(),
+                    "rewards/rejected": rejected_r.mean(),
+                    "rewards/accuracies": (chosen_r > rejected_r).float().mean(),
+                    "rewards/margins": (chosen_r - rejected_r).mean(),
+                }.items():
+                    self._stored.setdefault(key, []).append(value.item())
+            # In a training step, its part of the step's mean; a batch alone (no step): its own mean.
+            loss = losses.mean() if num_items_in_batch is None else self.row_mean(losses, num_items_in_batch)
             return (loss, {"chosen_logps": chosen}) if return_outputs else loss
+
+        def rows_with_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            """The pairs whose chosen answer has a label (a padding pair has none); `_pair_batch` puts
+            the chosen sequences first."""
+            return (batch["labels"][: len(batch["row"])] != -100).any(-1)
 
         def log(self, logs: dict[str, float], *args, **kwargs) -> None:
             for key, values in self._stored.items():

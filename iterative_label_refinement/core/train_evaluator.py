@@ -115,7 +115,7 @@ def _classifier_rows(ds: Dataset, tokenizer) -> Dataset:
 
     def fn(row):
         ids = prompt_prefix_ids(tokenizer) + tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-        return {"input_ids": ids, "labels": label_id(row["label"]), "length": len(ids)}
+        return {"input_ids": ids, "labels": label_id(row["label"])}
 
     return ds.map(fn, remove_columns=ds.column_names, desc="tokenize")
 
@@ -128,7 +128,7 @@ def _likelihood_rows(ds: Dataset, tokenizer) -> Dataset:
     unique = list(dict.fromkeys(zip(pairs["question"], pairs["better"])))
     rows = Dataset.from_dict({"question": [q for q, _ in unique], "answer": [a for _, a in unique]})
     out = tokenize_dataset(rows, tokenizer)
-    return out.map(lambda r: {"length": len(r["input_ids"])}).select_columns(["input_ids", "labels", "length"])
+    return out.select_columns(["input_ids", "labels"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,24 +157,46 @@ def _optimizer(model, lr: float, head_lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": head_lr}], lr=lr, weight_decay=0.0)
 
 
+def _classifier_trainer_class():
+    from iterative_label_refinement.core.train import trainer_class
+
+    class ClassifierTrainer(trainer_class()):
+        """The mean cross-entropy over the rows of each optimizer step (`loss_over_rows`). The
+        sequence-classification forward averages over its own minibatch, and drops `num_items_in_batch`."""
+
+        loss_over_rows = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if num_items_in_batch is None:  # evaluation: the model's own mean over the batch
+                return super().compute_loss(model, inputs, return_outputs)
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            # A padding row's label is -100: its loss is 0.
+            losses = torch.nn.functional.cross_entropy(outputs.logits, inputs["labels"], reduction="none")
+            loss = self.row_mean(losses, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+
+    return ClassifierTrainer
+
+
 def train(model, train_ds: Dataset, eval_ds: Dataset, collate, args, head_lr: float | None,
           classifier: bool = True) -> dict:  # fmt: skip
     """Trainer with per-epoch evaluation and checkpoints, early stopping (patience 1), best model by eval loss.
 
-    classifier: the model is a sequence classifier, whose loss is a mean over its micro-batch.
+    Rows are drawn as in SFT (`core.train.trainer_class`): 1 or N processes train the same weights.
+    The evaluator's rows carry no `length` column: each epoch keeps its seeded permutation unsorted,
+    the order evaluators have always been trained in (sorting would change which rows share a minibatch).
+    classifier: the model is a sequence classifier, whose loss is a mean over rows; otherwise a causal
+    LM, whose loss is a mean over the answer tokens of the step.
     """
-    from transformers import EarlyStoppingCallback, Trainer
+    from transformers import EarlyStoppingCallback
+
+    from iterative_label_refinement.core.train import trainer_class
 
     optimizers = (_optimizer(model, args.learning_rate, head_lr), None) if head_lr else (None, None)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collate,
-                      callbacks=[EarlyStoppingCallback(early_stopping_patience=1)],
-                      optimizers=optimizers)  # fmt: skip
-    if classifier:
-        # The sequence-classification forward accepts **kwargs but drops `num_items_in_batch`, so the
-        # Trainer would take its loss as already scaled for gradient accumulation and not divide it:
-        # loss and gradients would be `gradient_accumulation_steps` times too large. A causal LM does
-        # use `num_items_in_batch` (a mean over all answer tokens of the batch), so it keeps the default.
-        trainer.model_accepts_loss_kwargs = False
+    trainer_cls = _classifier_trainer_class() if classifier else trainer_class()
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collate,
+                          callbacks=[EarlyStoppingCallback(early_stopping_patience=1)],
+                          optimizers=optimizers)  # fmt: skip
     trainer.train()
     evals = [log for log in trainer.state.log_history if "eval_loss" in log]
     best = min(evals, key=lambda log: log["eval_loss"])
