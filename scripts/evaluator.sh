@@ -22,11 +22,11 @@ log "evaluator for $DS_NAME on $EVALUATOR_MODEL"
 gt="--model_size=$EVALUATOR_MODEL --epochs=$GT_EPOCHS --save_frequency=$SAVE_FREQUENCY --generate_weak_labels=False \
 $GT_FLAGS"
 if [ "$DS_NAME" = saferpaca ]; then
-  train "results_summary.json" $gt --saferpaca_mode=1
+  train $gt --saferpaca_mode=1
   GT_DIR=$RUN_DIR
-  train "results_summary.json" $gt --saferpaca_mode=2
+  train $gt --saferpaca_mode=2
 else
-  train "results_summary.json" $gt
+  train $gt
   GT_DIR=$RUN_DIR
 fi
 write_manifest  # once the ground-truth run passed its checks: a refused pipeline records nothing

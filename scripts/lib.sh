@@ -88,17 +88,19 @@ common_flags() {
        "$EXTRA_FLAGS"
 }
 
-# train OUTPUTS FLAGS...: one experiments.main run, skipped when every file in OUTPUTS (space
-# separated, relative to its run dir) exists. Sets RUN_DIR to the run dir (printed by the project).
+# train FLAGS...: one experiments.main run. Sets RUN_DIR to the run dir (printed by the project).
+# Skipped when the run's commit point is there (experiments.main writes it last, after every
+# output); otherwise main runs: it finishes a run dir from before commit points by its outputs,
+# and resumes a killed run from its checkpoints.
 train() {
-  local outputs=$1; shift
   # shellcheck disable=SC2046
   RUN_DIR=$(query experiments.main $(common_flags) "$@")
-  local done=1 out
-  for out in $outputs; do [ -e "$RUN_DIR/$out" ] || done=0; done
-  if [ "$done" = 1 ] && [ "$DRY_RUN" != 1 ]; then
-    progress "done already: $RUN_DIR"
-    return 0
+  if [ "$DRY_RUN" != 1 ]; then
+    DONE_FILE=${DONE_FILE:-$("$PYTHON" -c 'from iterative_label_refinement.core.saved_models import DONE; print(DONE)')}
+    if [ -e "$RUN_DIR/$DONE_FILE" ]; then
+      progress "done already: $RUN_DIR"
+      return 0
+    fi
   fi
   progress "train: $RUN_DIR"
   # shellcheck disable=SC2046
@@ -169,7 +171,7 @@ dataset_fact() {
 }
 
 weak_run() {
-  train "results_summary.json weak_labels" --model_size="$WEAK_MODEL" --epochs="$WEAK_EPOCHS" \
+  train --model_size="$WEAK_MODEL" --epochs="$WEAK_EPOCHS" \
     --label_temp="$WEAK_LABEL_TEMP" $WEAK_FLAGS
   WEAK_DIR=$RUN_DIR
 }

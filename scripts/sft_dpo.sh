@@ -48,7 +48,7 @@ write_manifest  # once the weak run and the method passed their checks: a refuse
 on_labels="--model_size=$STRONG_MODEL --epochs=$EPOCHS --weak_labels_path=$WEAK_DIR --weak_model_size=$WEAK_MODEL \
 --method=$METHOD --dpo_beta=$BETA --label_temp=$LABEL_TEMP $STRONG_FLAGS"
 
-train "results_summary.json weak_labels adapter_config.json" $on_labels --round_id=0
+train $on_labels --round_id=0
 PREV=$RUN_DIR
 for ((r = 1; r <= ROUNDS; r++)); do
   PAIRS=$(query experiments.dpo $(dpo_flags $((r - 1)) "$PREV"))  # where round r-1's pairs go
@@ -56,10 +56,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
   ADAPTER=$PREV
   if [ "$r" -ge 2 ]; then ADAPTER=$PREV/train_adapter; fi
   # The last round's samples would only feed a round that is not run: it trains and evaluates.
-  samples=weak_labels last=""
-  if [ "$r" -eq "$ROUNDS" ]; then samples="" last="--generate_weak_labels=False"; fi
-  train "results_summary.json $samples train_adapter/adapter_config.json" $on_labels --round_id=$r \
-    --dpo_path="$ADAPTER" $DPO_FLAGS $last
+  last=""
+  if [ "$r" -eq "$ROUNDS" ]; then last="--generate_weak_labels=False"; fi
+  train $on_labels --round_id=$r --dpo_path="$ADAPTER" $DPO_FLAGS $last
   PREV=$RUN_DIR
 done
 log "SFT+DPO finished: results under $RESULTS_FOLDER/$SWEEP"

@@ -55,19 +55,19 @@ write_manifest  # once the weak run and the method passed their checks: a refuse
 on_labels="--model_size=$STRONG_MODEL --epochs=$EPOCHS --weak_labels_path=$WEAK_DIR --weak_model_size=$WEAK_MODEL \
 --method=$METHOD $STRONG_FLAGS"
 
-train "results_summary.json" $on_labels --round_id=0 --generate_weak_labels=False
+train $on_labels --round_id=0 --generate_weak_labels=False
 for ((r = 0; r < ROUNDS; r++)); do
   half_runs=()
   for half in 1 2; do
     if [ "$PARALLEL" = 1 ]; then
       (
         if [ -n "$PARALLEL_THREADS" ]; then export OMP_NUM_THREADS=$PARALLEL_THREADS; fi
-        train "weak_labels" $on_labels --round_id=$r --half_data=$half --label_temp="$PROPOSAL_TEMP"
+        train $on_labels --round_id=$r --half_data=$half --label_temp="$PROPOSAL_TEMP"
       ) &
       half_runs+=($!)
       STEP=$((STEP + 1))  # the background job numbered this step in its own copy of STEP
     else
-      train "weak_labels" $on_labels --round_id=$r --half_data=$half --label_temp="$PROPOSAL_TEMP"
+      train $on_labels --round_id=$r --half_data=$half --label_temp="$PROPOSAL_TEMP"
     fi
   done
   for pid in "${half_runs[@]}"; do wait "$pid"; done
@@ -76,6 +76,6 @@ for ((r = 0; r < ROUNDS; r++)); do
   step=("${refiner[@]}" $(refiner_flags $r "$H1" "$H2"))
   LABELS=$(query "${step[@]}")  # where the step writes round r's refined labels
   refine "$LABELS" "${step[@]}"
-  train "results_summary.json" $on_labels --round_id=$((r + 1)) --generate_weak_labels=False
+  train $on_labels --round_id=$((r + 1)) --generate_weak_labels=False
 done
 log "SFT+$REFINER finished: results under $RESULTS_FOLDER/$SWEEP"

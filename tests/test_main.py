@@ -184,7 +184,7 @@ def test_cli_exit_code_and_help():
     mod = "iterative_label_refinement.experiments.main"
     proc = subprocess.run([sys.executable, "-m", mod, "--half_data=5", "--results_folder=/tmp/x"],
                           capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode == 2 and "half_data must be 0, 1 or 2, got 5" in proc.stderr
+    assert proc.returncode == 2 and "--half_data must be one of 0, 1, 2, got 5" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True,
                           env={"PAGER": "cat", "PATH": "/usr/bin:/bin"})  # fmt: skip
     helptext = proc.stdout + proc.stderr

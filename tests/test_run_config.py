@@ -256,13 +256,14 @@ def written_config(module, monkeypatch, tmp: Path, flags: dict) -> str:
     except Stop:
         pass
     (path,) = (tmp / "results").rglob("experiment_config.json")
-    # The keys added after the pins were written, last: where the weights were loaded from, and
-    # which weights they are (the recipe-named build folder of a tiny model).
+    # The keys added after the pins were written, last: where the weights were loaded from, which
+    # weights they are (the recipe-named build folder of a tiny model), and the run's commit point.
     config = json.loads(path.read_text())
-    assert list(config)[-2:] == ["model_loaded_from", "model_weights"]
+    assert list(config)[-3:] == ["model_loaded_from", "model_weights", "commit_point"]
     loaded_from = config.pop("model_loaded_from")
     assert loaded_from == resolve_model_path(kw["model_size"])
     assert config.pop("model_weights") == Path(loaded_from).name
+    assert config.pop("commit_point") == "done.json"
     return (json.dumps(config, indent=2) + "\n").replace(str(tmp), "<tmp>")
 
 

@@ -437,7 +437,7 @@ def test_license_and_citation():
 @pytest.mark.parametrize(("script", "env", "message"), [
     ("sft_ilr.sh", {"REFINER": "bogus"}, "error: Unknown method kind 'bogus'. Valid: ['ilr', 'naive', 'dpo']"),
     ("sft_ilr.sh", {"REFINER": "dpo"}, "REFINER must not be dpo: SFT+DPO is scripts/sft_dpo.sh"),
-    ("sft_dpo.sh", {"BETA": "-1"}, "error: --beta must be a positive number, got -1"),
+    ("sft_dpo.sh", {"BETA": "-1"}, "error: --beta must be a finite number > 0, got -1"),
     ("sft_dpo.sh", {"DS_NAME": "gsm9k"}, "error: Unknown dataset 'gsm9k'. Valid: ['gsm8k', 'bird', 'saferpaca', 'toy_arith']"),
 ])  # fmt: skip
 def test_a_pipeline_stops_at_the_first_refusal_with_its_line(tmp_path, script, env, message):

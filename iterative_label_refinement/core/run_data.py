@@ -68,7 +68,7 @@ def filter_rows(ds: Dataset, dataset: DatasetConfig, method: Method | None, roun
 class RunData:
     train: Dataset  # rows to train on (SFT: question/answer; DPO: question/chosen/rejected)
     test: Dataset  # task test rows
-    label_targets: Dataset | None  # prompts to generate labels for, with ground-truth `answer`
+    label_targets: Dataset  # prompts to generate labels for, with ground-truth `answer`
 
 
 def gt_answers(ds: Dataset) -> list[str]:

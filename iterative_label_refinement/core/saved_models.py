@@ -9,6 +9,9 @@ from pathlib import Path
 
 from iterative_label_refinement.core.common import ConfigError
 
+# A run dir's commit point, written after every output (`experiments.main`): done when it is there.
+DONE = "done.json"
+
 
 def model_dir(run_dir: Path, dpo_round: bool) -> Path:
     return run_dir / "train_adapter" if dpo_round else run_dir

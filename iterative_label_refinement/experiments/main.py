@@ -4,27 +4,39 @@
 
 Outputs in the run dir `<results_folder>/<sweep_subfolder>/<name>`: `experiment_config.json`,
 `results_summary.json`, `test_results.jsonl`, `weak_labels` (a `datasets` label set), and the
-LoRA adapter or model when kept. `--print_save_path` prints the run dir and does nothing else.
+LoRA adapter or model when kept; then `done.json`, the commit point, written last: a run dir
+without it is unfinished, whatever else it holds, and is redone (resuming from its checkpoints).
+One process writes a run dir at a time (`core.locks`). `--print_save_path` prints the run dir and
+does nothing else.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from iterative_label_refinement.core.cli import FRACTION, INSIDE, NON_NEGATIVE, POSITIVE, Valid
 from iterative_label_refinement.core.common import (
+    DPO_LOSS_TYPES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
     ConfigError,
     clean_stale_tmp,
     get_logger,
+    is_main_process,
+    read_json,
     save_to_disk_atomic,
     seed_everything,
     write_json,
     write_jsonl,
 )
+from iterative_label_refinement.core.generation import BACKENDS
+from iterative_label_refinement.core.locks import writing
 from iterative_label_refinement.core.models import weights_id
-from iterative_label_refinement.core.run_config import RunConfig
-from iterative_label_refinement.core.run_data import gt_answers, load_run_data
+from iterative_label_refinement.core.run_config import EVAL_SPLITS, RunConfig
+from iterative_label_refinement.core.run_data import RunData, gt_answers, load_run_data
 from iterative_label_refinement.core.saved_models import (
+    DONE,
     check_same_weights,
     delete_saved_model,
     has_saved_model,
@@ -44,54 +56,54 @@ logger = get_logger(__name__)
 
 
 def main(
-    seed: int = 0,
-    data_seed: int = 0,
-    epochs: float = 2,
-    batch_size: int = 32,
+    seed: Annotated[int, NON_NEGATIVE] = 0,
+    data_seed: Annotated[int, NON_NEGATIVE] = 0,
+    epochs: Annotated[float, POSITIVE] = 2,
+    batch_size: Annotated[int, POSITIVE] = 32,
     ds_name: str = "gsm8k",
-    n_docs: int = 20000,
-    n_test_docs: int = 10000,
+    n_docs: Annotated[int, POSITIVE] = 20000,
+    n_test_docs: Annotated[int, POSITIVE] = 10000,
     model_size: str = "google/gemma-2b",
-    lr: float | None = None,
-    optim: str | None = None,
+    lr: Annotated[float | None, POSITIVE] = None,
+    optim: Annotated[str | None, Valid(choices=tuple(OPTIMIZERS))] = None,
     force_retrain: bool = False,
-    max_len: int | None = None,
+    max_len: Annotated[int | None, POSITIVE] = None,
     train_with_dropout: bool = False,
-    minibatch_size_per_device: int | None = None,
+    minibatch_size_per_device: Annotated[int | None, POSITIVE] = None,
     results_folder: str | None = None,
-    lr_schedule: str = "cosine_warmup",
+    lr_schedule: Annotated[str, Valid(choices=tuple(LR_SCHEDULES))] = "cosine_warmup",
     method: str | None = None,
     weak_labels_path: str | None = None,
-    sweep_subfolder: str = "default",
-    num_samples: int = 1,
+    sweep_subfolder: Annotated[str, INSIDE] = "default",
+    num_samples: Annotated[int, POSITIVE] = 1,
     use_wandb: bool = False,
-    save_frequency: float = 0,
-    half_data: int = 0,
-    round_id: int = 0,
+    save_frequency: Annotated[float, Valid(ge=0, lt=1)] = 0,
+    half_data: Annotated[int, Valid(choices=(0, 1, 2))] = 0,
+    round_id: Annotated[int, NON_NEGATIVE] = 0,
     save_model: bool = False,
     generate_weak_labels: bool = True,
-    label_temp: float = 0.0,
+    label_temp: Annotated[float, NON_NEGATIVE] = 0.0,
     inference_on_train: bool = False,
-    warmup_ratio: float = 0.05,
+    warmup_ratio: Annotated[float, Valid(ge=0, lt=1)] = 0.05,
     force_eval: bool | None = None,
-    lora_rank: int = 64,
-    gpu_usage: float = 0.9,
+    lora_rank: Annotated[int, NON_NEGATIVE] = 64,
+    gpu_usage: Annotated[float, FRACTION] = 0.9,
     train_with_all_data: bool = False,
     compute_weak_label_acc: bool | None = None,
     compute_test_acc: bool | None = None,
     do_dpo: bool = False,
     dpo_path: str | None = None,
-    dpo_beta: float = 0.1,
-    dpo_loss_type: str = "sigmoid",
-    saferpaca_mode: int | None = None,
+    dpo_beta: Annotated[float, POSITIVE] = 0.1,
+    dpo_loss_type: Annotated[str, Valid(choices=DPO_LOSS_TYPES)] = "sigmoid",
+    saferpaca_mode: Annotated[int | None, Valid(choices=(1, 2))] = None,
     weak_model_size: str | None = None,
-    eval_batch_size: int | None = None,
-    num_beams: int = 4,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    inference_backend: str = "hf",
+    eval_batch_size: Annotated[int | None, POSITIVE] = None,
+    num_beams: Annotated[int, POSITIVE] = 4,
+    top_k: Annotated[int, NON_NEGATIVE] = 0,
+    top_p: Annotated[float, FRACTION] = 1.0,
+    inference_backend: Annotated[str, Valid(choices=BACKENDS)] = "hf",
     do_eval: bool | None = None,
-    eval_on: str = "test",
+    eval_on: Annotated[str, Valid(choices=EVAL_SPLITS)] = "test",
     print_save_path: bool = False,
 ) -> dict[str, Any] | str:
     """Train, evaluate on test, and generate labels.
@@ -118,41 +130,77 @@ def main(
     if print_save_path:
         print(run_dir)
         return str(run_dir)
-
-    # ----- check inputs on disk and load data (errors here still leave nothing behind) -----
     if cfg.dpo_round and not Path(cfg.dpo_path, "adapter_config.json").exists():
         raise ConfigError(f"--dpo_path={cfg.dpo_path} holds no LoRA adapter (adapter_config.json)")
-    data = load_run_data(cfg)
+    if _finished(cfg, run_dir):
+        return _skipped(run_dir)
+    data = load_run_data(cfg)  # errors in the inputs still leave nothing behind
     if cfg.dataset.check_rows:  # inputs the metric needs, checked before hours of training
-        cfg.dataset.check_rows([data.test] + ([data.label_targets] if data.label_targets is not None else []))
-    outputs = [run_dir / "results_summary.json"] if cfg.do_test else []
-    if cfg.generate_weak_labels and data.label_targets is not None:
-        outputs.append(run_dir / "weak_labels")
-    if all(p.exists() for p in outputs) and not cfg.force_retrain and (outputs or has_saved_model(run_dir)):
-        logger.info("Run already done, nothing to do: %s", run_dir)
-        print(run_dir)
-        return {"save_path": str(run_dir), "skipped": True}
-
-    from iterative_label_refinement.core.common import is_main_process
-
-    if is_main_process():  # the other processes of a DDP run only train; rank 0 owns the run dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale_tmp(run_dir)
-        from iterative_label_refinement.core.models import resolve_model_path
-
-        # Where the weights came from: a registered model with a packaged copy may load either.
-        loaded_from = resolve_model_path(cfg.model_size)
-        write_json(run_dir / "experiment_config.json",
-                   dict(cfg.to_json(), model_loaded_from=loaded_from, model_weights=weights))  # fmt: skip
-    seed_everything(cfg.seed)
-
-    model, tokenizer = _train_or_load(cfg, run_dir, data.train)
-    if not is_main_process():
+        cfg.dataset.check_rows([data.test, data.label_targets])
+    if not is_main_process():  # the other processes of a DDP run only train; rank 0 owns the run dir
+        seed_everything(cfg.seed)
+        _train_or_load(cfg, run_dir, data.train)
         return {"save_path": str(run_dir)}
+    with writing(run_dir):
+        if _finished(cfg, run_dir):  # another writer finished it while this one loaded its data
+            return _skipped(run_dir)
+        _start(cfg, run_dir, weights)
+        seed_everything(cfg.seed)
+        model, tokenizer = _train_or_load(cfg, run_dir, data.train)
+        summary = _evaluate_and_label(cfg, run_dir, model, tokenizer, data)
+        _commit(cfg, run_dir, summary)
+    logger.info("Done: %s %s", run_dir, summary)
+    print(run_dir)
+    return {"save_path": str(run_dir), **summary}
+
+
+def _finished(cfg: RunConfig, run_dir: Path) -> bool:
+    """The run's commit point (`DONE`, written last) is there, and so is every output it lists. A run
+    dir from before commit points (its record names none) is finished when its outputs exist."""
+    if cfg.force_retrain:
+        return False
+    if (run_dir / DONE).exists():
+        return all((run_dir / name).exists() for name in read_json(run_dir / DONE)["outputs"])
+    record = run_dir / "experiment_config.json"
+    if not record.exists() or "commit_point" in read_json(record):
+        return False
+    outputs = [run_dir / name for name in _outputs(cfg)]
+    return all(p.exists() for p in outputs) and (bool(outputs) or has_saved_model(run_dir))
+
+
+def _outputs(cfg: RunConfig) -> list[str]:
+    return (["results_summary.json"] if cfg.do_test else []) + (["weak_labels"] if cfg.generate_weak_labels else [])
+
+
+def _skipped(run_dir: Path) -> dict[str, Any]:
+    logger.info("Run already done, nothing to do: %s", run_dir)
+    print(run_dir)
+    return {"save_path": str(run_dir), "skipped": True}
+
+
+def _start(cfg: RunConfig, run_dir: Path, weights: str) -> None:
+    """The run dir with its record; what a killed attempt left half-written goes."""
+    from iterative_label_refinement.core.models import resolve_model_path
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(run_dir)  # safe under the run dir's lock: no other writer's temporary files
+    (run_dir / DONE).unlink(missing_ok=True)  # a forced rerun is not done until it commits again
+    # Where the weights came from: a registered model with a packaged copy may load either.
+    write_json(run_dir / "experiment_config.json", dict(cfg.to_json(), model_loaded_from=resolve_model_path(
+        cfg.model_size), model_weights=weights, commit_point=DONE))  # fmt: skip
+
+
+def _evaluate_and_label(cfg: RunConfig, run_dir: Path, model, tokenizer, data: RunData) -> dict[str, Any]:
+    """Test answers (`test_results.jsonl`), train answers when asked, and the labels of the other half
+    (`weak_labels`); returns the summary (accuracy with its standard error, label accuracy)."""
+    from datasets import Dataset
+
+    from iterative_label_refinement.core.eval import evaluate_dataset, mean_and_stderr
 
     gen_model = model
     if cfg.inference_backend == "vllm":
         from iterative_label_refinement.core.generation import VLLMModel
+        from iterative_label_refinement.core.models import resolve_model_path
 
         del model
         # The weights' folder, not the registry name: tiny and packaged models have no hub id vLLM could fetch.
@@ -160,8 +208,6 @@ def main(
                               cfg.lora_rank, cfg.model.tensor_parallel_size, cfg.gpu_usage)  # fmt: skip
     gen = dict(max_new_tokens=cfg.max_len, batch_size=cfg.eval_batch_size, seed=cfg.seed, backend=cfg.inference_backend)
     summary: dict[str, Any] = {}
-    from iterative_label_refinement.core.eval import evaluate_dataset, mean_and_stderr
-
     if cfg.do_test:
         records = evaluate_dataset(gen_model, tokenizer, data.test, cfg.dataset, compute_acc=cfg.compute_test_acc,
                                    desc="test", num_beams=cfg.num_beams, **gen)  # fmt: skip
@@ -169,31 +215,31 @@ def main(
         if cfg.compute_test_acc:
             summary["accuracy"], summary["accuracy_stderr"] = mean_and_stderr([r["acc"] for r in records])
         summary["n_test"] = len(records)
-        write_json(run_dir / "results_summary.json", summary)
-    from datasets import Dataset
-
     if cfg.inference_on_train:
         train_rows = Dataset.from_dict({"question": data.train["question"], "answer": gt_answers(data.train)})
         records = evaluate_dataset(gen_model, tokenizer, train_rows, cfg.dataset, desc="train", **gen)
         write_jsonl(run_dir / "train_results.jsonl", records)
-    if cfg.generate_weak_labels and data.label_targets is not None:
+    if cfg.generate_weak_labels:
         records = evaluate_dataset(gen_model, tokenizer, data.label_targets, cfg.dataset,
                                    compute_acc=cfg.compute_weak_label_acc, desc="labels", temperature=cfg.label_temp,
                                    num_samples=cfg.num_samples, num_beams=cfg.num_beams if cfg.label_temp <= 0 else 1,
                                    top_k=cfg.top_k, top_p=cfg.top_p, **gen)  # fmt: skip
-        labels = Dataset.from_list(records)
-        save_to_disk_atomic(labels, run_dir / "weak_labels")
+        save_to_disk_atomic(Dataset.from_list(records), run_dir / "weak_labels")
         if cfg.compute_weak_label_acc:
             accs = [a for r in records for a in (r["acc"] if isinstance(r["acc"], list) else [r["acc"]])]
             summary["label_accuracy"] = mean_and_stderr(accs)[0]
             summary["n_labels"] = len(records)
-            if cfg.do_test:
-                write_json(run_dir / "results_summary.json", summary)
+    return summary
+
+
+def _commit(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
+    """Drop the model unless it is kept, write `results_summary.json`, then the commit point, last:
+    a run killed anywhere before it is redone, never taken as done with an output missing."""
     if not (cfg.save_model or cfg.do_dpo):
         delete_saved_model(model_dir(run_dir, cfg.dpo_round))
-    logger.info("Done: %s %s", run_dir, summary)
-    print(run_dir)
-    return {"save_path": str(run_dir), **summary}
+    if cfg.do_test:
+        write_json(run_dir / "results_summary.json", summary)
+    write_json(run_dir / DONE, {"outputs": _outputs(cfg), "summary": summary})
 
 
 def _train_or_load(cfg: RunConfig, run_dir: Path, train_ds: Dataset):
