@@ -199,3 +199,46 @@ def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(tmp_path, code,
     last = run.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r"error: " + message.format(out=re.escape(str(out))) + ".*", last), last
     assert list(out.iterdir()) == []  # no dataset, no hidden half-written sibling
+
+
+# ---------------------------------------------------------------------------------------------
+# Every flag typed, finite and in range before anything is written
+# ---------------------------------------------------------------------------------------------
+
+FLAG_CASES = [
+    ("experiments.main", ["--lr=abc"], "--lr must be a finite number > 0 or None, got 'abc'"),
+    ("experiments.main", ["--seed=1.5"], "--seed must be an integer >= 0, got 1.5"),
+    ("experiments.main", ["--num_beams=0"], "--num_beams must be an integer > 0, got 0"),
+    ("experiments.main", ["--lora_rank=-1"], "--lora_rank must be an integer >= 0, got -1"),
+    ("experiments.main", ["7"], "unexpected argument '7': every value needs its flag (--name=value)"),
+    ("experiments.main", ["--lr=nan"], "--lr must be a finite number > 0 or None, got 'nan'"),
+    ("experiments.main", ["--lr=0"], "--lr must be a finite number > 0 or None, got 0"),
+    ("experiments.main", ["--lr=1e400"], "--lr must be a finite number > 0 or None, got inf"),
+    ("experiments.main", ["--epochs=1e400"], "--epochs must be a finite number > 0, got inf"),
+    ("experiments.main", ["--warmup_ratio=2"], "--warmup_ratio must be a finite number in [0, 1), got 2"),
+    ("experiments.main", ["--save_frequency=-1"], "--save_frequency must be a finite number in [0, 1), got -1"),
+    ("experiments.main", ["--label_temp=nan"], "--label_temp must be a finite number >= 0, got 'nan'"),
+    ("experiments.main", ["--gpu_usage=5"], "--gpu_usage must be a finite number in (0, 1], got 5"),
+    ("experiments.main", ["--max_len=0"], "--max_len must be an integer > 0 or None, got 0"),
+    ("experiments.main", ["--eval_batch_size=0"], "--eval_batch_size must be an integer > 0 or None, got 0"),
+    ("experiments.main", ["--force_retrain=maybe"], "--force_retrain must be True or False, got 'maybe'"),
+    ("experiments.main", ["--inference_backend=tpu"], "--inference_backend must be one of hf, vllm, got 'tpu'"),
+    ("experiments.prepare_data", ["--ds_name=gsm8k", "--force=maybe"], "--force must be True or False, got 'maybe'"),
+    ("experiments.generate_evaluator_data", ["--temperature=-1"], "--temperature must be a finite number >= 0, got -1"),
+    ("experiments.generate_evaluator_data", ["--n_docs=0"], "--n_docs must be an integer > 0 or None, got 0"),
+    ("core.train_evaluator", ["--ds_name=x", "--epochs=0"], "--epochs must be a finite number > 0, got 0"),
+    ("core.train_evaluator", ["--ds_name=x", "--evaluator_kind=oracle"],
+     "--evaluator_kind must be one of classifier, likelihood, got 'oracle'"),
+    ("experiments.dpo", ["--ds_name=x", "--weak_model_path=w", "--strong_model_path=s", "--subsample=1.5"],
+     "--subsample must be a finite number in (0, 1], got 1.5"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("module", "args", "message"), FLAG_CASES)
+def test_a_flag_out_of_its_type_or_range_is_refused_before_anything_is_written(tmp_path, module, args, message):
+    (tmp_path / "results").mkdir()
+    base = [*TINY, f"--results_folder={tmp_path / 'results'}"] if module == "experiments.main" else []
+    run = cli(module, [*base, *args], tmp_path)
+    refused(run, message)
+    assert run.stderr.strip() == f"error: {message}"  # the one line, nothing before it
+    assert snapshot(tmp_path) == {"results": None}

@@ -143,7 +143,7 @@ class FlagType:
     valid: Valid | None
 
     def describe(self) -> str:
-        if self.valid is not None and self.valid.choices is not None:
+        if self.valid is not None and (self.valid.choices is not None or self.valid.inside):
             text = self.valid.describe()
         else:
             text = " or ".join(_NAMES[t] for t in self.types)
