@@ -242,3 +242,20 @@ def test_a_flag_out_of_its_type_or_range_is_refused_before_anything_is_written(t
     refused(run, message)
     assert run.stderr.strip() == f"error: {message}"  # the one line, nothing before it
     assert snapshot(tmp_path) == {"results": None}
+
+
+def test_the_flag_table_in_the_docs_is_the_declarations():
+    from iterative_label_refinement.experiments import flag_table
+
+    doc = flag_table.DOC.read_text()
+    assert f"{flag_table.BEGIN}\n{flag_table.table()}\n{flag_table.END}" in doc
+    rows = flag_table.table().splitlines()
+    assert "| `experiments.main` | `--lr` | a finite number > 0 or None | `None` |" in rows
+    assert "| `experiments.report` | `--sweep_subfolder` | a relative path that stays inside its folder (no '..') or " \
+           "None | `None` |" in rows  # fmt: skip
+    for module in flag_table.CLIS:  # every CLI, every flag it takes
+        import importlib
+        import inspect
+
+        fn = importlib.import_module(f"iterative_label_refinement.{module}").main
+        assert sum(row.startswith(f"| `{module}` |") for row in rows) == len(inspect.signature(fn).parameters), module

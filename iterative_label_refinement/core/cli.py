@@ -226,6 +226,9 @@ def flag_table(fn: Callable, module: str) -> list[str]:
     params = inspect.signature(fn).parameters
     rows = []
     for name, flag in flag_types(fn).items():
+        if params[name].kind == inspect.Parameter.VAR_POSITIONAL:  # bare values, each declared alike
+            rows.append(f"| `{module}` | `{name}...` (values) | {flag.describe()}, each | none |")
+            continue
         default = params[name].default
         shown = "required" if default is inspect.Parameter.empty else f"`{default!r}`"
         rows.append(f"| `{module}` | `--{name}` | {flag.describe()} | {shown} |")
