@@ -249,6 +249,24 @@ class _SameSchedule(TrainerCallback):
                               f"has {state.max_steps} (other data?): pass --force_retrain=True to train afresh")  # fmt: skip
 
 
+class _SamplerEpoch(TrainerCallback):
+    """Sets the `EffectiveBatchSampler`'s epoch as each epoch begins. Resuming mid-epoch, the Trainer
+    skips the trained batches through accelerate's `skip_first_batches`, whose `set_epoch` does not
+    reach a sampler under both its SkipBatchSampler and DDP's BatchSamplerShard: the resumed epoch
+    would take epoch 0's order."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        found, seen = [train_dataloader], set()
+        while found:  # the sampler under accelerate's wrappers, whichever they are
+            obj = found.pop()
+            if obj is None or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, EffectiveBatchSampler):
+                obj.set_epoch(int(state.epoch))  # the epoch begun: state.epoch = epochs done (+ the resumed part)
+            found += [getattr(obj, "batch_sampler", None), getattr(obj, "sampler", None)]
+
+
 def train_or_resume(trainer, cfg: TrainConfig):
     """`trainer.train()`, resumed from the last complete checkpoint of `cfg.output_dir` when `cfg.resume`
     (`core.checkpoints.resume_point`): its weights, optimizer, scheduler and RNG state are loaded and
@@ -259,6 +277,7 @@ def train_or_resume(trainer, cfg: TrainConfig):
         step, total = trained_steps(checkpoint)
         logger.info("Resuming from %s (step %d of %d)", checkpoint.name, step, total)
         trainer.add_callback(_SameSchedule(checkpoint, total))
+        trainer.add_callback(_SamplerEpoch())
     return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
 
 
