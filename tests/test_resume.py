@@ -158,6 +158,7 @@ TEARS = {  # how a save killed midway (or a lost write) leaves a checkpoint, and
     "truncated optimizer.pt": (lambda c: truncate(c / "optimizer.pt"), True),
     "truncated scheduler.pt": (lambda c: truncate(c / "scheduler.pt"), True),
     "no rng_state.pth": (lambda c: (c / "rng_state.pth").unlink(), True),
+    "truncated training_args.bin": (lambda c: truncate(c / "training_args.bin"), True),
 }  # fmt: skip
 
 

@@ -10,8 +10,10 @@ saving leaves a torn dir. A checkpoint-K is complete when:
 
 and, to resume from it, when its training state is intact too: the optimizer's state (optimizer.pt;
 optimizer.bin under FSDP), scheduler.pt and an RNG state (rng_state.pth, or rng_state_<rank>.pth on
-several processes), each a torch zip archive whose directory (at its end) opens. Checks read file
-headers and directories only, never the tensors: cheap on a 70B checkpoint.
+several processes), present, and every torch file (.pt, .pth, .bin) a zip archive whose directory
+(at its end) opens. Checks read file headers and directories only, never the tensors: cheap on a
+70B checkpoint. (Written by rank 0 after its own files, trainer_state.json may precede another
+rank's RNG file: such a rank resumes with a fresh RNG, which only dropout draws from.)
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ def _training_state_problem(ckpt: Path) -> str | None:
         return f"no {SCHEDULER}"
     if not rng:
         return "no RNG state (rng_state.pth)"
-    for f in [*optimizer, ckpt / SCHEDULER, *rng]:
+    # Every torch file at the root: those above, and FSDP's pytorch_model_fsdp*.bin where it wrote them.
+    for f in sorted({*optimizer, ckpt / SCHEDULER, *rng, *ckpt.glob("*.pt"), *ckpt.glob("*.pth"), *ckpt.glob("*.bin")}):
         problem = _archive_problem(f)
         if problem:
             return problem
