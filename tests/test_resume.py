@@ -196,6 +196,19 @@ def test_a_torn_checkpoint_is_skipped_for_the_one_before(checkpointed, tmp_path,
     assert resume_point(run_dir, resume=False, main_process=True) is None and not checkpoint_dirs(run_dir)
 
 
+def test_a_checkpoint_of_another_schedule_is_refused(checkpointed, tmp_path):
+    """16 rows instead of 12 make 8 steps, not the 6 the checkpoints were saved for: resuming would
+    follow another lr schedule and data order, so it is refused before the first step."""
+    shutil.copytree(checkpointed, tmp_path / "run")
+    tok = load_tokenizer("tiny-random")
+    model = add_lora(load_model("tiny-random", dropout=False), 4)
+    ds = tokenize_dataset(load_dataset("toy_arith", seed=0, split_sizes={"train": 16})["train"], tok)
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), lr=1e-2, epochs=2, batch_size=4, minibatch_size_per_device=4,
+                      save_frequency=0.5)  # fmt: skip
+    with pytest.raises(ConfigError, match="checkpoint-6 was saved by a run of 6 optimizer steps, this one has 8"):
+        train_sft(model, tok, ds, cfg)
+
+
 # ---------------------------------------------------------------------------------------------
 # Warmup: no run trains nothing
 # ---------------------------------------------------------------------------------------------

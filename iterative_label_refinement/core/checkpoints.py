@@ -140,7 +140,7 @@ def resume_point(run_dir: Path, resume: bool, main_process: bool) -> Path | None
         if problem is None:
             chosen = ckpt
             break
-        logger.warning("Skipping torn %s (%s): resuming from the one before it", ckpt.name, problem)
+        logger.warning("Skipping torn %s (%s)", ckpt.name, problem)
     later = [p for p in dirs if chosen is None or checkpoint_step(p) > checkpoint_step(chosen)]
     if main_process:
         for ckpt in later:

@@ -114,7 +114,7 @@ class TrainConfig:
 
 
 def warmup_steps(ratio: float, total_steps: int) -> int:
-    """The linear-warmup steps of a run of `total_steps` optimizer steps: W = min(ceil(total_steps x ratio), total_steps - 1).
+    """Linear-warmup steps of a run of `total_steps` (n) optimizer steps: W = min(ceil(n x ratio), n - 1).
 
     Optimizer step s (from 0) runs at lr x s / W while s < W, then at lr x the schedule's decay,
     which is 1 at s = W for every schedule here (cosine, cosine with a floor, linear, constant).
@@ -245,8 +245,10 @@ class _SameSchedule(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.max_steps != self.total_steps:
-            raise ConfigError(f"{self.checkpoint} was saved by a run of {self.total_steps} optimizer steps, this one "
-                              f"has {state.max_steps} (other data?): pass --force_retrain=True to train afresh")  # fmt: skip
+            raise ConfigError(
+                f"{self.checkpoint} was saved by a run of {self.total_steps} optimizer steps, "
+                f"this one has {state.max_steps} (other data?): --force_retrain=True trains afresh"
+            )
 
 
 class _SamplerEpoch(TrainerCallback):
@@ -263,7 +265,7 @@ class _SamplerEpoch(TrainerCallback):
                 continue
             seen.add(id(obj))
             if isinstance(obj, EffectiveBatchSampler):
-                obj.set_epoch(int(state.epoch))  # the epoch begun: state.epoch = epochs done (+ the resumed part)
+                obj.set_epoch(int(state.epoch or 0))  # the epoch begun: epochs done (+ the resumed part)
             found += [getattr(obj, "batch_sampler", None), getattr(obj, "sampler", None)]
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict
 
+from iterative_label_refinement.core.checkpoints import checkpoint_dirs, checkpoint_problem
 from iterative_label_refinement.core.common import (
     ConfigError,
     get_logger,
@@ -56,8 +57,6 @@ def make_dataset(pairs: list[dict[str, str]], seed: int = 0) -> DatasetDict:
 def find_checkpoints(run_dir: Path) -> list[Path]:
     """The complete `checkpoint-N` dirs (`core.checkpoints`: torn ones, from a run killed while saving,
     are skipped with a warning) in ascending N, or a clear error saying how to make them."""
-    from iterative_label_refinement.core.checkpoints import checkpoint_dirs, checkpoint_problem
-
     checkpoints = []
     for ckpt in checkpoint_dirs(run_dir):
         problem = checkpoint_problem(ckpt, resumable=False)
@@ -67,7 +66,8 @@ def find_checkpoints(run_dir: Path) -> list[Path]:
             checkpoints.append(ckpt)
     if not checkpoints:
         raise ConfigError(
-            f"No checkpoint-N dirs under {run_dir} (torn ones aside): train the ground-truth model with checkpoints, e.g. "
+            f"No checkpoint-N dirs under {run_dir} (torn ones aside): train the ground-truth model with checkpoints, "
+            "e.g. "
             "python -m iterative_label_refinement.experiments.main --save_frequency=0.1 --generate_weak_labels=False"
         )
     return checkpoints
