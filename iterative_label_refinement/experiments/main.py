@@ -209,6 +209,8 @@ def _train_or_load(cfg: RunConfig, run_dir: Path, train_ds: Dataset):
     saved = model_dir(run_dir, cfg.dpo_round)
     if has_saved_model(saved) and not cfg.force_retrain:
         logger.info("Model exists, skipping training: %s", saved)
+        if is_main_process():  # killed right after saving it, the run kept its checkpoints' training state
+            drop_training_state(run_dir)
         return load_trained(cfg.model_size, saved), tokenizer
     train_cfg = TrainConfig(
         output_dir=str(run_dir), lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
