@@ -132,9 +132,15 @@ def validate_optimizer(optim: str) -> None:
         raise ConfigError(f"Unknown optimizer {optim!r}. Valid: {sorted(OPTIMIZERS)}")
 
 
-def validate_schedule(lr_schedule: str) -> None:
+def validate_schedule(lr_schedule: str, lr: float, warmup_ratio: float) -> None:
+    """A known schedule that trains: lr > 0 and a warmup ratio in [0, 1]. With those, every run of
+    at least one optimizer step has a step at the full lr (`core.train.warmup_steps`)."""
     if lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"Unknown lr_schedule {lr_schedule!r}. Valid: {sorted(LR_SCHEDULES)}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise ConfigError(f"--lr must be a positive number (an lr of 0 trains nothing), got {lr!r}")
+    if isinstance(warmup_ratio, bool) or not isinstance(warmup_ratio, (int, float)) or not 0 <= warmup_ratio <= 1:
+        raise ConfigError(f"--warmup_ratio must be in [0, 1] (a fraction of the optimizer steps), got {warmup_ratio!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -180,7 +180,7 @@ class RunConfig:
             f["optim"] if f["optim"] is not None else (model.dpo_optimizer if dpo_round else model.default_optimizer)
         )
         validate_optimizer(optim)
-        validate_schedule(f["lr_schedule"])
+        validate_schedule(f["lr_schedule"], lr, f["warmup_ratio"])
         max_len = f["max_len"] or dataset.max_len
         force_eval = f["force_eval"] if f["force_eval"] is not None else f["do_eval"]
         num_samples = DPO_NUM_SAMPLES if do_dpo and f["num_samples"] == 1 else f["num_samples"]

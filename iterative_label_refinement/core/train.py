@@ -11,13 +11,16 @@ computed through the model as the Trainer wrapped it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
+from transformers import TrainerCallback, TrainingArguments
 
+from iterative_label_refinement.core.checkpoints import resume_point, trained_steps
 from iterative_label_refinement.core.common import (
     DPO_LOSS_TYPES,
     LR_SCHEDULES,
@@ -48,17 +51,23 @@ class TrainConfig:
     optim: str = "adamw"
     lr_schedule: str = "cosine_warmup"
     warmup_ratio: float = 0.05
-    save_frequency: float = 0  # in (0, 1): save a checkpoint every that fraction of the steps
+    # In (0, 1): save a checkpoint-K every ceil(save_frequency x steps) optimizer steps, with the
+    # optimizer, scheduler and RNG state that resuming needs (`train_sft`, `train_dpo`).
+    save_frequency: float = 0
     seed: int = 0
     use_wandb: bool = False
     gradient_checkpointing: bool = False
     run_name: str | None = None
+    # Continue from the last complete checkpoint-K in output_dir; False trains afresh (deleting them).
+    resume: bool = True
 
-    def training_arguments(self, **overrides: Any):
-        from transformers import TrainingArguments
-
+    def training_arguments(self, **overrides: Any) -> TrainingArguments:
         validate_optimizer(self.optim)
-        validate_schedule(self.lr_schedule)
+        validate_schedule(self.lr_schedule, self.lr, self.warmup_ratio)
+        if self.save_frequency and not 0 < self.save_frequency < 1:
+            raise ConfigError(
+                f"--save_frequency must be in (0, 1) (a fraction of the steps) or 0, got {self.save_frequency}"
+            )
         from iterative_label_refinement.core.models import mixed_precision
 
         scheduler, warmup = LR_SCHEDULES[self.lr_schedule]
@@ -75,7 +84,7 @@ class TrainConfig:
             gradient_accumulation_steps=accumulation_steps(self.batch_size, self.minibatch_size_per_device),
             optim=OPTIMIZERS[self.optim],
             lr_scheduler_type=scheduler,
-            warmup_steps=self.warmup_ratio if warmup else 0,
+            warmup_steps=self.warmup_ratio if warmup else 0,  # a ratio: `RatioWarmupArguments`
             # Autocast by capability; the weights stay as loaded (float32 for full fine-tunes).
             bf16=mixed_precision() == "bf16",
             fp16=mixed_precision() == "fp16",
@@ -90,7 +99,7 @@ class TrainConfig:
             logging_first_step=True,
             save_strategy="steps" if 0 < self.save_frequency < 1 else "no",
             save_steps=self.save_frequency if 0 < self.save_frequency < 1 else 500,
-            save_only_model=True,
+            save_only_model=not 0 < self.save_frequency < 1,  # our checkpoints are for resuming too
             report_to=["wandb"] if self.use_wandb else [],
             run_name=self.run_name,
             seed=self.seed,
@@ -102,7 +111,29 @@ class TrainConfig:
         if scheduler == "cosine_with_min_lr":
             kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": 0.1}
         kwargs.update(overrides)
-        return TrainingArguments(**kwargs)
+        return RatioWarmupArguments(**kwargs)
+
+
+def warmup_steps(ratio: float, total_steps: int) -> int:
+    """Linear-warmup steps of a run of `total_steps` (n) optimizer steps: W = min(ceil(n x ratio), n - 1).
+
+    Optimizer step s (from 0) runs at lr x s / W while s < W, then at lr x the schedule's decay,
+    which is 1 at s = W for every schedule here (cosine, cosine with a floor, linear, constant).
+    transformers takes W = ceil(total_steps x ratio): with 1 step that is W = 1, and the only step
+    runs at lr 0 (trains nothing). The cap W <= total_steps - 1 makes step W, at the full lr, part
+    of every run. Below the cap W is transformers' own count (the same float product, so the same
+    rounding), so only runs with ceil(total_steps x ratio) >= total_steps change: with ratio 0.05,
+    only 1-step runs (W 1 -> 0); with ratio 1, the last step (W = total_steps - 1).
+    """
+    return min(math.ceil(total_steps * ratio), max(total_steps - 1, 0))
+
+
+class RatioWarmupArguments(TrainingArguments):
+    """`TrainingArguments` whose `warmup_steps` is a ratio in [0, 1] of the run's optimizer steps,
+    turned into steps by `warmup_steps` (never the whole run), where the Trainer builds its scheduler."""
+
+    def get_warmup_steps(self, num_training_steps: int) -> int:
+        return warmup_steps(self.warmup_steps, num_training_steps)
 
 
 def pad_right(sequences: list[list[int]], value: int) -> torch.Tensor:
@@ -269,8 +300,54 @@ def train_sft(model: torch.nn.Module, tokenizer, train_ds: Dataset, cfg: TrainCo
         train_dataset=train_ds,
         data_collator=lambda rows: collate(rows, tokenizer.pad_token_id),
     )
-    result = trainer.train()
+    result = train_or_resume(trainer, cfg)
     return dict(result.metrics)
+
+
+class _SameSchedule(TrainerCallback):
+    """Refuses, before the first step, to resume a checkpoint made for another number of steps."""
+
+    def __init__(self, checkpoint: Path, total_steps: int):
+        self.checkpoint, self.total_steps = checkpoint, total_steps
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.max_steps != self.total_steps:
+            raise ConfigError(
+                f"{self.checkpoint} was saved by a run of {self.total_steps} optimizer steps, "
+                f"this one has {state.max_steps} (other data?): --force_retrain=True trains afresh"
+            )
+
+
+class _SamplerEpoch(TrainerCallback):
+    """Sets the `EffectiveBatchSampler`'s epoch as each epoch begins. Resuming mid-epoch, the Trainer
+    skips the trained batches through accelerate's `skip_first_batches`, whose `set_epoch` does not
+    reach a sampler under both its SkipBatchSampler and DDP's BatchSamplerShard: the resumed epoch
+    would take epoch 0's order."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        found, seen = [train_dataloader], set()
+        while found:  # the sampler under accelerate's wrappers, whichever they are
+            obj = found.pop()
+            if obj is None or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, EffectiveBatchSampler):
+                obj.set_epoch(int(state.epoch or 0))  # the epoch begun: epochs done (+ the resumed part)
+            found += [getattr(obj, "batch_sampler", None), getattr(obj, "sampler", None)]
+
+
+def train_or_resume(trainer, cfg: TrainConfig):
+    """`trainer.train()`, resumed from the last complete checkpoint of `cfg.output_dir` when `cfg.resume`
+    (`core.checkpoints.resume_point`): its weights, optimizer, scheduler and RNG state are loaded and
+    the Trainer skips the batches of the steps it made (`EffectiveBatchSampler` gives every epoch
+    the same order in every process), so the run ends with the weights of an uninterrupted one."""
+    checkpoint = resume_point(Path(cfg.output_dir), cfg.resume, is_main_process())
+    if checkpoint is not None:
+        step, total = trained_steps(checkpoint)
+        logger.info("Resuming from %s (step %d of %d)", checkpoint.name, step, total)
+        trainer.add_callback(_SameSchedule(checkpoint, total))
+        trainer.add_callback(_SamplerEpoch())
+    return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
 
 
 def save_trained(model: torch.nn.Module, tokenizer, path: str | Path) -> None:
@@ -516,6 +593,6 @@ def train_dpo(model, tokenizer, train_ds: Dataset, cfg: TrainConfig, beta: float
         pad_token_id=tokenizer.pad_token_id,
         reference_batch_size=4 * cfg.minibatch_size_per_device,
     )
-    trainer.train()
+    train_or_resume(trainer, cfg)
     assert_reference_frozen(model)
     return trainer.state.log_history

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 from datasets import Dataset, DatasetDict
 
+from iterative_label_refinement.core.checkpoints import checkpoint_dirs, checkpoint_problem
 from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE, POSITIVE
 from iterative_label_refinement.core.common import (
     ConfigError,
@@ -55,14 +56,22 @@ def make_dataset(pairs: list[dict[str, str]], seed: int = 0) -> DatasetDict:
 
 
 def find_checkpoints(run_dir: Path) -> list[Path]:
-    """`checkpoint-N` dirs in ascending N, or a clear error saying how to make them."""
-    checkpoints = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    """The complete `checkpoint-N` dirs (`core.checkpoints`: torn ones, from a run killed while saving,
+    are skipped with a warning) in ascending N, or a clear error saying how to make them."""
+    checkpoints = []
+    for ckpt in checkpoint_dirs(run_dir):
+        problem = checkpoint_problem(ckpt, resumable=False)
+        if problem:
+            logger.warning("Skipping torn %s (%s)", ckpt, problem)
+        else:
+            checkpoints.append(ckpt)
     if not checkpoints:
         raise ConfigError(
-            f"No checkpoint-N dirs under {run_dir}: train the ground-truth model with checkpoints, e.g. "
+            f"No checkpoint-N dirs under {run_dir} (torn ones aside): train the ground-truth model with checkpoints, "
+            "e.g. "
             "python -m iterative_label_refinement.experiments.main --save_frequency=0.1 --generate_weak_labels=False"
         )
-    return sorted(checkpoints, key=lambda p: int(p.name.split("-", 1)[1]))
+    return checkpoints
 
 
 def training_questions(ds_name: str, seed: int, n_docs: int, n_test_docs: int, saferpaca_mode: int | None,

@@ -243,7 +243,11 @@ def _commit(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def _train_or_load(cfg: RunConfig, run_dir: Path, train_ds: Dataset):
-    """Load the saved model when it exists (unless forced), else train and save it."""
+    """Load the saved model when it exists (unless forced), else train and save it. A run killed while
+    training (its run dir has checkpoint-K dirs but no model) resumes from its last complete checkpoint;
+    --force_retrain trains afresh."""
+    from iterative_label_refinement.core.checkpoints import drop_training_state
+    from iterative_label_refinement.core.common import is_main_process
     from iterative_label_refinement.core.models import load_model, load_tokenizer
     from iterative_label_refinement.core.train import TrainConfig, add_lora, save_trained, train_sft
 
@@ -251,12 +255,15 @@ def _train_or_load(cfg: RunConfig, run_dir: Path, train_ds: Dataset):
     saved = model_dir(run_dir, cfg.dpo_round)
     if has_saved_model(saved) and not cfg.force_retrain:
         logger.info("Model exists, skipping training: %s", saved)
+        if is_main_process():  # killed right after saving it, the run kept its checkpoints' training state
+            drop_training_state(run_dir)
         return load_trained(cfg.model_size, saved), tokenizer
     train_cfg = TrainConfig(
         output_dir=str(run_dir), lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
         minibatch_size_per_device=cfg.minibatch_size_per_device, optim=cfg.optim, lr_schedule=cfg.lr_schedule,
         warmup_ratio=cfg.warmup_ratio, save_frequency=cfg.save_frequency, seed=cfg.data_seed,
         use_wandb=cfg.use_wandb, gradient_checkpointing=cfg.model.gradient_checkpointing, run_name=run_dir.name,
+        resume=not cfg.force_retrain,
     )  # fmt: skip
     from iterative_label_refinement.core.datasets import tokenize_dataset
 
@@ -272,6 +279,8 @@ def _train_or_load(cfg: RunConfig, run_dir: Path, train_ds: Dataset):
         tokenized = tokenize_dataset(train_ds, tokenizer, max_len=cfg.max_len)
         train_sft(model, tokenizer, tokenized, train_cfg)
     save_trained(model, tokenizer, saved)
+    if is_main_process():  # the final model is saved: its checkpoints keep their weights only
+        drop_training_state(run_dir)
     return model, tokenizer
 
 
