@@ -247,7 +247,6 @@ def _train_or_load(cfg: RunConfig, run_dir: Path, train_ds: Dataset):
     training (its run dir has checkpoint-K dirs but no model) resumes from its last complete checkpoint;
     --force_retrain trains afresh."""
     from iterative_label_refinement.core.checkpoints import drop_training_state
-    from iterative_label_refinement.core.common import is_main_process
     from iterative_label_refinement.core.models import load_model, load_tokenizer
     from iterative_label_refinement.core.train import TrainConfig, add_lora, save_trained, train_sft
 
