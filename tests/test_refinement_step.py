@@ -84,11 +84,13 @@ STEPS = [
                                                          evaluator_path="x", seed=2)),
     ("ilr0.15_0", "f068a2a3e1f60ea6", lambda w: ilr.main("toy_arith", w["weak"], w["h1"], w["h2"], max_replace=0.15,
                                                           evaluator_path="x")),
-    ("naive0.5_0", "86b1b7e02cf091a2", lambda w: naive.main("toy_arith", w["weak"], w["h1"], w["h2"], max_replace=0.5,
-                                                             seed=1)),
-    ("cornaive0.3_0", "44ccfbc8ecaadba6", lambda w: naive.main("toy_arith", w["weak"], w["h1"], w["h2"],
-                                                                max_replace=0.3, seed=1,
-                                                                start_with_correct_labels=True)),
+    # naive's per-round redraw is the rule it had before the reference's became the default
+    ("naive0.5rd_0", "86b1b7e02cf091a2", lambda w: naive.main("toy_arith", w["weak"], w["h1"], w["h2"], max_replace=0.5,
+                                                               seed=1, redraw_each_round=True)),
+    ("cornaive0.3rd_0", "44ccfbc8ecaadba6", lambda w: naive.main("toy_arith", w["weak"], w["h1"], w["h2"],
+                                                                  max_replace=0.3, seed=1,
+                                                                  start_with_correct_labels=True,
+                                                                  redraw_each_round=True)),
     ("oradpo0.10.5_0", "cb0e419c132469ce", lambda w: dpo.main("toy_arith", w["weak"], w["r0"], subsample=0.5,
                                                                use_oracle_feedback=True)),
     ("oradpo0.10.3nt_0", "d867810c0fbbb9b4", lambda w: dpo.main("toy_arith", w["weak"], w["r0"], subsample=0.3,
@@ -103,11 +105,12 @@ def test_every_step_writes_the_rows_it_wrote_before_the_shared_runner(world, tex
         path = step(world)
         assert Path(path).name == f"{name}_weak_labels"
         assert _digest(path) == digest, name
-    # Round 1 starts from round 0's output (orailr0.5_0, naive0.5_0) with round-1 proposals.
+    # Round 1 starts from round 0's output (orailr0.5_0, naive0.5rd_0) with round-1 proposals.
     r1 = {k: v.replace("ri=0", "ri=1") for k, v in world.items()}
     path = ilr.main("toy_arith", r1["weak"], r1["h1"], r1["h2"], round_id=1, max_replace=0.5, use_oracle_feedback=True)
     assert _digest(path) == "42227a5b204cc211"
-    path = naive.main("toy_arith", r1["weak"], r1["h1"], r1["h2"], round_id=1, max_replace=0.5, seed=1)
+    path = naive.main("toy_arith", r1["weak"], r1["h1"], r1["h2"], round_id=1, max_replace=0.5, seed=1,
+                      redraw_each_round=True)  # fmt: skip
     assert _digest(path) == "21cf017681fab0b3"
 
 
@@ -156,8 +159,8 @@ def test_refine_runs_the_papers_kinds_as_their_own_clis_do(world, text_evaluator
                        evaluator_path="x", seed=2)  # fmt: skip
     assert Path(path).name == "ilr0.5_0_weak_labels" and _digest(path) == "fbba813c43b32693"
     path = refine.main("naive", "toy_arith", weak, model1_path=world["h1"], model2_path=world["h2"], max_replace=0.3,
-                       seed=1, start_with_correct_labels=True)  # fmt: skip
-    assert Path(path).name == "cornaive0.3_0_weak_labels" and _digest(path) == "44ccfbc8ecaadba6"
+                       seed=1, start_with_correct_labels=True, redraw_each_round=True)  # fmt: skip
+    assert Path(path).name == "cornaive0.3rd_0_weak_labels" and _digest(path) == "44ccfbc8ecaadba6"
     path = refine.main("dpo", "toy_arith", weak, strong_model_path=world["r0"], beta=0.1, subsample=0.3,
                        use_oracle_feedback=True, neutral_oracle_ties=True)  # fmt: skip
     assert Path(path).name == "oradpo0.10.3nt_0_weak_labels" and _digest(path) == "d867810c0fbbb9b4"
@@ -221,3 +224,60 @@ def test_a_kind_added_in_the_three_places_the_readme_names_runs_through_refine(w
         same = labels[q]["answer"].split("####")[1] == proposals[q]["answer"].split("####")[1]
         agreeing_replaced += same and chosen is proposals[q]
     assert agreeing_replaced > 0  # rows ILR would not have compared: the new kind's rows ran, not ilr's
+
+
+def _tagged_half_runs(world, root: Path, round_id: int) -> tuple[str, str]:
+    """The half runs' proposals as runs of round `round_id`, each answer ending in ` r<round_id>`:
+    a refined row shows which round's proposal replaced it."""
+    runs = []
+    for half in ("h1", "h2"):
+        run = root / Path(world[half]).name.replace("ri=0", f"ri={round_id}")
+        proposals = load_from_disk(str(Path(world[half], "weak_labels")))
+        rows = [dict(r, answer=f"{r['answer']} r{round_id}") for r in proposals]
+        Dataset.from_list(rows).save_to_disk(str(run / "weak_labels"))
+        runs.append(str(run))
+    return runs[0], runs[1]
+
+
+def test_naive_replaces_the_questions_the_reference_draws_in_every_round(world, tmp_path):
+    """The reference: rows sorted by question, NumPy reseeded with --seed each round, positions drawn.
+    The weak labels are not in question order ("What is 10 ..." sorts before "What is 2 ..."), and
+    round 1 reads round 0's shuffled output."""
+    weak = _fresh_weak(world, tmp_path)
+    questions = sorted(r["question"] for r in load_from_disk(str(Path(weak, "weak_labels"))))
+    np.random.seed(7)
+    expected = {questions[i] for i in np.random.choice(40, int(40 * 0.3), replace=False)}
+    replaced, row_order = {}, {}
+    for redraw in (False, True):
+        for r in (0, 1):
+            labels = Path(weak, "weak_labels" if r == 0 else f"naive0.3{'rd' if redraw else ''}_0_weak_labels")
+            row_order[redraw, r] = list(load_from_disk(str(labels))["question"])
+            h1, h2 = _tagged_half_runs(world, tmp_path / f"{redraw}{r}", r)
+            path = naive.main("toy_arith", weak, h1, h2, round_id=r, max_replace=0.3, seed=7, redraw_each_round=redraw)
+            replaced[redraw, r] = {row["question"] for row in load_from_disk(path) if row["answer"].endswith(f" r{r}")}
+    assert replaced[False, 0] == replaced[False, 1] == expected
+    # --redraw_each_round: Python's random seeded with seed + round over the rows as read, other rows each round
+    for r in (0, 1):
+        assert replaced[True, r] == {row_order[True, r][i] for i in random.Random(7 + r).sample(range(40), 12)}
+    assert replaced[True, 0] != replaced[True, 1]
+
+
+def test_dpo_cuts_tied_pairs_with_the_seed_it_is_given(world, tmp_path):
+    """The reference's oracle scores are 0 or 1, so every pair ties: which 36 of the 120 pairs are
+    kept is the seed's shuffle (`select_preferences`), computed here directly."""
+    weak = _fresh_weak(world, tmp_path)
+    rows = list(load_from_disk(str(Path(world["r0"], "weak_labels"))))
+    pairs = [(r, a, a + 1) for r in range(len(rows)) for a in (0, 2, 4)]
+    kept = {}
+    for seed in (0, 1, 2):
+        path = dpo.main("toy_arith", weak, world["r0"], subsample=0.3, use_oracle_feedback=True, seed=seed, force=True)
+        kept[seed] = sorted((p["question"], p["chosen"], p["rejected"]) for p in load_from_disk(path))
+        order = list(range(len(pairs)))
+        random.Random(seed).shuffle(order)  # all equally confident: the shuffled order is the ranking
+        expected = []
+        for r, a, b in (pairs[i] for i in order[:36]):
+            second = rows[r]["acc"][b] > rows[r]["acc"][a]
+            chosen, rejected = (b, a) if second else (a, b)
+            expected.append((rows[r]["question"], rows[r]["answer"][chosen], rows[r]["answer"][rejected]))
+        assert kept[seed] == sorted(expected)
+    assert kept[0] != kept[1] != kept[2] != kept[0]
