@@ -19,6 +19,7 @@ PACKAGE = "iterative_label_refinement"
 # target name -> the mutant-name patterns it covers (mutmut names a function's mutants x_<name>__mutmut_N).
 TARGETS = {
     "core/refinement.py": [f"{PACKAGE}.core.refinement.*"],
+    "core/refinement_step.py": [f"{PACKAGE}.core.refinement_step.*"],
     "core/label_sets.py": [f"{PACKAGE}.core.label_sets.*"],
     "dpo_loss (core/train.py)": [
         f"{PACKAGE}.core.train.x_dpo_loss__*",

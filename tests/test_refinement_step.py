@@ -281,3 +281,76 @@ def test_dpo_cuts_tied_pairs_with_the_seed_it_is_given(world, tmp_path):
             expected.append((rows[r]["question"], rows[r]["answer"][chosen], rows[r]["answer"][rejected]))
         assert kept[seed] == sorted(expected)
     assert kept[0] != kept[1] != kept[2] != kept[0]
+
+
+def test_each_step_logs_what_it_decided(world, text_evaluator, tmp_path, caplog):
+    """The one log line per step, its counts taken here from the inputs and the rows written."""
+    weak = _fresh_weak(world, tmp_path)
+    labels = {r["question"]: r for r in load_from_disk(str(Path(weak, "weak_labels")))}
+    proposals = {r["question"]: r for h in ("h1", "h2") for r in load_from_disk(str(Path(world[h], "weak_labels")))}
+
+    def logged(step) -> tuple[str, list[dict]]:
+        caplog.clear()
+        refinement_step.logger.addHandler(caplog.handler)  # the package's loggers do not propagate
+        try:
+            path = step()
+        finally:
+            refinement_step.logger.removeHandler(caplog.handler)
+        return caplog.messages[-1], [dict(r) for r in load_from_disk(path)]
+
+    before = f"{np.mean([r['acc'] for r in labels.values()]):.4f}"
+    message, rows = logged(lambda: naive.main("toy_arith", weak, world["h1"], world["h2"], max_replace=0.3, seed=7))
+    after = f"{np.mean([r['acc'] for r in rows]):.4f}"
+    assert message == f"naive round 0: 12 of 40 labels replaced; label accuracy {before} -> {after}"
+
+    message, rows = logged(lambda: ilr.main("toy_arith", weak, world["h1"], world["h2"], max_replace=0.5,
+                                            evaluator_path="x"))  # fmt: skip
+    scores = {q: zlib.crc32(f"{q}|{labels[q]['answer']}|{p['answer']}".encode()) % 1000 / 1000
+              for q, p in proposals.items() if labels[q]["answer"].split("####")[1] != p["answer"].split("####")[1]}  # fmt: skip
+    threshold = max(0.5, float(np.percentile(list(scores.values()), 50)))
+    replaced = sum(s > threshold for s in scores.values())
+    after = f"{np.mean([r['acc'] for r in rows]):.4f}"
+    assert message == (f"ILR round 0: 40 rows, {40 - len(scores)} agreed, {len(scores)} compared, {replaced} replaced "
+                       f"(threshold {threshold:.3f}); label accuracy {before} -> {after}")  # fmt: skip
+    assert 0 < replaced < len(scores) < 40
+
+    # Labels that are the proposals: nothing to compare, so the evaluator is not asked.
+    same = tmp_path / "same"
+    Dataset.from_list(list(proposals.values())).save_to_disk(str(same / "weak_labels"))
+    calls = len(text_evaluator)
+    message, _ = logged(lambda: ilr.main("toy_arith", str(same), world["h1"], world["h2"], evaluator_path="x"))
+    accuracy = f"{np.mean([p['acc'] for p in proposals.values()]):.4f}"
+    assert message == (f"ILR round 0: 40 rows, 40 agreed, 0 compared, 0 replaced (threshold 0.500); label accuracy "
+                       f"{accuracy} -> {accuracy}")  # fmt: skip
+    assert len(text_evaluator) == calls
+
+    # DPO on samples of unknown correctness: 60 of the 120 pairs kept, their accuracy unknown.
+    run = tmp_path / "r-ri=0"
+    samples = [dict(r, acc=None) for r in load_from_disk(str(Path(world["r0"]) / "weak_labels"))]
+    Dataset.from_list(samples).save_to_disk(str(run / "weak_labels"))
+    message, rows = logged(lambda: dpo.main("toy_arith", weak, str(run), subsample=0.5, evaluator_path="x"))
+    assert message == "DPO round 0: kept 60 preference pairs; chosen answers correct: n/a" and len(rows) == 60
+
+
+def test_run_step_called_directly_takes_the_clis_defaults(world, text_evaluator, tmp_path, monkeypatch, capsys):
+    """run_step's own defaults are the CLIs': seed 0, evaluator batches of 32, save, do not redo, read inputs."""
+    batch_sizes = []
+    scores = evaluator.debiased_scores
+    monkeypatch.setattr(evaluator, "debiased_scores",
+                        lambda e, q, a, b, batch_size: batch_sizes.append(batch_size) or scores(e, q, a, b))  # fmt: skip
+    method = parse_method("dpo0.10.5")
+    weak = _fresh_weak(world, tmp_path)
+    planned = refinement_step.run_step("toy_arith", weak, method, 0, {"strong_model_path": world["r0"]},
+                                       evaluator_path="x", print_save_path=True)  # fmt: skip
+    assert capsys.readouterr().out == f"{planned}\n" and not Path(planned).exists()
+    with pytest.raises(ConfigError, match="round mismatch: --round_id=1 but --strong_model_path="):
+        refinement_step.run_step("toy_arith", weak, method, 1, {"strong_model_path": world["r0"]}, evaluator_path="x")
+    path = refinement_step.run_step("toy_arith", weak, method, 0, {"strong_model_path": world["r0"]},
+                                    evaluator_path="x")  # fmt: skip
+    assert path == planned and batch_sizes == [32]
+    reference = dpo.main("toy_arith", _fresh_weak(world, tmp_path / "cli"), world["r0"], subsample=0.5,
+                         evaluator_path="x", seed=0)  # fmt: skip
+    assert _digest(path) == _digest(reference)
+    Path(path, "state.json").unlink()  # a finished step is not redone: the damaged set stays damaged
+    assert refinement_step.run_step("toy_arith", weak, method, 0, {"strong_model_path": world["r0"]},
+                                    evaluator_path="x") == path and not Path(path, "state.json").exists()  # fmt: skip

@@ -116,6 +116,7 @@ def naive_choice(questions: Sequence[str], max_replace: float, seed: int, round_
         chosen = set(random.Random(seed + round_id).sample(range(n), k))
     else:
         by_question = sorted(range(n), key=lambda i: questions[i])  # the row at each sorted position
+        # RandomState(seed) is the generator np.random.seed(seed) resets, without touching NumPy's global one.
         chosen = {by_question[p] for p in np.random.RandomState(seed).choice(n, k, replace=False)}
     return [i in chosen for i in range(n)]
 
