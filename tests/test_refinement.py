@@ -290,6 +290,13 @@ def test_default_seeds_and_beta_are_the_reference_values():
     pairs = [(r, 0, 1) for r in range(20)]
     scores = [1.0] * 20
     assert select_preferences(pairs, scores, 0.3) == select_preferences(pairs, scores, 0.3, seed=0)
+    rows = [{"question": f"q{r}", "answer": ["a", "b"], "gt_answer": "g"} for r in range(20)]
+    default = preference_rows(rows, pairs, scores, (), 0.3)
+    assert (
+        default
+        == preference_rows(rows, pairs, scores, (), 0.3, seed=0)
+        != preference_rows(rows, pairs, scores, (), 0.3, 1)
+    )
     h = torch.tensor([2.0])
     zero = torch.zeros(1)
     assert dpo_loss(h, zero, zero, zero)[0].item() == pytest.approx(math.log1p(math.exp(-0.1 * 2.0)))
@@ -330,9 +337,13 @@ def test_oracle_score_is_each_methods_question_to_ground_truth():
     assert oracle_score(ilr, None, 1.0) == 1.0
     assert [oracle_score(dpo, a, b) for a, b in cases] == [oracle_pair_score(a, b) for a, b in cases]
     assert [oracle_score(neutral, a, b) for a, b in cases] == [1.0, 0.0, 0.5, 0.5]
-    with pytest.raises(ConfigError, match="oracle feedback needs the correctness"):
+    with pytest.raises(
+        ConfigError, match=r"^oracle feedback needs the correctness of every answer it compares \(acc is None\)$"
+    ):
         oracle_score(dpo, None, 1.0)
-    with pytest.raises(ConfigError, match="oracle feedback needs the correctness"):
+    with pytest.raises(
+        ConfigError, match=r"^oracle feedback needs the correctness of every answer it compares \(acc is None\)$"
+    ):
         oracle_score(ilr, 1.0, None)
     with pytest.raises(ConfigError, match="a naive method takes no feedback"):
         oracle_score(Method("naive", max_replace=0.1), 0.0, 1.0)

@@ -7,6 +7,7 @@ those of the rows the three separate CLIs wrote before they shared one runner.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -176,6 +177,7 @@ def test_refine_refuses_flags_its_kind_does_not_take(world, tmp_path):
         (dict(kind="dpo", **halves, beta=0.1, subsample=0.5), "a dpo step judges the runs of --strong_model_path; "
                                                               "got --model1_path, --model2_path"),
         (dict(kind="ilr", model1_path=world["h1"], max_replace=0.1), "judges the runs of --model1_path, --model2_path"),
+        (dict(kind="ilr", max_replace=0.1), "judges the runs of --model1_path, --model2_path; got none$"),
         (dict(kind="naive", **halves, max_replace=0.1, evaluator_path="x"), "takes no feedback: drop --evaluator_path"),
     ]  # fmt: skip
     for flags, message in cases:
@@ -334,10 +336,12 @@ def test_each_step_logs_what_it_decided(world, text_evaluator, tmp_path, caplog)
 
 def test_run_step_called_directly_takes_the_clis_defaults(world, text_evaluator, tmp_path, monkeypatch, capsys):
     """run_step's own defaults are the CLIs': seed 0, evaluator batches of 32, save, do not redo, read inputs."""
-    batch_sizes = []
+    batch_sizes, loaded = [], object()
     scores = evaluator.debiased_scores
+    monkeypatch.setattr(evaluator, "load_evaluator", lambda path, device=None: loaded)
     monkeypatch.setattr(evaluator, "debiased_scores",
-                        lambda e, q, a, b, batch_size: batch_sizes.append(batch_size) or scores(e, q, a, b))  # fmt: skip
+                        lambda e, q, a, b, batch_size: batch_sizes.append(batch_size if e is loaded else None)
+                        or scores(e, q, a, b))  # fmt: skip
     method = parse_method("dpo0.10.5")
     weak = _fresh_weak(world, tmp_path)
     planned = refinement_step.run_step("toy_arith", weak, method, 0, {"strong_model_path": world["r0"]},
@@ -354,3 +358,41 @@ def test_run_step_called_directly_takes_the_clis_defaults(world, text_evaluator,
     Path(path, "state.json").unlink()  # a finished step is not redone: the damaged set stays damaged
     assert refinement_step.run_step("toy_arith", weak, method, 0, {"strong_model_path": world["r0"]},
                                     evaluator_path="x") == path and not Path(path, "state.json").exists()  # fmt: skip
+    # What the flags change: the evaluator's batch size; save_results=False writes nothing.
+    other = _fresh_weak(world, tmp_path / "other")
+    unsaved = refinement_step.run_step("toy_arith", other, method, 0, {"strong_model_path": world["r0"]},
+                                       evaluator_path="x", batch_size=7, save_results=False)  # fmt: skip
+    assert batch_sizes == [32, 32, 7] and not Path(unsaved).exists()
+
+
+def test_ilr_asks_the_tasks_agreement_with_the_label_rows(world, text_evaluator, tmp_path, monkeypatch):
+    """Some tasks' agreement reads the rows (BIRD's database); ILR gives it the current labels' rows."""
+    seen = []
+    real = refinement_step.get_dataset_config
+
+    def recording(name):
+        config = real(name)
+        return dataclasses.replace(
+            config, agreement=lambda a, b, rows: seen.append(rows) or config.agreement(a, b, rows)
+        )
+
+    monkeypatch.setattr(refinement_step, "get_dataset_config", recording)
+    weak = _fresh_weak(world, tmp_path)
+    ilr.main("toy_arith", weak, world["h1"], world["h2"], evaluator_path="x")
+    assert seen == [[dict(r) for r in load_from_disk(str(Path(weak, "weak_labels")))]]
+
+
+def test_the_answers_to_judge_need_their_correctness_column(world, tmp_path):
+    weak = _fresh_weak(world, tmp_path)
+    run = tmp_path / "h-hd=1-ri=0"
+    Dataset.from_list([{k: v for k, v in r.items() if k != "acc"} for r in load_from_disk(str(Path(world["h1"],
+                       "weak_labels")))]).save_to_disk(str(run / "weak_labels"))  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        naive.main("toy_arith", weak, str(run), world["h2"])
+    assert str(error.value).startswith(f"Label set {run / 'weak_labels'} is missing column(s) ['acc']")
+    unknown = tmp_path / "r-ri=0"
+    Dataset.from_list([dict(r, acc=None) for r in load_from_disk(str(Path(world["r0"], "weak_labels")))]).save_to_disk(
+        str(unknown / "weak_labels"))  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        dpo.main("toy_arith", weak, str(unknown), use_oracle_feedback=True)
+    assert str(error.value).startswith(f"Label set {unknown / 'weak_labels'} has acc=None in 40 of 40 rows")
