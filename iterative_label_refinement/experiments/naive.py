@@ -35,8 +35,8 @@ def main(
     print_save_path: bool = False,
     redraw_each_round: bool = False,
 ) -> str:
-    """Replace a random `max_replace` fraction of the current labels by the half models' proposals
-    (flags as in the reference, plus):
+    """Replace int(n * max_replace) random labels of the n by the half models' proposals, the same
+    questions every round as in the reference (flags as in the reference, plus):
 
     redraw_each_round: each round replaces other rows (Python's `random`, seed + round_id) instead
     of the reference's same questions every round; its label sets are named `naive<max_replace>rd`.
