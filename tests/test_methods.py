@@ -17,6 +17,8 @@ NAMES = {
     "ilr1.0": Method("ilr", max_replace=1.0),
     "naive0.15": Method("naive", max_replace=0.15),
     "cornaive0.1": Method("naive", correct_start=True, max_replace=0.1),
+    "naive0.15rd": Method("naive", max_replace=0.15, redraw_each_round=True),
+    "cornaive0.1rd": Method("naive", correct_start=True, max_replace=0.1, redraw_each_round=True),
     "dpo0.10.15": Method("dpo", beta=0.1, subsample=0.15),
     "oradpo0.10.15": Method("dpo", oracle=True, beta=0.1, subsample=0.15),
     "cororadpo0.10.15": Method("dpo", oracle=True, correct_start=True, beta=0.1, subsample=0.15),
@@ -46,7 +48,8 @@ def test_values_answer_what_the_runs_and_the_report_ask():
 @pytest.mark.parametrize(
     "name",
     ["dpo_something", "ilrx", "ilr", "dpo", "xilr0.1", "ilr0.1x", "oracorilr0.1", "dpo0.1", "ilr0.150", "ilr.15",
-     "ilr1.5", "ilr0", "dpo00.15", "naive-0.1", "oranaive0.1", "ilr0.1nt", "", "weak", "corweak"],
+     "ilr1.5", "ilr0", "dpo00.15", "naive-0.1", "oranaive0.1", "ilr0.1nt", "", "weak", "corweak",
+     "ilr0.1rd", "orailr0.1rd", "naive0.1rdrd", "naiverd", "dpo0.10.15rd"],
 )  # fmt: skip
 def test_names_that_spell_no_method_are_one_line_errors(name):
     """The substring traps: `dpo_something` and `ilrx` contain a kind but are no method."""
@@ -66,5 +69,9 @@ def test_invalid_values_are_refused_where_they_are_built():
         Method("dpo", beta=0.1, subsample=0.5, neutral_ties=True)
     with pytest.raises(ConfigError, match="naive takes no feedback, so no oracle"):
         Method("naive", oracle=True, max_replace=0.1)
+    with pytest.raises(ConfigError, match="^--redraw_each_round belongs to naive, not ilr"):
+        Method("ilr", max_replace=0.1, redraw_each_round=True)
+    with pytest.raises(ConfigError, match="^--redraw_each_round belongs to naive, not dpo"):
+        Method("dpo", beta=0.1, subsample=0.5, redraw_each_round=True)
     with pytest.raises(ConfigError, match="Unknown method kind 'sft'"):
         Method("sft", max_replace=0.1)

@@ -69,14 +69,46 @@ def test_naive_replaces_exactly_int_n_alpha_rows_by_their_own_proposal():
     labels = [{"question": f"q{i}", "answer": f"a{i}", "acc": 0.0, "gt_answer": "g"} for i in range(23)]
     # proposals in another order and with an extra question: matching is by question
     props = [{"question": f"q{i}", "answer": f"p{i}", "acc": 1.0} for i in reversed(range(25))]
-    replace = naive_choice(len(labels), 0.15, seed=3)
+    questions = [r["question"] for r in labels]
+    replace = naive_choice(questions, 0.15, seed=3, round_id=0)
     assert sum(replace) == int(23 * 0.15) == 3
-    assert replace == naive_choice(23, 0.15, seed=3) != naive_choice(23, 0.15, seed=4)
+    assert replace == naive_choice(questions, 0.15, seed=3, round_id=0) != naive_choice(questions, 0.15, 4, 0)
     matched = match_proposals([r["question"] for r in labels], [props[:10], props[10:]])
     rows = refined_rows(labels, matched, replace, [-1.0] * 23)
     for i, (row, rep) in enumerate(zip(rows, replace)):
         assert row["question"] == f"q{i}"
         assert row["answer"] == (f"p{i}" if rep else f"a{i}") and row["acc"] == (1.0 if rep else 0.0)
+
+
+def reference_naive(questions, max_replace, seed):
+    """The reference release's draw, step by step: rows sorted by question, NumPy's global generator
+    reseeded with the seed, positions of the sorted rows picked. Returns the picked questions."""
+    ordered = sorted(questions)
+    np.random.seed(seed)
+    picked = np.random.choice(len(ordered), int(len(ordered) * max_replace), replace=False)
+    return {ordered[i] for i in picked}
+
+
+def test_naive_replaces_the_same_questions_every_round_as_the_reference_and_the_variant_redraws():
+    rng = random.Random(1)
+    # Rows out of question order, and "q10" < "q9" as text: a draw over the unsorted rows, or a
+    # numeric sort, picks other questions.
+    questions = [f"q{i}" for i in rng.sample(range(1000), 37)]
+    later = rng.sample(questions, len(questions))  # a later round gets the rows in another order
+    for max_replace, seed in [(0.3, 0), (0.15, 5), (0.5, 2)]:
+        expected = reference_naive(questions, max_replace, seed)
+        unsorted = {questions[i] for i in np.random.RandomState(seed).choice(37, len(expected), replace=False)}
+        assert len(expected) == int(37 * max_replace) and unsorted != expected
+        for round_id, rows in enumerate([questions, later, questions]):
+            chosen = naive_choice(rows, max_replace, seed, round_id)
+            assert {q for q, c in zip(rows, chosen) if c} == expected
+    # The variant: Python's random seeded with seed + round_id, over the rows as given.
+    redrawn = []
+    for round_id, rows in enumerate([questions, later]):
+        chosen = naive_choice(rows, 0.3, 4, round_id, redraw_each_round=True)
+        redrawn.append({q for q, c in zip(rows, chosen) if c})
+        assert redrawn[-1] == {rows[i] for i in random.Random(4 + round_id).sample(range(37), 11)}
+    assert redrawn[0] != redrawn[1]
 
 
 def test_match_proposals_refuses_missing_questions():
@@ -149,8 +181,29 @@ def test_ilr_decision_equals_the_rule_on_random_rows_with_ties():
         decision = ilr_decide(agree, scores, max_replace, oracle=oracle)
         assert decision.replace == expected and decision.threshold == pytest.approx(threshold)
         compared = n - sum(agree)
-        if not oracle:
-            assert sum(decision.replace) <= max(1, math.ceil(max_replace * compared))
+        if not oracle:  # the bound `ilr_threshold` states
+            assert sum(decision.replace) <= math.ceil(max_replace * max(0, compared - 1))
+
+
+def test_the_quantile_threshold_passes_more_than_max_replace_of_few_disagreements():
+    """ilr_threshold's docstring: of m disagreements at most ceil(max_replace (m - 1)) change, which
+    is no cap of max_replace m. NumPy's linear quantile q of the sorted s: position h = q (m - 1),
+    j = floor(h), threshold s_j + (h - j)(s_{j+1} - s_j)."""
+    # m = 2 at 0.1: h = 0.9, the threshold is 0.9 of the way from 0.6 to 0.7; 0.7 passes, 1 of 2
+    # (50%, where int(0.1 * 2) = 0). 2 of 2 cannot happen: the lower score is never above it.
+    two = ilr_decide([False, False], [0.7, 0.6], max_replace=0.1)
+    assert two.threshold == pytest.approx(0.6 + 0.9 * (0.7 - 0.6)) and two.replace == [True, False]
+    # m = 26 at 0.15: h = 0.85 * 25 = 21.25, so the threshold lies a quarter of the way from s_21 to
+    # s_22 and s_22..s_25 pass: 4 of 26 (15.4%, where 0.15 * 26 = 3.9).
+    scores = random.Random(0).sample([0.52 + 0.01 * i for i in range(26)], 26)
+    s = sorted(scores)
+    h = (1 - 0.15) * (26 - 1)
+    j = math.floor(h)
+    threshold = s[j] + (h - j) * (s[j + 1] - s[j])
+    assert sum(x > threshold for x in scores) == 4 == math.ceil(0.15 * 25) > 0.15 * 26
+    decision = ilr_decide([False] * 26, scores, max_replace=0.15)
+    assert decision.threshold == pytest.approx(threshold) and sum(decision.replace) == 4
+    assert [x for x, r in zip(scores, decision.replace) if r] == [x for x in scores if x > threshold]
 
 
 def test_dpo_loss_by_hand():
@@ -188,7 +241,7 @@ def test_sequence_logps_counts_only_labelled_tokens():
 
 def test_naive_and_matching_errors_name_the_flag_and_the_cause():
     with pytest.raises(ConfigError, match=r"^--max_replace must be in \(0, 1\], got 0$"):
-        naive_choice(10, 0, seed=0)
+        naive_choice([f"q{i}" for i in range(10)], 0, seed=0, round_id=0)
     with pytest.raises(ConfigError, match="the half-data runs were not trained on this round's labels"):
         match_proposals(["q1"], [[]])
 
@@ -207,10 +260,43 @@ def test_refined_rows_replace_answer_acc_and_score_and_drop_stale_fields():
     assert all(isinstance(r["score"], float) for r in rows)
 
 
+def direct_selection(pairs, scores, subsample, seed):
+    """select_preferences' rule step by step: Python's random.Random(seed) shuffles the pair indices,
+    a stable sort puts the most confident first, the first int(n * subsample) are kept in order."""
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    ranked = sorted(order, key=lambda i: -abs(scores[i] - 0.5))
+    return sorted(ranked[: int(len(pairs) * subsample)])
+
+
+def test_preference_rows_cut_a_tie_with_the_seed_they_are_given():
+    rows = [{"question": f"q{r}", "answer": [f"a{r}.{k}" for k in range(6)], "gt_answer": "g",
+             "acc": [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]} for r in range(8)]  # fmt: skip
+    pairs = dpo_pairs(rows)  # 24 pairs: 16 tied at confidence 0.5, 8 at 0.4
+    scores = [0.0, 1.0, 0.9] * 8
+    kept = {}
+    for seed in (0, 1, 2):
+        kept[seed] = preference_rows(rows, pairs, scores, (), subsample=0.25, seed=seed)  # 6 of the 16 tied
+        expected = []
+        for i in direct_selection(pairs, scores, 0.25, seed):
+            r, a, b = pairs[i]
+            chosen, rejected = (b, a) if scores[i] > 0.5 else (a, b)
+            expected.append((f"q{r}", f"a{r}.{chosen}", f"a{r}.{rejected}"))
+        assert [(k["question"], k["chosen"], k["rejected"]) for k in kept[seed]] == expected
+    assert kept[0] != kept[1] != kept[2] != kept[0]  # the seeds give other subsets: a lost seed shows
+
+
 def test_default_seeds_and_beta_are_the_reference_values():
     pairs = [(r, 0, 1) for r in range(20)]
     scores = [1.0] * 20
     assert select_preferences(pairs, scores, 0.3) == select_preferences(pairs, scores, 0.3, seed=0)
+    rows = [{"question": f"q{r}", "answer": ["a", "b"], "gt_answer": "g"} for r in range(20)]
+    default = preference_rows(rows, pairs, scores, (), 0.3)
+    assert (
+        default
+        == preference_rows(rows, pairs, scores, (), 0.3, seed=0)
+        != preference_rows(rows, pairs, scores, (), 0.3, 1)
+    )
     h = torch.tensor([2.0])
     zero = torch.zeros(1)
     assert dpo_loss(h, zero, zero, zero)[0].item() == pytest.approx(math.log1p(math.exp(-0.1 * 2.0)))
@@ -251,9 +337,13 @@ def test_oracle_score_is_each_methods_question_to_ground_truth():
     assert oracle_score(ilr, None, 1.0) == 1.0
     assert [oracle_score(dpo, a, b) for a, b in cases] == [oracle_pair_score(a, b) for a, b in cases]
     assert [oracle_score(neutral, a, b) for a, b in cases] == [1.0, 0.0, 0.5, 0.5]
-    with pytest.raises(ConfigError, match="oracle feedback needs the correctness"):
+    with pytest.raises(
+        ConfigError, match=r"^oracle feedback needs the correctness of every answer it compares \(acc is None\)$"
+    ):
         oracle_score(dpo, None, 1.0)
-    with pytest.raises(ConfigError, match="oracle feedback needs the correctness"):
+    with pytest.raises(
+        ConfigError, match=r"^oracle feedback needs the correctness of every answer it compares \(acc is None\)$"
+    ):
         oracle_score(ilr, 1.0, None)
     with pytest.raises(ConfigError, match="a naive method takes no feedback"):
         oracle_score(Method("naive", max_replace=0.1), 0.0, 1.0)

@@ -7,6 +7,7 @@ those of the rows the three separate CLIs wrote before they shared one runner.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -84,11 +85,13 @@ STEPS = [
                                                          evaluator_path="x", seed=2)),
     ("ilr0.15_0", "f068a2a3e1f60ea6", lambda w: ilr.main("toy_arith", w["weak"], w["h1"], w["h2"], max_replace=0.15,
                                                           evaluator_path="x")),
-    ("naive0.5_0", "86b1b7e02cf091a2", lambda w: naive.main("toy_arith", w["weak"], w["h1"], w["h2"], max_replace=0.5,
-                                                             seed=1)),
-    ("cornaive0.3_0", "44ccfbc8ecaadba6", lambda w: naive.main("toy_arith", w["weak"], w["h1"], w["h2"],
-                                                                max_replace=0.3, seed=1,
-                                                                start_with_correct_labels=True)),
+    # naive's per-round redraw is the rule it had before the reference's became the default
+    ("naive0.5rd_0", "86b1b7e02cf091a2", lambda w: naive.main("toy_arith", w["weak"], w["h1"], w["h2"], max_replace=0.5,
+                                                               seed=1, redraw_each_round=True)),
+    ("cornaive0.3rd_0", "44ccfbc8ecaadba6", lambda w: naive.main("toy_arith", w["weak"], w["h1"], w["h2"],
+                                                                  max_replace=0.3, seed=1,
+                                                                  start_with_correct_labels=True,
+                                                                  redraw_each_round=True)),
     ("oradpo0.10.5_0", "cb0e419c132469ce", lambda w: dpo.main("toy_arith", w["weak"], w["r0"], subsample=0.5,
                                                                use_oracle_feedback=True)),
     ("oradpo0.10.3nt_0", "d867810c0fbbb9b4", lambda w: dpo.main("toy_arith", w["weak"], w["r0"], subsample=0.3,
@@ -103,11 +106,12 @@ def test_every_step_writes_the_rows_it_wrote_before_the_shared_runner(world, tex
         path = step(world)
         assert Path(path).name == f"{name}_weak_labels"
         assert _digest(path) == digest, name
-    # Round 1 starts from round 0's output (orailr0.5_0, naive0.5_0) with round-1 proposals.
+    # Round 1 starts from round 0's output (orailr0.5_0, naive0.5rd_0) with round-1 proposals.
     r1 = {k: v.replace("ri=0", "ri=1") for k, v in world.items()}
     path = ilr.main("toy_arith", r1["weak"], r1["h1"], r1["h2"], round_id=1, max_replace=0.5, use_oracle_feedback=True)
     assert _digest(path) == "42227a5b204cc211"
-    path = naive.main("toy_arith", r1["weak"], r1["h1"], r1["h2"], round_id=1, max_replace=0.5, seed=1)
+    path = naive.main("toy_arith", r1["weak"], r1["h1"], r1["h2"], round_id=1, max_replace=0.5, seed=1,
+                      redraw_each_round=True)  # fmt: skip
     assert _digest(path) == "21cf017681fab0b3"
 
 
@@ -156,8 +160,8 @@ def test_refine_runs_the_papers_kinds_as_their_own_clis_do(world, text_evaluator
                        evaluator_path="x", seed=2)  # fmt: skip
     assert Path(path).name == "ilr0.5_0_weak_labels" and _digest(path) == "fbba813c43b32693"
     path = refine.main("naive", "toy_arith", weak, model1_path=world["h1"], model2_path=world["h2"], max_replace=0.3,
-                       seed=1, start_with_correct_labels=True)  # fmt: skip
-    assert Path(path).name == "cornaive0.3_0_weak_labels" and _digest(path) == "44ccfbc8ecaadba6"
+                       seed=1, start_with_correct_labels=True, redraw_each_round=True)  # fmt: skip
+    assert Path(path).name == "cornaive0.3rd_0_weak_labels" and _digest(path) == "44ccfbc8ecaadba6"
     path = refine.main("dpo", "toy_arith", weak, strong_model_path=world["r0"], beta=0.1, subsample=0.3,
                        use_oracle_feedback=True, neutral_oracle_ties=True)  # fmt: skip
     assert Path(path).name == "oradpo0.10.3nt_0_weak_labels" and _digest(path) == "d867810c0fbbb9b4"
@@ -173,6 +177,7 @@ def test_refine_refuses_flags_its_kind_does_not_take(world, tmp_path):
         (dict(kind="dpo", **halves, beta=0.1, subsample=0.5), "a dpo step judges the runs of --strong_model_path; "
                                                               "got --model1_path, --model2_path"),
         (dict(kind="ilr", model1_path=world["h1"], max_replace=0.1), "judges the runs of --model1_path, --model2_path"),
+        (dict(kind="ilr", max_replace=0.1), "judges the runs of --model1_path, --model2_path; got none$"),
         (dict(kind="naive", **halves, max_replace=0.1, evaluator_path="x"), "takes no feedback: drop --evaluator_path"),
     ]  # fmt: skip
     for flags, message in cases:
@@ -221,3 +226,173 @@ def test_a_kind_added_in_the_three_places_the_readme_names_runs_through_refine(w
         same = labels[q]["answer"].split("####")[1] == proposals[q]["answer"].split("####")[1]
         agreeing_replaced += same and chosen is proposals[q]
     assert agreeing_replaced > 0  # rows ILR would not have compared: the new kind's rows ran, not ilr's
+
+
+def _tagged_half_runs(world, root: Path, round_id: int) -> tuple[str, str]:
+    """The half runs' proposals as runs of round `round_id`, each answer ending in ` r<round_id>`:
+    a refined row shows which round's proposal replaced it."""
+    runs = []
+    for half in ("h1", "h2"):
+        run = root / Path(world[half]).name.replace("ri=0", f"ri={round_id}")
+        proposals = load_from_disk(str(Path(world[half], "weak_labels")))
+        rows = [dict(r, answer=f"{r['answer']} r{round_id}") for r in proposals]
+        Dataset.from_list(rows).save_to_disk(str(run / "weak_labels"))
+        runs.append(str(run))
+    return runs[0], runs[1]
+
+
+def test_naive_replaces_the_questions_the_reference_draws_in_every_round(world, tmp_path):
+    """The reference: rows sorted by question, NumPy reseeded with --seed each round, positions drawn.
+    The weak labels are not in question order ("What is 10 ..." sorts before "What is 2 ..."), and
+    round 1 reads round 0's shuffled output."""
+    weak = _fresh_weak(world, tmp_path)
+    questions = sorted(r["question"] for r in load_from_disk(str(Path(weak, "weak_labels"))))
+    np.random.seed(7)
+    expected = {questions[i] for i in np.random.choice(40, int(40 * 0.3), replace=False)}
+    replaced, row_order = {}, {}
+    for redraw in (False, True):
+        for r in (0, 1):
+            labels = Path(weak, "weak_labels" if r == 0 else f"naive0.3{'rd' if redraw else ''}_0_weak_labels")
+            row_order[redraw, r] = list(load_from_disk(str(labels))["question"])
+            h1, h2 = _tagged_half_runs(world, tmp_path / f"{redraw}{r}", r)
+            path = naive.main("toy_arith", weak, h1, h2, round_id=r, max_replace=0.3, seed=7, redraw_each_round=redraw)
+            replaced[redraw, r] = {row["question"] for row in load_from_disk(path) if row["answer"].endswith(f" r{r}")}
+    assert replaced[False, 0] == replaced[False, 1] == expected
+    # --redraw_each_round: Python's random seeded with seed + round over the rows as read, other rows each round
+    for r in (0, 1):
+        assert replaced[True, r] == {row_order[True, r][i] for i in random.Random(7 + r).sample(range(40), 12)}
+    assert replaced[True, 0] != replaced[True, 1]
+
+
+def test_dpo_cuts_tied_pairs_with_the_seed_it_is_given(world, tmp_path):
+    """The reference's oracle scores are 0 or 1, so every pair ties: which 36 of the 120 pairs are
+    kept is the seed's shuffle (`select_preferences`), computed here directly."""
+    weak = _fresh_weak(world, tmp_path)
+    rows = list(load_from_disk(str(Path(world["r0"], "weak_labels"))))
+    pairs = [(r, a, a + 1) for r in range(len(rows)) for a in (0, 2, 4)]
+    kept = {}
+    for seed in (0, 1, 2):
+        path = dpo.main("toy_arith", weak, world["r0"], subsample=0.3, use_oracle_feedback=True, seed=seed, force=True)
+        kept[seed] = sorted((p["question"], p["chosen"], p["rejected"]) for p in load_from_disk(path))
+        order = list(range(len(pairs)))
+        random.Random(seed).shuffle(order)  # all equally confident: the shuffled order is the ranking
+        expected = []
+        for r, a, b in (pairs[i] for i in order[:36]):
+            second = rows[r]["acc"][b] > rows[r]["acc"][a]
+            chosen, rejected = (b, a) if second else (a, b)
+            expected.append((rows[r]["question"], rows[r]["answer"][chosen], rows[r]["answer"][rejected]))
+        assert kept[seed] == sorted(expected)
+    assert kept[0] != kept[1] != kept[2] != kept[0]
+
+
+def test_each_step_logs_what_it_decided(world, text_evaluator, tmp_path, caplog):
+    """The one log line per step, its counts taken here from the inputs and the rows written."""
+    weak = _fresh_weak(world, tmp_path)
+    labels = {r["question"]: r for r in load_from_disk(str(Path(weak, "weak_labels")))}
+    proposals = {r["question"]: r for h in ("h1", "h2") for r in load_from_disk(str(Path(world[h], "weak_labels")))}
+
+    def logged(step) -> tuple[str, list[dict]]:
+        caplog.clear()
+        refinement_step.logger.addHandler(caplog.handler)  # the package's loggers do not propagate
+        try:
+            path = step()
+        finally:
+            refinement_step.logger.removeHandler(caplog.handler)
+        return caplog.messages[-1], [dict(r) for r in load_from_disk(path)]
+
+    before = f"{np.mean([r['acc'] for r in labels.values()]):.4f}"
+    message, rows = logged(lambda: naive.main("toy_arith", weak, world["h1"], world["h2"], max_replace=0.3, seed=7))
+    after = f"{np.mean([r['acc'] for r in rows]):.4f}"
+    assert message == f"naive round 0: 12 of 40 labels replaced; label accuracy {before} -> {after}"
+
+    message, rows = logged(lambda: ilr.main("toy_arith", weak, world["h1"], world["h2"], max_replace=0.5,
+                                            evaluator_path="x"))  # fmt: skip
+    scores = {q: zlib.crc32(f"{q}|{labels[q]['answer']}|{p['answer']}".encode()) % 1000 / 1000
+              for q, p in proposals.items() if labels[q]["answer"].split("####")[1] != p["answer"].split("####")[1]}  # fmt: skip
+    threshold = max(0.5, float(np.percentile(list(scores.values()), 50)))
+    replaced = sum(s > threshold for s in scores.values())
+    after = f"{np.mean([r['acc'] for r in rows]):.4f}"
+    assert message == (f"ILR round 0: 40 rows, {40 - len(scores)} agreed, {len(scores)} compared, {replaced} replaced "
+                       f"(threshold {threshold:.3f}); label accuracy {before} -> {after}")  # fmt: skip
+    assert 0 < replaced < len(scores) < 40
+
+    # Labels that are the proposals: nothing to compare, so the evaluator is not asked.
+    same = tmp_path / "same"
+    Dataset.from_list(list(proposals.values())).save_to_disk(str(same / "weak_labels"))
+    calls = len(text_evaluator)
+    message, _ = logged(lambda: ilr.main("toy_arith", str(same), world["h1"], world["h2"], evaluator_path="x"))
+    accuracy = f"{np.mean([p['acc'] for p in proposals.values()]):.4f}"
+    assert message == (f"ILR round 0: 40 rows, 40 agreed, 0 compared, 0 replaced (threshold 0.500); label accuracy "
+                       f"{accuracy} -> {accuracy}")  # fmt: skip
+    assert len(text_evaluator) == calls
+
+    # DPO on samples of unknown correctness: 60 of the 120 pairs kept, their accuracy unknown.
+    run = tmp_path / "r-ri=0"
+    samples = [dict(r, acc=None) for r in load_from_disk(str(Path(world["r0"]) / "weak_labels"))]
+    Dataset.from_list(samples).save_to_disk(str(run / "weak_labels"))
+    message, rows = logged(lambda: dpo.main("toy_arith", weak, str(run), subsample=0.5, evaluator_path="x"))
+    assert message == "DPO round 0: kept 60 preference pairs; chosen answers correct: n/a" and len(rows) == 60
+
+
+def test_run_step_called_directly_takes_the_clis_defaults(world, text_evaluator, tmp_path, monkeypatch, capsys):
+    """run_step's own defaults are the CLIs': seed 0, evaluator batches of 32, save, do not redo, read inputs."""
+    batch_sizes, loaded = [], object()
+    scores = evaluator.debiased_scores
+    monkeypatch.setattr(evaluator, "load_evaluator", lambda path, device=None: loaded)
+    monkeypatch.setattr(evaluator, "debiased_scores",
+                        lambda e, q, a, b, batch_size: batch_sizes.append(batch_size if e is loaded else None)
+                        or scores(e, q, a, b))  # fmt: skip
+    method = parse_method("dpo0.10.5")
+    weak = _fresh_weak(world, tmp_path)
+    planned = refinement_step.run_step("toy_arith", weak, method, 0, {"strong_model_path": world["r0"]},
+                                       evaluator_path="x", print_save_path=True)  # fmt: skip
+    assert capsys.readouterr().out == f"{planned}\n" and not Path(planned).exists()
+    with pytest.raises(ConfigError, match="round mismatch: --round_id=1 but --strong_model_path="):
+        refinement_step.run_step("toy_arith", weak, method, 1, {"strong_model_path": world["r0"]}, evaluator_path="x")
+    path = refinement_step.run_step("toy_arith", weak, method, 0, {"strong_model_path": world["r0"]},
+                                    evaluator_path="x")  # fmt: skip
+    assert path == planned and batch_sizes == [32]
+    reference = dpo.main("toy_arith", _fresh_weak(world, tmp_path / "cli"), world["r0"], subsample=0.5,
+                         evaluator_path="x", seed=0)  # fmt: skip
+    assert _digest(path) == _digest(reference)
+    Path(path, "state.json").unlink()  # a finished step is not redone: the damaged set stays damaged
+    assert refinement_step.run_step("toy_arith", weak, method, 0, {"strong_model_path": world["r0"]},
+                                    evaluator_path="x") == path and not Path(path, "state.json").exists()  # fmt: skip
+    # What the flags change: the evaluator's batch size; save_results=False writes nothing.
+    other = _fresh_weak(world, tmp_path / "other")
+    unsaved = refinement_step.run_step("toy_arith", other, method, 0, {"strong_model_path": world["r0"]},
+                                       evaluator_path="x", batch_size=7, save_results=False)  # fmt: skip
+    assert batch_sizes == [32, 32, 7] and not Path(unsaved).exists()
+
+
+def test_ilr_asks_the_tasks_agreement_with_the_label_rows(world, text_evaluator, tmp_path, monkeypatch):
+    """Some tasks' agreement reads the rows (BIRD's database); ILR gives it the current labels' rows."""
+    seen = []
+    real = refinement_step.get_dataset_config
+
+    def recording(name):
+        config = real(name)
+        return dataclasses.replace(
+            config, agreement=lambda a, b, rows: seen.append(rows) or config.agreement(a, b, rows)
+        )
+
+    monkeypatch.setattr(refinement_step, "get_dataset_config", recording)
+    weak = _fresh_weak(world, tmp_path)
+    ilr.main("toy_arith", weak, world["h1"], world["h2"], evaluator_path="x")
+    assert seen == [[dict(r) for r in load_from_disk(str(Path(weak, "weak_labels")))]]
+
+
+def test_the_answers_to_judge_need_their_correctness_column(world, tmp_path):
+    weak = _fresh_weak(world, tmp_path)
+    run = tmp_path / "h-hd=1-ri=0"
+    Dataset.from_list([{k: v for k, v in r.items() if k != "acc"} for r in load_from_disk(str(Path(world["h1"],
+                       "weak_labels")))]).save_to_disk(str(run / "weak_labels"))  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        naive.main("toy_arith", weak, str(run), world["h2"])
+    assert str(error.value).startswith(f"Label set {run / 'weak_labels'} is missing column(s) ['acc']")
+    unknown = tmp_path / "r-ri=0"
+    Dataset.from_list([dict(r, acc=None) for r in load_from_disk(str(Path(world["r0"], "weak_labels")))]).save_to_disk(
+        str(unknown / "weak_labels"))  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        dpo.main("toy_arith", weak, str(unknown), use_oracle_feedback=True)
+    assert str(error.value).startswith(f"Label set {unknown / 'weak_labels'} has acc=None in 40 of 40 rows")

@@ -7,7 +7,8 @@ A method's name is part of every file name it touches: the label sets a refineme
 * `cor`: the round starts from the correct demonstrations only (`--start_with_correct_labels`);
 * `ora`: comparisons come from ground truth instead of the evaluator (`--use_oracle_feedback`);
 * `ilr<max_replace>`, `naive<max_replace>` (and any kind added to KINDS but dpo): the fraction of
-  labels a round may replace;
+  labels a round may replace, then for naive `rd` when each round draws other rows
+  (`--redraw_each_round`; without it every round replaces the same questions, as in the reference);
 * `dpo<beta><subsample>`: the DPO beta, then the fraction of preference pairs kept, written
   back to back (`dpo0.10.15` is beta 0.1, subsample 0.15), then `nt` for neutral oracle ties.
 
@@ -28,6 +29,7 @@ from iterative_label_refinement.core.common import ConfigError
 KINDS = ("ilr", "naive", "dpo")
 NO_FEEDBACK = ("naive",)  # kinds that replace labels without asking for comparisons
 NEUTRAL_TIES = "nt"
+REDRAW = "rd"
 
 
 def check_fraction(name: str, value: float) -> None:
@@ -37,8 +39,8 @@ def check_fraction(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class Method:
-    """One refinement method. `max_replace` belongs to ilr and naive; `beta`, `subsample` and
-    `neutral_ties` to dpo. naive takes no feedback, so it is never `oracle`."""
+    """One refinement method. `max_replace` belongs to ilr and naive, `redraw_each_round` to naive;
+    `beta`, `subsample` and `neutral_ties` to dpo. naive takes no feedback, so it is never `oracle`."""
 
     kind: str
     oracle: bool = False
@@ -47,10 +49,13 @@ class Method:
     beta: float | None = None
     subsample: float | None = None
     neutral_ties: bool = False
+    redraw_each_round: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"Unknown method kind {self.kind!r}. Valid: {list(KINDS)}")
+        if self.redraw_each_round and self.kind != "naive":
+            raise ConfigError(f"--redraw_each_round belongs to naive, not {self.kind}: only naive draws rows at random")
         if self.kind == "dpo":
             if self.max_replace is not None:
                 raise ConfigError("a dpo method has no max_replace (it keeps a `subsample` of pairs)")
@@ -82,11 +87,11 @@ class Method:
 
 
 def format_method(method: Method) -> str:
-    """The method's name, e.g. `ilr0.15`, `cororailr0.15`, `cornaive0.15`, `oradpo0.10.15`."""
+    """The method's name, e.g. `ilr0.15`, `cororailr0.15`, `cornaive0.15`, `naive0.15rd`, `oradpo0.10.15`."""
     if method.is_dpo:
         parameter = f"{method.beta}{method.subsample}" + (NEUTRAL_TIES if method.neutral_ties else "")
     else:
-        parameter = str(method.max_replace)
+        parameter = str(method.max_replace) + (REDRAW if method.redraw_each_round else "")
     return ("cor" if method.correct_start else "") + ("ora" if method.oracle else "") + method.kind + parameter
 
 
@@ -121,10 +126,11 @@ def _parse(name: str) -> Method:
     kind, rest = match["kind"], match["rest"]
     flags = dict(kind=kind, oracle=bool(match["ora"]), correct_start=bool(match["cor"]))
     if kind != "dpo":
-        max_replace = _number(rest)
+        redraw = rest.endswith(REDRAW)  # Method refuses it for every kind but naive
+        max_replace = _number(rest.removesuffix(REDRAW))
         if max_replace is None:
             raise ConfigError(f"method {name!r}: {kind} takes its max_replace after the name (e.g. {kind}0.15)")
-        return Method(**flags, max_replace=max_replace)
+        return Method(**flags, max_replace=max_replace, redraw_each_round=redraw)
     neutral_ties = rest.endswith(NEUTRAL_TIES)
     rest = rest.removesuffix(NEUTRAL_TIES)
     # beta and subsample are written back to back: keep the one split where both read as numbers

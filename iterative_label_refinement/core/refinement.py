@@ -33,7 +33,15 @@ class ILRDecision:
 
 
 def ilr_threshold(scores: Sequence[float], max_replace: float) -> float:
-    """max(0.5, the (1 - max_replace) quantile): at most `max_replace` of the compared rows change."""
+    """max(0.5, the (1 - max_replace) quantile of `scores`), NumPy's linear quantile, as the reference.
+
+    With the m scores sorted, s_0 <= ... <= s_{m-1}, and (1 - max_replace)(m - 1) = j + f (j whole,
+    0 <= f < 1), the quantile is s_j + f (s_{j+1} - s_j): at least s_j, so only s_{j+1}, ..., s_{m-1}
+    can lie strictly above it, which `ilr_decide` asks. That is at most ceil(max_replace (m - 1))
+    scores, exactly as many when they are distinct and above 0.5; ties at the threshold all stay.
+    This is not a cap of `max_replace` m: 1 of 2 scores passes at max_replace 0.1, 4 of 26 at
+    0.15; with max_replace 1 the lowest score never passes.
+    """
     if len(scores) == 0:
         return 0.5
     return max(0.5, float(np.quantile(np.asarray(scores, dtype=float), 1 - max_replace)))
@@ -44,6 +52,9 @@ def ilr_decide(agree: Sequence[bool], scores: Sequence[float | None], max_replac
     """Replace a label when its proposal disagrees and scores strictly above the threshold.
 
     `scores[i]` is the evaluator's (debiased) preference for the proposal, ignored where `agree[i]`.
+    The threshold is `ilr_threshold` of the disagreeing rows' scores: of m disagreements, at most
+    ceil(max_replace (m - 1)) change, which is more than a `max_replace` fraction when m is small
+    (1 of 2 at 0.1, 4 of 26 at 0.15).
     With oracle feedback every correct proposal (score 1) is accepted: threshold 0.5, no cap.
     """
     check_fraction("max_replace", max_replace)
@@ -86,10 +97,27 @@ def refined_rows(labels: Sequence[dict[str, Any]], proposals: list[dict[str, Any
 # ---------------------------------------------------------------------------------------------
 
 
-def naive_choice(n: int, max_replace: float, seed: int) -> list[bool]:
-    """Exactly int(n * max_replace) rows chosen uniformly at random, reproducible from `seed`."""
+def naive_choice(questions: Sequence[str], max_replace: float, seed: int, round_id: int,
+                 redraw_each_round: bool = False) -> list[bool]:  # fmt: skip
+    """Which of the rows (one per question, in the order given) are replaced: exactly
+    k = int(n * max_replace) of the n rows, uniformly at random.
+
+    Reference rule (default): the rows are put in question order (Python's stable `sorted` on the
+    question text) and, with NumPy's generator reseeded with `seed` every round,
+        np.random.seed(seed); picked = np.random.choice(n, k, replace=False)
+    the rows at those sorted positions are replaced. `round_id` is not read: every round of a run
+    replaces the same questions, whatever order its rows come in.
+    `redraw_each_round`: k row positions in the order given, drawn by
+    `random.Random(seed + round_id).sample(range(n), k)`, so each round replaces other rows.
+    """
     check_fraction("max_replace", max_replace)
-    chosen = set(random.Random(seed).sample(range(n), int(n * max_replace)))
+    n, k = len(questions), int(len(questions) * max_replace)
+    if redraw_each_round:
+        chosen = set(random.Random(seed + round_id).sample(range(n), k))
+    else:
+        by_question = sorted(range(n), key=lambda i: questions[i])  # the row at each sorted position
+        # RandomState(seed) is the generator np.random.seed(seed) resets, without touching NumPy's global one.
+        chosen = {by_question[p] for p in np.random.RandomState(seed).choice(n, k, replace=False)}
     return [i in chosen for i in range(n)]
 
 

@@ -202,11 +202,12 @@ def ilr_rows(step: StepInputs) -> list[dict[str, Any]]:
 
 
 def naive_rows(step: StepInputs) -> list[dict[str, Any]]:
-    """A random `max_replace` fraction of labels is replaced by their proposals (`naive_choice`)."""
-    labels = step.labels
-    proposals = match_proposals(list(labels["question"]), step.candidates)
-    # Each round draws other rows: the seed moves with the round.
-    replace = naive_choice(len(labels), step.method.max_replace, seed=step.seed + step.round_id)
+    """A random `max_replace` fraction of labels is replaced by their proposals (`naive_choice`):
+    the same questions every round, or other rows each round with `redraw_each_round`."""
+    labels, method = step.labels, step.method
+    questions = list(labels["question"])
+    proposals = match_proposals(questions, step.candidates)
+    replace = naive_choice(questions, method.max_replace, step.seed, step.round_id, method.redraw_each_round)
     rows = refined_rows(labels, proposals, replace, [-1.0] * len(labels))
     logger.info("naive round %d: %d of %d labels replaced; label accuracy %s -> %s", step.round_id, sum(replace),
                 len(rows), _accuracy(list(labels["acc"])), _accuracy([r["acc"] for r in rows]))  # fmt: skip

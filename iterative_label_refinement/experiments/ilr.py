@@ -4,7 +4,11 @@
         --model1_path=<half 1 run> --model2_path=<half 2 run> --evaluator_path=<evaluator> --round_id=0
 
 Cross-fitted proposals (each half model labelled the half it did not see) replace current labels
-that the evaluator prefers them to; at most `max_replace` of the disagreements change per round.
+that the evaluator prefers them to: those of the m disagreements whose score is strictly above
+max(0.5, the (1 - max_replace) quantile of their scores), as the reference. That is at most
+ceil(max_replace (m - 1)) rows, more than a `max_replace` fraction when m is small (1 of 2 at 0.1,
+4 of 26 at 0.15; `core.refinement.ilr_threshold`). With `--use_oracle_feedback` every correct
+proposal replaces its label, uncapped.
 Writes `<weak run>/<cor?><ora?>ilr<max_replace>_<round>_weak_labels`.
 `--print_save_path` prints that path (the last stdout line) and reads nothing: the same flags name
 the step before any of its inputs exist.
@@ -32,7 +36,11 @@ def main(
     force: bool = False,
     print_save_path: bool = False,
 ) -> str:
-    """Refine the current labels with the half models' proposals and the evaluator's verdicts."""
+    """Refine the current labels with the half models' proposals and the evaluator's verdicts.
+
+    max_replace: in (0, 1]; the (1 - max_replace) quantile of the disagreements' scores is the
+    threshold, so about that fraction of them change, at most ceil(max_replace (m - 1)) of m.
+    """
     method = Method("ilr", oracle=use_oracle_feedback, correct_start=start_with_correct_labels, max_replace=max_replace)
     return run_step(ds_name, weak_model_path, method, round_id, dict(model1_path=model1_path, model2_path=model2_path),
                     evaluator_path=evaluator_path, batch_size=batch_size, seed=seed, save_results=save_results,

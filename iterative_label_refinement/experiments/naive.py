@@ -4,7 +4,13 @@
         --model1_path=<half 1 run> --model2_path=<half 2 run> --round_id=0
 
 Proposals are matched to labels by question (the reference paired them by sorted position).
-Writes `<weak run>/<cor?>naive<max_replace>_<round>_weak_labels`.
+Which labels: as the reference, int(n * max_replace) positions of the rows sorted by question,
+drawn with NumPy reseeded with `--seed` every round, so every round replaces the same questions
+(`core.refinement.naive_choice`). `--redraw_each_round=True` draws other rows each round (Python's
+`random` seeded with seed + round_id), this project's rule before it followed the reference.
+Writes `<weak run>/<cor?>naive<max_replace>_<round>_weak_labels` (`...naive<max_replace>rd_...`
+with `--redraw_each_round`). Label sets and runs named `naive<max_replace>` that were made before
+the reference's rule became the default drew other rows each round: redo them (`--force`).
 `--print_save_path` prints that path (the last stdout line) and reads nothing: the same flags name
 the step before any of its inputs exist.
 """
@@ -27,9 +33,17 @@ def main(
     start_with_correct_labels: bool = False,
     force: bool = False,
     print_save_path: bool = False,
+    redraw_each_round: bool = False,
 ) -> str:
-    """Replace a random `max_replace` fraction of the current labels by the half models' proposals."""
-    method = Method("naive", correct_start=start_with_correct_labels, max_replace=max_replace)
+    """Replace int(n * max_replace) random labels of the n by the half models' proposals, the same
+    questions every round as in the reference (flags as in the reference, plus):
+
+    redraw_each_round: each round replaces other rows (Python's `random`, seed + round_id) instead
+    of the reference's same questions every round; its label sets are named `naive<max_replace>rd`.
+    force: redo a finished step.
+    """
+    method = Method("naive", correct_start=start_with_correct_labels, max_replace=max_replace,
+                    redraw_each_round=redraw_each_round)  # fmt: skip
     return run_step(ds_name, weak_model_path, method, round_id, dict(model1_path=model1_path, model2_path=model2_path),
                     seed=seed, save_results=save_results, force=force, print_save_path=print_save_path)  # fmt: skip
 

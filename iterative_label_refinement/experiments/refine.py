@@ -39,10 +39,21 @@ def main(
     save_results: bool = True,
     force: bool = False,
     print_save_path: bool = False,
+    redraw_each_round: bool = False,
 ) -> str:
-    """Run round `round_id`'s step of the method `kind` with these parameters."""
+    """Run round `round_id`'s step of the method `kind` with these parameters (as in
+    `experiments.ilr`, `naive` and `dpo`), among them:
+
+    max_replace: ilr replaces the disagreeing labels whose proposal scores strictly above
+    max(0.5, the (1 - max_replace) quantile of the m disagreements' scores): at most
+    ceil(max_replace (m - 1)), more than a `max_replace` fraction when m is small (1 of 2 at 0.1,
+    4 of 26 at 0.15). naive replaces exactly int(n * max_replace) of its n labels.
+    redraw_each_round: naive only; each round replaces other rows instead of the reference's same
+    questions every round (its label sets are named `naive<max_replace>rd`).
+    """
     method = Method(kind, oracle=use_oracle_feedback, correct_start=start_with_correct_labels, max_replace=max_replace,
-                    beta=beta, subsample=subsample, neutral_ties=neutral_oracle_ties)  # fmt: skip
+                    beta=beta, subsample=subsample, neutral_ties=neutral_oracle_ties,
+                    redraw_each_round=redraw_each_round)  # fmt: skip
     runs = dict(model1_path=model1_path, model2_path=model2_path, strong_model_path=strong_model_path)
     return run_step(ds_name, weak_model_path, method, round_id, {k: v for k, v in runs.items() if v is not None},
                     evaluator_path=evaluator_path, batch_size=batch_size, seed=seed, save_results=save_results,
