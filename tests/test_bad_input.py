@@ -205,6 +205,7 @@ def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(tmp_path, code,
 # Every flag typed, finite and in range before anything is written
 # ---------------------------------------------------------------------------------------------
 
+HALVES = ["--ds_name=toy_arith", "--weak_model_path=w", "--model1_path=a", "--model2_path=b"]
 FLAG_CASES = [
     ("experiments.main", ["--lr=abc"], "--lr must be a finite number > 0 or None, got 'abc'"),
     ("experiments.main", ["--seed=1.5"], "--seed must be an integer >= 0, got 1.5"),
@@ -231,6 +232,11 @@ FLAG_CASES = [
      "--evaluator_kind must be one of classifier, likelihood, got 'oracle'"),
     ("experiments.dpo", ["--ds_name=x", "--weak_model_path=w", "--strong_model_path=s", "--subsample=1.5"],
      "--subsample must be a finite number in (0, 1], got 1.5"),
+    ("experiments.ilr", [*HALVES, "--use_oracle_feedback=maybe"], "--use_oracle_feedback must be True or False, got "
+     "'maybe'"),
+    ("experiments.ilr", [*HALVES, "--max_replace=0"], "--max_replace must be a finite number in (0, 1], got 0"),
+    ("experiments.naive", [*HALVES, "--seed=-2"], "--seed must be an integer >= 0, got -2"),
+    ("experiments.refine", ["--kind=ilr", *HALVES, "--round_id=0.5"], "--round_id must be an integer >= 0, got 0.5"),
 ]  # fmt: skip
 
 

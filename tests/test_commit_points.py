@@ -8,6 +8,8 @@ run in another folder; the report of each folder must be the same.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -57,6 +59,14 @@ def _outcome(folder: Path) -> dict:
 
 
 def _report(folder: Path) -> str:
+    """The report of the run as the weak supervisor of a round-0 SFT run (its table shows the weak
+    labels' accuracy, read from the weak run's summary)."""
+    (weak,) = [p for p in (folder / "results" / "default").iterdir() if p.is_dir()]
+    strong = subprocess.run([sys.executable, "-m", "iterative_label_refinement.experiments.main", *FLAGS,
+                             f"--weak_labels_path={weak}", "--method=ilr0.1", "--generate_weak_labels=False"],
+                            capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO), ILR_SAVE_PATH=str(folder / "results")))  # fmt: skip
+    assert strong.returncode == 0, strong.stderr[-2000:]
     report = subprocess.run([sys.executable, "-m", "iterative_label_refinement.experiments.report",
                              f"--results_folder={folder / 'results'}", f"--out_dir={folder / 'report'}"],
                             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))  # fmt: skip
@@ -85,4 +95,6 @@ def test_a_run_killed_before_any_rename_reruns_to_the_uninterrupted_result(tmp_p
         assert "nothing to do" not in rerun.stderr, k
         assert _outcome(folder) == expected, f"killed before rename {k} ({renames[k - 1]})"
         if renames[k - 1] == "results_summary.json":  # the labels saved, their accuracy not yet recorded
-            assert _report(folder) == _report(whole) and "label" in _report(whole)
+            report = _report(whole)
+            assert _report(folder) == report and all(r["label_accuracy"] for r in csv.DictReader(io.StringIO(report)))
+            assert len(report.splitlines()) == 2  # the header and the SFT row

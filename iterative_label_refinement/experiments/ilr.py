@@ -16,6 +16,9 @@ the step before any of its inputs exist.
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE, POSITIVE
 from iterative_label_refinement.core.methods import Method
 from iterative_label_refinement.core.refinement_step import run_step
 
@@ -26,13 +29,13 @@ def main(
     model1_path: str,
     model2_path: str,
     evaluator_path: str | None = None,
-    round_id: int = 0,
+    round_id: Annotated[int, NON_NEGATIVE] = 0,
     save_results: bool = True,
-    max_replace: float = 0.1,
-    seed: int = 0,
+    max_replace: Annotated[float, FRACTION] = 0.1,
+    seed: Annotated[int, NON_NEGATIVE] = 0,
     use_oracle_feedback: bool = False,
     start_with_correct_labels: bool = False,
-    batch_size: int = 32,
+    batch_size: Annotated[int, POSITIVE] = 32,
     force: bool = False,
     print_save_path: bool = False,
 ) -> str:

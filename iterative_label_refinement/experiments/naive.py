@@ -17,6 +17,9 @@ the step before any of its inputs exist.
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE
 from iterative_label_refinement.core.methods import Method
 from iterative_label_refinement.core.refinement_step import run_step
 
@@ -26,10 +29,10 @@ def main(
     weak_model_path: str,
     model1_path: str,
     model2_path: str,
-    round_id: int = 0,
+    round_id: Annotated[int, NON_NEGATIVE] = 0,
     save_results: bool = True,
-    max_replace: float = 0.1,
-    seed: int = 0,
+    max_replace: Annotated[float, FRACTION] = 0.1,
+    seed: Annotated[int, NON_NEGATIVE] = 0,
     start_with_correct_labels: bool = False,
     force: bool = False,
     print_save_path: bool = False,

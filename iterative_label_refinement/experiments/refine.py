@@ -15,6 +15,9 @@ stdout line) and reads nothing.
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE, POSITIVE
 from iterative_label_refinement.core.methods import Method
 from iterative_label_refinement.core.refinement_step import run_step
 
@@ -27,15 +30,15 @@ def main(
     model2_path: str | None = None,
     strong_model_path: str | None = None,
     evaluator_path: str | None = None,
-    round_id: int = 0,
-    max_replace: float | None = None,
-    beta: float | None = None,
-    subsample: float | None = None,
+    round_id: Annotated[int, NON_NEGATIVE] = 0,
+    max_replace: Annotated[float | None, FRACTION] = None,
+    beta: Annotated[float | None, POSITIVE] = None,
+    subsample: Annotated[float | None, FRACTION] = None,
     use_oracle_feedback: bool = False,
     neutral_oracle_ties: bool = False,
     start_with_correct_labels: bool = False,
-    seed: int = 0,
-    batch_size: int = 32,
+    seed: Annotated[int, NON_NEGATIVE] = 0,
+    batch_size: Annotated[int, POSITIVE] = 32,
     save_results: bool = True,
     force: bool = False,
     print_save_path: bool = False,
