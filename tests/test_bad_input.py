@@ -176,7 +176,12 @@ run_cli(main)
 @pytest.mark.parametrize(
     ("code", "text", "message"),
     [
-        ("ENOSPC", "No space left on device", r"the disk is full writing \S+\.tmp: \d+ MiB free in {out}; free space"),
+        (
+            "ENOSPC",
+            "No space left on device",
+            r"the disk is full writing \S+\.tmp: No space left on device \(the "
+            r"write needs about (?!0\.0 )[\d.]+ KiB\); \d+ MiB free in {out}; free space there",
+        ),
         ("EROFS", "Read-only file system", r"cannot write \S+\.tmp: Read-only file system; choose a folder you can"),
     ],
 )

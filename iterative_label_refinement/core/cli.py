@@ -272,7 +272,7 @@ def storage_error(e: BaseException) -> str | None:
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
         free = shutil.disk_usage(folder).free / 2**20
-        where = f"writing {target}" if target else f"({e})"
-        return (f"the disk is full {where}: {free:.0f} MiB free in {folder}; free space there, or choose a "
-                "results folder on a larger disk")  # fmt: skip
+        reason = getattr(e, "strerror", None) or str(e)
+        return (f"the disk is full writing {target or '(unknown)'}: {reason}; {free:.0f} MiB free in {folder}; "
+                "free space there, or choose a results folder on a larger disk")  # fmt: skip
     return f"cannot write {target}: {e.strerror}; choose a folder you can write to"

@@ -199,6 +199,28 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def needing(nbytes: int, target: str | Path) -> Iterator[None]:
+    """A write of about `nbytes` to `target`: a full disk (an OSError, or safetensors' os error 28)
+    comes out as an OSError that says how much the write needed, for the CLI's one line."""
+    try:
+        yield
+    except Exception as e:
+        if getattr(e, "errno", None) != errno.ENOSPC and "os error 28" not in str(e):
+            raise
+        size = f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
+        raise OSError(errno.ENOSPC, f"No space left on device (the write needs about {size})",
+                      str(getattr(e, "filename", None) or target)) from e  # fmt: skip
+
+
+def dataset_nbytes(dataset: Any) -> int:
+    """The Arrow bytes of a Dataset, a DatasetDict, or a wrapper holding one as `.dd`."""
+    dataset = getattr(dataset, "dd", dataset)
+    if hasattr(dataset, "values"):
+        return sum(dataset_nbytes(d) for d in dataset.values())
+    return dataset.data.nbytes
+
+
 def save_to_disk_atomic(dataset: Any, path: str | Path, records: dict[str, Any] | None = None) -> None:
     """`dataset.save_to_disk` into a temporary sibling, then swap it into place.
 
@@ -220,7 +242,8 @@ def save_to_disk_atomic(dataset: Any, path: str | Path, records: dict[str, Any] 
         _recover(path)
         tmp = _sibling(path, "tmp")
         try:
-            dataset.save_to_disk(str(tmp))
+            with needing(dataset_nbytes(dataset), tmp):
+                dataset.save_to_disk(str(tmp))
             for name, obj in (records or {}).items():
                 (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
             if not path.exists() and not path.is_symlink():

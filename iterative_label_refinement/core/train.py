@@ -29,6 +29,7 @@ from iterative_label_refinement.core.common import (
     accumulation_steps,
     get_logger,
     is_main_process,
+    needing,
     refuse_unsupported_dpo_launcher,
     uses_fsdp,
     validate_optimizer,
@@ -365,8 +366,11 @@ def save_trained(model: torch.nn.Module, tokenizer, path: str | Path) -> None:
         kwargs["state_dict"] = {k: v.full_tensor() if isinstance(v, DTensor) else v
                                 for k, v in model.state_dict().items() if keep(k)}  # fmt: skip
     if is_main_process():
-        model.save_pretrained(str(path), **kwargs)
-        tokenizer.save_pretrained(str(path))
+        saved = kwargs.get("state_dict") or {k: v for k, v in model.state_dict().items()
+                                             if "selected_adapters" not in kwargs or "lora_" in k}  # fmt: skip
+        with needing(sum(v.numel() * v.element_size() for v in saved.values()), path):
+            model.save_pretrained(str(path), **kwargs)
+            tokenizer.save_pretrained(str(path))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ An evaluator that exists is not retrained.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -296,49 +297,56 @@ def main(
         print(out)
         return {"save_path": str(out), "skipped": True, **read_json(out / "results_summary.json")}
 
-    seed_everything(seed)
-    summary: dict[str, Any] = {}
-    if not done or force_retrain:
-        tokenizer = load_tokenizer(model_size)
-        model = _model(model_size, evaluator_kind, lora_rank, tokenizer.pad_token_id)
-        rows_of = _classifier_rows if evaluator_kind == "classifier" else _likelihood_rows
-        train_ds, eval_ds = (rows_of(dd[s], tokenizer) for s in ("train", "test"))
-        collator = lambda rows: collate(rows, tokenizer.pad_token_id)  # noqa: E731
-        checkpoints = out / "checkpoints"
-        args = TrainConfig(
-            output_dir=str(checkpoints), lr=lr, epochs=epochs, batch_size=batch_size,
-            minibatch_size_per_device=minibatch_size_per_device, optim=optim, lr_schedule=lr_schedule,
-            warmup_ratio=warmup_ratio, seed=seed, use_wandb=use_wandb,
-            gradient_checkpointing=model_cfg.gradient_checkpointing, run_name=out.name,
-        ).training_arguments(eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
-                             metric_for_best_model="eval_loss", greater_is_better=False,
-                             per_device_eval_batch_size=eval_batch_size)  # fmt: skip
-        start = time.time()
-        summary.update(train(model, train_ds, eval_ds, collator, args, head_lr, evaluator_kind == "classifier"))
-        summary["train_seconds"] = round(time.time() - start, 1)
-        summary["stopped_early"] = summary["epochs_run"] < epochs - 1e-6
-        if lora_rank:
-            model = model.merge_and_unload()
-        full_config = dict(config, model_weights=weights, evaluator_kind=evaluator_kind,
-                           head_lr=head_lr, data_path=str(data_path),
-                           minibatch_size_per_device=minibatch_size_per_device, eval_batch_size=eval_batch_size,
-                           evaluator_data=read_json(data_path / "experiment_config.json")
-                           if (data_path / "experiment_config.json").exists() else None)  # fmt: skip
-        if evaluator_kind == "likelihood":
-            full_config["likelihood_scale"] = _likelihood_scale(model, tokenizer, dd["train"], eval_batch_size)
-        if is_main_process():
-            save_evaluator(model, tokenizer, out, full_config)
-            write_json(out / RECORD, record)  # before results_summary.json, the evaluator's commit point
-            shutil.rmtree(checkpoints, ignore_errors=True)
-        del model
-    if not is_main_process():
-        return {"save_path": str(out)}
-    # Reload from the dir alone: what `ilr` and `dpo` will do.
-    summary.update(summarize(load_evaluator(out), dd["test"], eval_batch_size))
-    write_json(out / "results_summary.json", summary)
-    logger.info("Evaluator %s: held-out pair accuracy %.3f", out, summary["pair_accuracy"])
-    print(out)
-    return {"save_path": str(out), **summary}
+    from iterative_label_refinement.core.locks import writing
+
+    # One writer: the main process holds the evaluator dir's lock while it trains and writes.
+    with writing(out) if is_main_process() else contextlib.nullcontext():
+        if (out / "results_summary.json").exists() and not force_retrain:  # made while this one started
+            return {"save_path": str(out), "skipped": True, **read_json(out / "results_summary.json")}
+        seed_everything(seed)
+        summary: dict[str, Any] = {}
+        if not done or force_retrain:
+            (out / "results_summary.json").unlink(missing_ok=True)  # not done again until it commits
+            tokenizer = load_tokenizer(model_size)
+            model = _model(model_size, evaluator_kind, lora_rank, tokenizer.pad_token_id)
+            rows_of = _classifier_rows if evaluator_kind == "classifier" else _likelihood_rows
+            train_ds, eval_ds = (rows_of(dd[s], tokenizer) for s in ("train", "test"))
+            collator = lambda rows: collate(rows, tokenizer.pad_token_id)  # noqa: E731
+            checkpoints = out / "checkpoints"
+            args = TrainConfig(
+                output_dir=str(checkpoints), lr=lr, epochs=epochs, batch_size=batch_size,
+                minibatch_size_per_device=minibatch_size_per_device, optim=optim, lr_schedule=lr_schedule,
+                warmup_ratio=warmup_ratio, seed=seed, use_wandb=use_wandb,
+                gradient_checkpointing=model_cfg.gradient_checkpointing, run_name=out.name,
+            ).training_arguments(eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+                                 metric_for_best_model="eval_loss", greater_is_better=False,
+                                 per_device_eval_batch_size=eval_batch_size)  # fmt: skip
+            start = time.time()
+            summary.update(train(model, train_ds, eval_ds, collator, args, head_lr, evaluator_kind == "classifier"))
+            summary["train_seconds"] = round(time.time() - start, 1)
+            summary["stopped_early"] = summary["epochs_run"] < epochs - 1e-6
+            if lora_rank:
+                model = model.merge_and_unload()
+            full_config = dict(config, model_weights=weights, evaluator_kind=evaluator_kind,
+                               head_lr=head_lr, data_path=str(data_path),
+                               minibatch_size_per_device=minibatch_size_per_device, eval_batch_size=eval_batch_size,
+                               evaluator_data=read_json(data_path / "experiment_config.json")
+                               if (data_path / "experiment_config.json").exists() else None)  # fmt: skip
+            if evaluator_kind == "likelihood":
+                full_config["likelihood_scale"] = _likelihood_scale(model, tokenizer, dd["train"], eval_batch_size)
+            if is_main_process():
+                save_evaluator(model, tokenizer, out, full_config)
+                write_json(out / RECORD, record)  # before results_summary.json, the evaluator's commit point
+                shutil.rmtree(checkpoints, ignore_errors=True)
+            del model
+        if not is_main_process():
+            return {"save_path": str(out)}
+        # Reload from the dir alone: what `ilr` and `dpo` will do.
+        summary.update(summarize(load_evaluator(out), dd["test"], eval_batch_size))
+        write_json(out / "results_summary.json", summary)
+        logger.info("Evaluator %s: held-out pair accuracy %.3f", out, summary["pair_accuracy"])
+        print(out)
+        return {"save_path": str(out), **summary}
 
 
 def _likelihood_scale(model, tokenizer, train: Dataset, batch_size: int, max_pairs: int = 2000) -> float:
