@@ -97,4 +97,4 @@ def test_a_run_killed_before_any_rename_reruns_to_the_uninterrupted_result(tmp_p
         if renames[k - 1] == "results_summary.json":  # the labels saved, their accuracy not yet recorded
             report = _report(whole)
             assert _report(folder) == report and all(r["label_accuracy"] for r in csv.DictReader(io.StringIO(report)))
-            assert len(report.splitlines()) == 2  # the header and the SFT row
+            assert report.count("\n") > 1  # rows, not the header alone
