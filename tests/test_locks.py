@@ -120,3 +120,40 @@ def test_two_refinement_steps_on_one_label_set(tmp_path):
     again = subprocess.run([sys.executable, "-m", "iterative_label_refinement.experiments.ilr", *flags], env=ENV,
                            capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+RUN = """import sys, time
+from pathlib import Path
+from iterative_label_refinement.experiments import main as main_module
+train_or_load = main_module._train_or_load
+def slow(*args):
+    Path(sys.argv[1]).touch()
+    while not Path(sys.argv[2]).exists():
+        time.sleep(0.05)
+    return train_or_load(*args)
+main_module._train_or_load = slow
+from iterative_label_refinement.core.cli import run_cli
+run_cli(main_module.main, sys.argv[3:])
+"""
+
+
+def test_a_second_run_of_one_run_dir_is_refused_and_cleans_nothing(tmp_path):
+    """Run B's start-up used to clean run A's in-flight temporary files, and A crashed."""
+    flags = ["--ds_name=toy_arith", "--model_size=tiny-random", "--n_docs=16", "--n_test_docs=4", "--batch_size=8",
+             "--minibatch_size_per_device=8", "--epochs=1", "--lora_rank=4", f"--results_folder={tmp_path / 'r'}"]  # fmt: skip
+    held, release = tmp_path / "held", tmp_path / "release"
+    first = subprocess.Popen([sys.executable, "-c", RUN, str(held), str(release), *flags], env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _wait_for(held, first)
+    (run_dir,) = [p for p in (tmp_path / "r" / "default").iterdir() if p.is_dir()]
+    in_flight = run_dir / ".results_summary.json.0123.tmp"  # what a write of A's would have there
+    in_flight.write_text("{}")
+    second = subprocess.run([sys.executable, "-m", "iterative_label_refinement.experiments.main", *flags], env=ENV,
+                            capture_output=True, text=True)  # fmt: skip
+    assert second.returncode == 2 and in_flight.exists()
+    last = second.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {run_dir} is being written by pid {first.pid} on {socket.gethostname()}"), last
+    release.touch()
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-2000:]
+    assert (run_dir / "done.json").exists()
