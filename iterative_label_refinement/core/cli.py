@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.common import ConfigError, disk_full
 
 HELP_FLAGS = ("--help", "-h")
 # fire's own flags, allowed after a lone `--` (e.g. `-- --trace`)
@@ -262,7 +262,7 @@ def storage_error(e: BaseException) -> str | None:
 
     safetensors reports a full disk as a SafetensorError whose text holds the OS error; every write of
     this project goes to a temporary name first, so what was refused was never taken for a result."""
-    full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in str(e)
+    full = disk_full(e)
     denied = getattr(e, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM)
     if not (full or denied):
         return None

@@ -199,6 +199,11 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def disk_full(e: BaseException) -> bool:
+    """An OSError of a full disk, or safetensors' SafetensorError, whose text holds the OS error."""
+    return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in str(e)
+
+
 @contextlib.contextmanager
 def needing(nbytes: int, target: str | Path) -> Iterator[None]:
     """A write of about `nbytes` to `target`: a full disk (an OSError, or safetensors' os error 28)
@@ -206,7 +211,7 @@ def needing(nbytes: int, target: str | Path) -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        if getattr(e, "errno", None) != errno.ENOSPC and "os error 28" not in str(e):
+        if not disk_full(e):
             raise
         size = f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
         raise OSError(errno.ENOSPC, f"No space left on device (the write needs about {size})",
