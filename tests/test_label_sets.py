@@ -14,8 +14,10 @@ from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.label_sets import (
     LABEL_COLUMNS,
     REFINEMENT_COLUMNS,
+    _data_files,
     check_known_acc,
     check_round,
+    check_trains,
     current_labels_path,
     first,
     is_label_set,
@@ -25,6 +27,7 @@ from iterative_label_refinement.core.label_sets import (
     refined_path,
     run_round,
     save_label_set,
+    trained_by,
 )
 
 
@@ -191,3 +194,73 @@ def test_error_messages_name_the_path_and_the_round(tmp_path):
 def test_either_datasets_file_marks_a_label_set(tmp_path, marker):
     (tmp_path / marker).write_text("{}")
     assert is_label_set(tmp_path)
+
+
+def _record(folder: Path, **record) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "provenance.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_trained_by_reads_the_record_first_then_the_name(tmp_path):
+    assert trained_by(tmp_path / "weak_labels") == (None, 0)
+    assert trained_by(tmp_path / "ilr0.3_0_weak_labels") == ("ilr0.3", 1)
+    assert trained_by(tmp_path / "naive0.3rd_12_weak_labels") == ("naive0.3rd", 13)
+    # the method's own name may hold underscores and digits: the round is the last number
+    assert trained_by(tmp_path / "a_1_b_2_weak_labels") == ("a_1_b", 3)
+    for other in ("labels", "ilr0.3_x_weak_labels", "ilr0.3_1_weak_labels_copy", "_1_weak_labels", "weak_labels2"):
+        assert trained_by(tmp_path / other) is None, other
+    # a record names what the set is for, whatever its folder is called
+    mine = _record(tmp_path / "my_labels", method="dpo0.50.15", round_id=2)
+    assert trained_by(mine) == ("dpo0.50.15", 3)
+    renamed = _record(tmp_path / "ilr0.3_0_weak_labels", method="naive0.3", round_id=0)
+    assert trained_by(renamed) == ("naive0.3", 1)
+    # a record without both fields (evaluator data, a user's note) leaves the name to speak
+    partial = _record(tmp_path / "x" / "ilr0.3_4_weak_labels", method="naive0.3")
+    assert trained_by(partial) == ("ilr0.3", 5)
+    no_round = _record(tmp_path / "y" / "weak_labels", round_id=3)
+    assert trained_by(no_round) == (None, 0)
+
+
+def test_check_trains_refuses_another_method_or_round_and_names_both(tmp_path):
+    check_trains(tmp_path / "weak_labels", "ilr0.3", 0)  # round 0's labels suit every method
+    check_trains(tmp_path / "weak_labels", None, 0)
+    check_trains(tmp_path / "ilr0.3_1_weak_labels", "ilr0.3", 2)
+    check_trains(tmp_path / "my_own_labels", "ilr0.3", 5)  # neither a record nor our name: the user's own
+    with pytest.raises(ConfigError, match=r"holds the labels of round 0, but this run is --method=ilr0.3 --round_id=1"):
+        check_trains(tmp_path / "weak_labels", "ilr0.3", 1)
+    with pytest.raises(ConfigError, match=r"holds the labels of naive0.3 round 2, but this run is --method=ilr0.3 --r"):
+        check_trains(tmp_path / "naive0.3_1_weak_labels", "ilr0.3", 2)
+    with pytest.raises(ConfigError, match=r"holds the labels of ilr0.3 round 2, but this run is --method=ilr0.3 --r"):
+        check_trains(tmp_path / "ilr0.3_1_weak_labels", "ilr0.3", 1)
+    with pytest.raises(ConfigError, match=r"ilr0.3 round 2.*--round_id=3"):
+        check_trains(tmp_path / "ilr0.3_1_weak_labels", "ilr0.3", 3)
+    recorded = _record(tmp_path / "kept", method="naive0.3", round_id=0)
+    check_trains(recorded, "naive0.3", 1)
+    with pytest.raises(ConfigError, match=f"--weak_labels_path={recorded} holds the labels of naive0.3 round 1"):
+        check_trains(recorded, "ilr0.3", 1)
+
+
+def test_data_files_reads_state_json_and_says_none_when_it_cannot(tmp_path):
+    assert _data_files(tmp_path) is None  # no state.json
+    (tmp_path / "state.json").write_text('{"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}')
+    assert _data_files(tmp_path) == [{"filename": "data-00000-of-00001.arrow"}]
+    (tmp_path / "state.json").write_text('{"_data_files": []}')
+    assert _data_files(tmp_path) == []
+    (tmp_path / "state.json").write_text("{}")
+    assert _data_files(tmp_path) is None
+    (tmp_path / "state.json").write_text('{"_data_files": ')  # torn
+    assert _data_files(tmp_path) is None
+    (tmp_path / "state.json").write_text("[1, 2]")  # not an object
+    assert _data_files(tmp_path) is None
+
+
+def test_a_damaged_or_empty_label_set_is_one_line_naming_it(tmp_path):
+    path = Path(save_label_set(rows(3), tmp_path / "set", seed=0, record={}))
+    (arrow,) = path.glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[:40])  # torn
+    with pytest.raises(ConfigError, match=f"^Label set {path} is damaged \\(.*\\); remake it with --force$"):
+        load_label_set(path)
+    Dataset.from_list(rows(2)).select([]).save_to_disk(str(tmp_path / "none"))
+    with pytest.raises(ConfigError, match=f"^Label set {tmp_path / 'none'} has no rows; remake it with --force$"):
+        load_label_set(tmp_path / "none")
