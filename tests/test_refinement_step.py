@@ -396,3 +396,53 @@ def test_the_answers_to_judge_need_their_correctness_column(world, tmp_path):
     with pytest.raises(ConfigError) as error:
         dpo.main("toy_arith", weak, str(unknown), use_oracle_feedback=True)
     assert str(error.value).startswith(f"Label set {unknown / 'weak_labels'} has acc=None in 40 of 40 rows")
+
+
+def _run(folder: Path, weights: str | None) -> Path:
+    folder.mkdir(parents=True)
+    config = {"round_id": 0} if weights is None else {"round_id": 0, "model_weights": weights}
+    (folder / "experiment_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_step_record_names_each_input_by_what_it_is(tmp_path):
+    """The record written by hand from the rule: judged runs by name and weights; round 0's labels by
+    the weak run, later ones by the previous label set's record digest; feedback by the evaluator's
+    `<data>/<settings>` and record digest, or "oracle"; naive names no feedback, dpo no labels."""
+    weak = _run(tmp_path / "weak-run", "w-weak")
+    halves = {"model1_path": str(_run(tmp_path / "h1", "w1")), "model2_path": str(_run(tmp_path / "h2", None))}
+    evaluator_dir = tmp_path / "data" / "ev"
+    evaluator_dir.mkdir(parents=True)
+    (evaluator_dir / "provenance.json").write_text('{"lr": 1}')
+    ev_digest = hashlib.sha256(json.dumps({"lr": 1}, sort_keys=True).encode()).hexdigest()[:16]
+    runs = {"model1_path": {"run": "h1", "model_weights": "w1"}, "model2_path": {"run": "h2", "model_weights": None}}
+
+    ilr_method = parse_method("ilr0.3")
+    record = refinement_step.step_record(ilr_method, 0, 7, "toy", str(weak), halves, str(evaluator_dir))
+    assert record == {
+        "artifact": "label_set", "ds_name": "toy", "method": "ilr0.3", "settings": dataclasses.asdict(ilr_method),
+        "round_id": 0, "seed": 7,
+        "inputs": {**runs, "labels": {"run": "weak-run", "model_weights": "w-weak"},
+                   "feedback": {"name": "data/ev", "record": ev_digest}},
+    }  # fmt: skip
+
+    previous = weak / "ilr0.3_0_weak_labels"
+    previous.mkdir()
+    (previous / "provenance.json").write_text('{"round_id": 0}')
+    later = refinement_step.step_record(ilr_method, 1, 7, "toy", str(weak), halves, str(evaluator_dir))
+    prev_digest = hashlib.sha256(b'{"round_id": 0}').hexdigest()[:16]
+    assert later["inputs"]["labels"] == {"name": "ilr0.3_0_weak_labels", "record": prev_digest}
+    assert later["round_id"] == 1
+
+    oracle = refinement_step.step_record(parse_method("orailr0.3"), 0, 7, "toy", str(weak), halves, str(evaluator_dir))
+    assert oracle["inputs"]["feedback"] == "oracle" and oracle["method"] == "orailr0.3"
+
+    naive_record = refinement_step.step_record(parse_method("naive0.3"), 0, 7, "toy", str(weak), halves, None)
+    assert set(naive_record["inputs"]) == {"model1_path", "model2_path", "labels"}
+
+    round_model = {"strong_model_path": str(_run(tmp_path / "r0", "w-r0"))}
+    dpo_record = refinement_step.step_record(parse_method("dpo0.50.15"), 0, 3, "toy", str(weak), round_model,
+                                             str(evaluator_dir))  # fmt: skip
+    assert dpo_record["inputs"] == {"strong_model_path": {"run": "r0", "model_weights": "w-r0"},
+                                    "feedback": {"name": "data/ev", "record": ev_digest}}  # fmt: skip
+    assert dpo_record["settings"]["beta"] == 0.5 and dpo_record["seed"] == 3
