@@ -78,6 +78,18 @@ def check_lora_rank(lora_rank: int) -> None:
         raise ConfigError(f"--lora_rank must be 0 (full fine-tune) or a positive integer, got {lora_rank!r}")
 
 
+def check_served_rank(lora_rank: int, dpo_path: str | None) -> None:
+    """The LoRA rank vLLM will serve is one it can: this run's, or in a DPO round the one of the adapter it
+    continues (its absence is refused later, with the other DPO inputs)."""
+    from iterative_label_refinement.core.generation import adapter_rank, check_vllm_lora_rank
+
+    if dpo_path is None:
+        check_vllm_lora_rank(lora_rank, f"--lora_rank={lora_rank} with --inference_backend=vllm")
+    elif Path(dpo_path, "adapter_config.json").exists():
+        rank = adapter_rank(dpo_path)
+        check_vllm_lora_rank(rank, f"--dpo_path={dpo_path} (a rank-{rank} adapter) with --inference_backend=vllm")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     # what is trained, on what
@@ -193,6 +205,8 @@ class RunConfig:
                     num_samples=num_samples)  # fmt: skip
         check_wandb(f["use_wandb"])
         check_lora_rank(f["lora_rank"])
+        if f["inference_backend"] == "vllm":
+            check_served_rank(f["lora_rank"], f["dpo_path"] if dpo_round else None)
         compute_weak_label_acc = f["compute_weak_label_acc"]
         if compute_weak_label_acc is None:
             compute_weak_label_acc = dataset.score_labels
@@ -277,7 +291,7 @@ class RunConfig:
         adapter it continues (`dpo_path`), so its LoRA is read from there; otherwise core.train's
         `add_lora` builds r=lora_rank, alpha=2r (none for lora_rank=0, a full fine-tune)."""
         from iterative_label_refinement.core.common import world_size
-        from iterative_label_refinement.core.models import default_dtype, mixed_precision
+        from iterative_label_refinement.core.devices import default_dtype, mixed_precision
 
         lora: dict[str, Any] = {}
         if self.dpo_round:
