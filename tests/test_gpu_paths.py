@@ -61,14 +61,21 @@ class FakeGPU:
         monkeypatch.setattr(models, "default_device", lambda: torch.device("cpu"))  # the weights stay on the CPU
 
 
+# Weak references to the objects a stand-in vLLM engine checks for at its start (the trained model).
+WATCHED: list[weakref.ref] = []
+
+
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    """A stand-in `vllm` package; `seen` gets each engine's arguments and what it found at construction."""
+    """A stand-in `vllm` package; `seen` gets each engine's arguments and what it found at its start: the
+    free GPU memory, and whether an object of WATCHED was still alive."""
     seen: list[dict] = []
+    WATCHED.clear()
 
     class LLM:
         def __init__(self, **kwargs):
-            seen.append(dict(kwargs=kwargs, free=torch.cuda.mem_get_info()[0], requests=[]))
+            alive = any(ref() is not None for ref in WATCHED)
+            seen.append(dict(kwargs=kwargs, free=torch.cuda.mem_get_info()[0], alive=alive, requests=[]))
 
         def generate(self, inputs, params, lora_request=None):
             seen[-1]["requests"].append(lora_request.args[2] if lora_request else None)
@@ -109,12 +116,11 @@ def test_vllm_starts_on_the_memory_the_trained_model_held(tmp_path, monkeypatch,
     card: 14 GiB free, so the share is floor(100 x (14 - 1) / 16) / 100 = 0.81 (1 GiB kept for the
     engine's own process), not --gpu_usage's 0.9, which vLLM would refuse (0.9 x 16 = 14.4 > 14)."""
     gpu = FakeGPU(capability)
-    trained: list[weakref.ref] = []
     real_train_or_load = main_module._train_or_load
 
     def train_then_gpu(*args, **kwargs):
         model, tokenizer = real_train_or_load(*args, **kwargs)
-        trained.append(weakref.ref(model))
+        WATCHED.append(weakref.ref(model))
         gpu.install(monkeypatch)
         gpu.hold(model, 6 * GIB)
         return model, tokenizer
@@ -123,7 +129,7 @@ def test_vllm_starts_on_the_memory_the_trained_model_held(tmp_path, monkeypatch,
     out = main_module.main(results_folder=str(tmp_path), lora_rank=lora_rank, **TINY)
     run_dir = Path(out["save_path"])
     (engine,) = fake_vllm
-    assert trained[0]() is None  # no reference kept the trained model alive
+    assert engine["alive"] is False  # no reference kept the trained model alive
     assert engine["free"] == 14 * GIB and engine["kwargs"]["gpu_memory_utilization"] == 0.81
     assert engine["kwargs"]["dtype"] == dtype
     if lora_rank:  # the base with the run's adapter, of the run's rank
