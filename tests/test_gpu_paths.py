@@ -265,7 +265,7 @@ def test_a_rank_vllm_cannot_serve_is_refused_at_the_door(run_config, tmp_path, r
 @pytest.mark.parametrize("rank", [0, *VLLM_RANKS])
 def test_the_ranks_vllm_serves_pass_the_door(run_config, tmp_path, rank):
     run_config(ds_name="toy_arith", model_size="tiny-random", results_folder=str(tmp_path), lora_rank=rank,
-               inference_backend="vllm")  # fmt: skip
+               inference_backend="vllm", num_beams=1)  # fmt: skip
 
 
 def test_a_dpo_round_is_checked_on_the_rank_of_the_adapter_it_continues(run_config, tmp_path):
@@ -282,3 +282,16 @@ def test_the_engine_refuses_an_adapter_of_another_rank(fake_vllm, tmp_path):
     with pytest.raises(ConfigError, match="not 48"):
         VLLMModel("base", str(tmp_path))
     assert fake_vllm == []  # refused before the engine starts
+
+
+def test_beam_search_with_vllm_is_refused_at_the_door(run_config, tmp_path):
+    """vLLM has no beam search: refused before training, not when the trained model first generates."""
+    flags = dict(ds_name="toy_arith", model_size="tiny-random", results_folder=str(tmp_path), inference_backend="vllm")
+    refusal = r"--num_beams=4: beam search runs on the 'hf' backend only; .* pass --num_beams=1"
+    with pytest.raises(ConfigError, match=refusal):
+        run_config(**flags)  # test evaluation decodes with the default 4 beams
+    with pytest.raises(ConfigError, match=refusal):
+        run_config(**flags, force_eval=False)  # and so do temperature-0 labels
+    run_config(**flags, force_eval=False, label_temp=0.7)  # sampled labels alone use no beams
+    run_config(**flags, num_beams=1)
+    assert list(tmp_path.iterdir()) == []

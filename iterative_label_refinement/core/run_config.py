@@ -205,8 +205,14 @@ class RunConfig:
                     num_samples=num_samples)  # fmt: skip
         check_wandb(f["use_wandb"])
         check_lora_rank(f["lora_rank"])
+        # The half-data runs only propose labels: they skip the test set unless asked.
+        do_test = force_eval if force_eval is not None else f["half_data"] == 0
         if f["inference_backend"] == "vllm":
             check_served_rank(f["lora_rank"], f["dpo_path"] if dpo_round else None)
+            greedy = do_test or (f["generate_weak_labels"] and f["label_temp"] <= 0)  # these decode with num_beams
+            if greedy and f["num_beams"] > 1:
+                raise ConfigError(f"--num_beams={f['num_beams']}: beam search runs on the 'hf' backend only; with "
+                                  "--inference_backend=vllm pass --num_beams=1 (greedy)")  # fmt: skip
         compute_weak_label_acc = f["compute_weak_label_acc"]
         if compute_weak_label_acc is None:
             compute_weak_label_acc = dataset.score_labels
@@ -227,8 +233,7 @@ class RunConfig:
             use_wandb=f["use_wandb"], do_dpo=do_dpo, dpo_path=f["dpo_path"], dpo_beta=f["dpo_beta"],
             dpo_loss_type=f["dpo_loss_type"], weak_dir=weak_dir, labels_path=labels_path, weak_config=weak_config,
             weak_model_size=weak_model_size,
-            # The half-data runs only propose labels: they skip the test set unless asked.
-            do_test=force_eval if force_eval is not None else f["half_data"] == 0,
+            do_test=do_test,
             force_retrain=f["force_retrain"], save_model=f["save_model"],
             generate_weak_labels=f["generate_weak_labels"], inference_on_train=f["inference_on_train"],
             compute_weak_label_acc=compute_weak_label_acc, compute_test_acc=compute_test_acc,
