@@ -114,7 +114,8 @@ def main(
     Extensions over the reference: `minibatch_size_per_device` (default: the model's registered
     value) may exceed 1; `eval_batch_size` (default: the model's), `num_beams` (the reference's 4-beam
     search for test evaluation and temperature-0 labels; 1 is greedy) and
-    `inference_backend` (`hf` or `vllm`) control generation; `do_eval` is an alias of `force_eval`;
+    `inference_backend` (`hf` or `vllm`) control generation (`gpu_usage`, the reference's flag, caps vLLM's
+    share of GPU memory, chosen from what is free when the engine starts); `do_eval` is an alias of `force_eval`;
     `weak_model_size` names the weak model when its run dir cannot be read (dry runs); `top_k` and
     `top_p` truncate label sampling (off by default: samples come from the whole distribution);
     `eval_on=heldout` scores on `n_test_docs` training-split prompts no run of `n_docs` trains on or
