@@ -10,6 +10,8 @@ served as a LoRA adapter over the untrained base.
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
 import sys
 import types
 import weakref
@@ -294,3 +296,37 @@ def test_beam_search_with_vllm_is_refused_at_the_door(run_config, tmp_path):
     run_config(**flags, force_eval=False, label_temp=0.7)  # sampled labels alone use no beams
     run_config(**flags, num_beams=1)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU check runs on a node without registry access, from pinned requirements
+# ---------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pins(path: Path) -> dict[str, str]:
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert all("==" in line for line in lines), [line for line in lines if "==" not in line]
+    return {name.lower().replace("_", "-"): version for name, version in (line.split("==") for line in lines)}
+
+
+def test_the_gpu_requirements_pin_vllm_over_the_tested_set():
+    gpu, tested = pins(REPO / "requirements-gpu.txt"), pins(REPO / "requirements.txt")
+    assert gpu["vllm"] == "0.30.0" and '"vllm==0.30.0"' in (REPO / "setup.py").read_text()
+    # The tested set, but numpy: vLLM's mistral_common needs numpy < 2.4 on Python <= 3.12.
+    assert {k: v for k, v in tested.items() if k != "numpy"} == {k: gpu[k] for k in tested if k != "numpy"}
+    assert tuple(int(part) for part in gpu["numpy"].split(".")[:2]) < (2, 4)
+
+
+def test_the_gpu_check_installs_nothing_and_fails_without_vllm(tmp_path):
+    """A node without registry access once skipped the vLLM step (installed at run time) and passed."""
+    script = (REPO / "benchmarks" / "gpu_check.sh").read_text()
+    assert "pip install" not in script and "SKIP" not in script
+    no_vllm = tmp_path / "python"
+    no_vllm.write_text("#!/bin/sh\nexit 1\n")  # a Python where `import vllm` fails
+    no_vllm.chmod(0o755)
+    run = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PY": str(no_vllm), "OUT_DIR": str(tmp_path / "out")})  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert (tmp_path / "out" / "summary.txt").read_text().startswith("FAIL: ") and "make gpu-setup" in run.stdout
