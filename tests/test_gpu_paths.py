@@ -3,8 +3,9 @@
 No GPU runs these paths in CI; each test here fails on code that would fail on the first GPU run:
 vLLM started while the trained model still holds its memory, with a fixed share of it; bf16 on
 cards before Ampere (which `torch.cuda.is_bf16_supported` accepts by emulation, and vLLM refuses);
-a classifier's trained `score` head left in bf16; LoRA ranks vLLM cannot serve; a full fine-tune
-served as a LoRA adapter over the untrained base.
+a classifier's trained `score` head left in bf16; LoRA ranks vLLM cannot serve, and beam search
+with vLLM, found only once the model is trained; a full fine-tune served as a LoRA adapter over the
+untrained base; a GPU check that installed vLLM at run time and passed without it.
 """
 
 from __future__ import annotations
