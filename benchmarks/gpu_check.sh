@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # GPU readiness check: the GPU paths on the real small model (SmolLM2-135M-Instruct, offline from its
-# packaged copy), sized to finish in under 10 minutes on one GPU. Run from the repository root after
-# `make setup` on a machine with CUDA:
+# packaged copy), sized to finish in under 10 minutes on one GPU. It installs nothing: run `make gpu-setup`
+# first where the registry is reachable (.venv-gpu, pinned by requirements-gpu.txt), then on the GPU node,
+# from the repository root:
 #
 #     bash benchmarks/gpu_check.sh            # results and logs in gpu_check_results/ (or $OUT_DIR)
 #
-# Steps (each PASS / FAIL / SKIP with its time, then a summary):
-#   env       the GPUs, bf16 support, torch and transformers versions
+# Steps (each PASS / FAIL / N/A with its time, then a summary; a step that cannot run FAILS, and only a
+# step that does not apply to the GPUs visible says N/A and why):
+#   env       the GPUs and their compute capability, the dtype policy (core.devices), the versions
 #   tests     the tests that touch models, on CUDA (FULL_SUITE=1: the whole suite)
-#   dtypes    LoRA base in bf16, full fine-tunes (the evaluator) in float32 with bf16 autocast, and
-#             one AdamW step at lr 1e-6: the fraction of weights it changes, bf16 vs fp32 weights
-#   train     bf16 SFT (with checkpoints), the classifier evaluator and a DPO round via the CLIs
-#   ddp       torchrun on all visible GPUs (only with more than one), compared with one process
+#   dtypes    LoRA base in the card's dtype, every trained parameter (full fine-tunes, LoRA adapters, the
+#             evaluator's score head) in float32, and one AdamW step at lr 1e-6: the fraction of weights it
+#             changes, bf16 vs fp32 weights
+#   train     SFT (with checkpoints), the classifier evaluator and a DPO round via the CLIs
+#   ddp       torchrun on all visible GPUs, compared with one process (N/A with one GPU)
 #   fsdp      the train step's DPO round 1 under `accelerate launch --config_file configs/accelerate/fsdp.yaml`
 #             on all visible GPUs (one GPU: FSDP with one shard), compared with it on one process
 #   vllm      vLLM with the run's LoRA adapter against the HF backend on the same prompts: greedy
-#             outputs equal, the same sampling settings, batched throughput of both (needs the
-#             `vllm` extra; installed into .venv-vllm when absent and pip can reach an index)
+#             outputs equal, the same sampling settings, batched throughput of both; then a full
+#             fine-tune through experiments.main --inference_backend=vllm (the hand-off of the GPU's memory
+#             from the trained model to the engine, the trained weights served as the model)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+PY=${PY:-.venv-gpu/bin/python}
 OUT=${OUT_DIR:-gpu_check_results}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -30,27 +34,35 @@ export ILR_SAVE_PATH="$OUT/results" ILR_DATA_PATH="$OUT/data"
 MODEL=HuggingFaceTB/SmolLM2-135M-Instruct
 NGPU=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 
-step() {  # step NAME COMMAND...: runs it, logs to $OUT/NAME.log, records PASS/FAIL/SKIP and seconds
+NOT_APPLICABLE=77  # the exit status of a step that does not apply to the GPUs visible (it says why)
+step() {  # step NAME COMMAND...: runs it, logs to $OUT/NAME.log, records PASS/FAIL/N/A and seconds
     local name=$1 start rc status
     shift
     start=$(date +%s)
     "$@" >"$OUT/$name.log" 2>&1
     rc=$?
-    status=$([ $rc -eq 0 ] && echo PASS || { [ $rc -eq 77 ] && echo SKIP || echo "FAIL (rc $rc)"; })
+    status=$([ $rc -eq 0 ] && echo PASS || { [ $rc -eq $NOT_APPLICABLE ] && echo N/A || echo "FAIL (rc $rc)"; })
     printf '%-6s %-12s %4ss  %s\n' "$name" "$status" "$(($(date +%s) - start))" "$(tail -n 1 "$OUT/$name.log")" | tee -a "$SUMMARY"
 }
 
+if [ ! -x "$PY" ] || ! $PY -c "import vllm" 2>/dev/null; then
+    echo "FAIL: $PY has no vLLM: run \`make gpu-setup\` where the registry is reachable (or set PY)" | tee -a "$SUMMARY"
+    exit 1
+fi
 if [ "$NGPU" -lt 1 ]; then
-    echo "No CUDA device visible to $PY: nothing to check." | tee -a "$SUMMARY"
+    echo "FAIL: no CUDA device visible to $PY: nothing to check." | tee -a "$SUMMARY"
     exit 1
 fi
 
 step env $PY -c "
-import torch, transformers, peft
+import torch, transformers, peft, vllm
+from iterative_label_refinement.core.devices import default_dtype, mixed_precision, vllm_dtype
 for i in range(torch.cuda.device_count()):
-    print(i, torch.cuda.get_device_name(i), f'{torch.cuda.get_device_properties(i).total_memory / 2**30:.0f} GiB')
+    print(i, torch.cuda.get_device_name(i), f'{torch.cuda.get_device_properties(i).total_memory / 2**30:.0f} GiB',
+          'compute capability', torch.cuda.get_device_capability(i))
 print(f'torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, '
-      f'peft {peft.__version__}, bf16 {torch.cuda.is_bf16_supported()}, GPUs {torch.cuda.device_count()}')
+      f'peft {peft.__version__}, vllm {vllm.__version__}, GPUs {torch.cuda.device_count()}, autocast '
+      f'{mixed_precision()}, LoRA base {default_dtype()}, vLLM {vllm_dtype()}')
 "
 
 # GSM8K-style rows (the real data, when present, can be prepared into $ILR_DATA_PATH instead).
@@ -72,13 +84,18 @@ fi
 
 step dtypes $PY - <<'EOF'
 import torch
-from iterative_label_refinement.core.models import load_model, mixed_precision
+from iterative_label_refinement.core.devices import mixed_precision
+from iterative_label_refinement.core.models import load_model
+from iterative_label_refinement.core.train_evaluator import _model
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 lora_base = load_model(MODEL)
 full = load_model(MODEL, kind="classifier", full_finetune=True)
-print("autocast", mixed_precision(), "| LoRA base", lora_base.dtype, "| full fine-tune", full.dtype, full.device)
+trained = {p.dtype for p in _model(MODEL, "classifier", 8, 2).parameters() if p.requires_grad}
+print("autocast", mixed_precision(), "| LoRA base", lora_base.dtype, "| full fine-tune", full.dtype, full.device,
+      "| LoRA evaluator's adapters and score head", trained)
 assert full.dtype == torch.float32 and lora_base.dtype == (torch.bfloat16 if mixed_precision() == "bf16" else torch.float32)
+assert trained == {torch.float32}
 fractions = {}
 for dtype in (torch.bfloat16, torch.float32):
     model = load_model(MODEL, kind="classifier", dtype=dtype)
@@ -134,7 +151,7 @@ EOF
 
 ddp() (  # a subshell: set -e and exit stay inside the step
     set -e
-    [ "$NGPU" -gt 1 ] || { echo "one GPU visible: DDP not run"; exit 77; }
+    [ "$NGPU" -gt 1 ] || { echo "does not apply: one GPU visible, DDP compares 1 process with 2 or more"; exit $NOT_APPLICABLE; }
     local one many
     one=$($PY -m iterative_label_refinement.experiments.main "${COMMON[@]}" --epochs=1 --save_model=True \
         --results_folder="$OUT/ddp1" | tail -n 1)
@@ -161,15 +178,11 @@ step fsdp fsdp
 
 vllm_check() (  # a subshell: set -e and exit stay inside the step
     set -e
-    local vpy=$PY
-    if ! $PY -c "import vllm" 2>/dev/null; then
-        vpy=.venv-vllm/bin/python
-        if [ ! -x "$vpy" ]; then  # vLLM pins its own torch: keep it out of .venv
-            python3 -m venv .venv-vllm && $vpy -m pip install -q -e '.[vllm]' || { echo "vllm not installable"; exit 77; }
-        fi
-    fi
     [ -f "$OUT/gt_run_dir" ] || { echo "no trained adapter (the train step failed)"; exit 1; }
-    $vpy benchmarks/gpu_check_vllm.py "$(cat "$OUT/gt_run_dir")"
+    $PY benchmarks/gpu_check_vllm.py "$(cat "$OUT/gt_run_dir")"
+    # A full fine-tune: its saved weights are the model vLLM serves, on the memory the trained model held.
+    $PY -m iterative_label_refinement.experiments.main "${COMMON[@]}" --lora_rank=0 --lr=1e-5 --epochs=1 \
+        --num_beams=1 --inference_backend=vllm --results_folder="$OUT/vllm_full" | tail -n 1
 )
 step vllm vllm_check
 

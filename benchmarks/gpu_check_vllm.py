@@ -14,7 +14,14 @@ from pathlib import Path
 
 from iterative_label_refinement.core.common import read_json
 from iterative_label_refinement.core.datasets import load_dataset
-from iterative_label_refinement.core.generation import VLLMModel, generate_answers, hf_sampling, vllm_sampling
+from iterative_label_refinement.core.generation import (
+    VLLMModel,
+    generate_answers,
+    hf_sampling,
+    vllm_gpu_usage,
+    vllm_need,
+    vllm_sampling,
+)
 from iterative_label_refinement.core.models import load_tokenizer, resolve_model_path
 from iterative_label_refinement.experiments.main import load_trained
 
@@ -32,9 +39,12 @@ def main(run_dir: str) -> None:
     tok = load_tokenizer(model_size)
     hf_model = load_trained(model_size, Path(run_dir))
     gen = dict(max_new_tokens=max_len, batch_size=32, seed=0)
-    hf, hf_s = timed(lambda: generate_answers(hf_model, tok, questions, **gen))
-    hf_model = None  # free its GPU memory for vLLM
-    vllm_model = VLLMModel(resolve_model_path(model_size), run_dir, config["lora_rank"], gpu_usage=0.5)
+    start = time.perf_counter()  # not `timed`: a closure over hf_model would keep it from vLLM
+    hf = generate_answers(hf_model, tok, questions, **gen)
+    hf_s = time.perf_counter() - start
+    need = vllm_need(hf_model)
+    del hf_model  # its GPU memory goes to vLLM, as in experiments.main
+    vllm_model = VLLMModel(resolve_model_path(model_size), run_dir, gpu_usage=vllm_gpu_usage(need, cap=0.9))
     generate_answers(vllm_model, tok, questions[:2], backend="vllm", **gen)  # warm-up (graph capture)
     vl, vl_s = timed(lambda: generate_answers(vllm_model, tok, questions, backend="vllm", **gen))
     equal = sum(a == b for a, b in zip(hf.texts, vl.texts))

@@ -119,7 +119,7 @@ def test_hf_settings_name_every_neutral_value():
     assert hf_sampling(1.0, top_k=7, top_p=0.9)["top_k"] == 7
 
 
-def test_vllm_backend_receives_the_same_settings(tiny, monkeypatch):
+def test_vllm_backend_receives_the_same_settings(tiny, monkeypatch, tmp_path):
     """A stand-in vLLM records what `SamplingParams` and `generate` get (vLLM itself needs a GPU)."""
     _, tok = tiny
     seen: dict = {}
@@ -152,7 +152,8 @@ def test_vllm_backend_receives_the_same_settings(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
     monkeypatch.setitem(sys.modules, "vllm.lora.request", lora)
 
-    model = VLLMModel("base", "/adapter", lora_rank=4)
+    (tmp_path / "adapter_config.json").write_text('{"r": 8}')
+    model = VLLMModel("base", str(tmp_path))
     gens = generate_answers(model, tok, [QUESTION, "q2"], max_new_tokens=9, temperature=0.7, num_samples=6, seed=4,
                             backend="vllm")  # fmt: skip
     assert seen["params"] == dict(n=6, max_tokens=9, seed=4, temperature=0.7, top_k=-1, top_p=1.0, min_p=0.0,
@@ -160,7 +161,7 @@ def test_vllm_backend_receives_the_same_settings(tiny, monkeypatch):
     assert gens.texts == [["#### 5"] * 6] * 2
     # Prompts are tokenised as in training: the template, no special tokens added.
     assert seen["inputs"][0]["prompt_token_ids"] == tok(format_prompt(QUESTION), add_special_tokens=False)["input_ids"]
-    assert seen["lora"].args == ("adapter", 1, "/adapter")
+    assert seen["lora"].args == ("adapter", 1, str(tmp_path))
 
     # Same meaning on both backends: vLLM's "top-k off" is -1 where Hugging Face's is 0.
     for temperature, top_k, top_p in [(0.7, 0, 1.0), (1.0, 5, 0.9)]:

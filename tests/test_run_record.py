@@ -38,18 +38,19 @@ def test_a_dpo_round_records_the_adapter_it_continues(run_config, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("cuda", "bf16", "lora_rank", "dtype", "autocast"),
+    ("capability", "lora_rank", "dtype", "autocast"),
     [
-        (False, False, 8, "float32", "no"),  # a CPU: float32, no autocast
-        (True, True, 8, "bfloat16", "bf16"),  # LoRA on bf16 hardware: the frozen base in bf16
-        (True, True, 0, "float32", "bf16"),  # a full fine-tune keeps float32 master weights under bf16 autocast
-        (True, False, 8, "float32", "fp16"),  # older GPUs: fp16 autocast, float32 weights
+        (None, 8, "float32", "no"),  # a CPU: float32, no autocast
+        ((8, 0), 8, "bfloat16", "bf16"),  # LoRA on bf16 hardware: the frozen base in bf16
+        ((8, 0), 0, "float32", "bf16"),  # a full fine-tune keeps float32 master weights under bf16 autocast
+        ((7, 0), 8, "float32", "fp16"),  # before Ampere (bf16 only emulated): fp16 autocast, float32 weights
     ],
 )
-def test_the_dtype_and_autocast_recorded_follow_the_hardware(run_config, monkeypatch, cuda, bf16, lora_rank, dtype,
+def test_the_dtype_and_autocast_recorded_follow_the_hardware(run_config, monkeypatch, capability, lora_rank, dtype,
                                                              autocast):  # fmt: skip
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: capability is not None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # as torch says by emulation on a V100
     record = run_config(**TOY, lora_rank=lora_rank).to_json()
     assert (record["dtype"], record["mixed_precision"]) == (dtype, autocast)
 

@@ -12,7 +12,9 @@ its own defaults (Hugging Face's default top-k is 50, which silently truncates e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -145,27 +147,101 @@ def _strip_after_eos(seq: list[int], eos: int) -> list[int]:
     return seq[: seq.index(eos)] if eos in seq else seq
 
 
-class VLLMModel:
-    """The base model served by vLLM with the run's LoRA adapter (optional GPU backend)."""
+# The ranks a vLLM engine takes as `max_lora_rank` (vllm.config.lora's `MaxLoRARanks`): it refuses any other.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# Free memory vLLM's engine finds below what this process measured: its engine core is a process of its
+# own, whose CUDA context (some hundreds of MiB) exists before vLLM compares free memory with its share.
+GIB = 2**30
+VLLM_START_MARGIN = GIB
 
-    def __init__(self, base_model: str, adapter_path: str | None, lora_rank: int, tensor_parallel_size: int = 1,
-                 gpu_usage: float = 0.9, max_model_len: int | None = None):  # fmt: skip
+
+def check_vllm_lora_rank(rank: int, what: str) -> None:
+    """Refuse a LoRA rank vLLM cannot serve (0, a full fine-tune, serves no adapter); `what` names where it came from."""
+    if rank and rank not in VLLM_LORA_RANKS:
+        raise ConfigError(f"{what}: vLLM serves LoRA ranks {list(VLLM_LORA_RANKS)} only, not {rank}; train with one of "
+                          "them (or 0, a full fine-tune), or use --inference_backend=hf")  # fmt: skip
+
+
+def adapter_rank(adapter_path: str | Path) -> int:
+    """The rank `r` of the LoRA adapter saved in `adapter_path`."""
+    from iterative_label_refinement.core.common import read_json
+
+    return read_json(Path(adapter_path, "adapter_config.json"))["r"]
+
+
+def vllm_need(model: Any) -> int:
+    """Bytes vLLM needs at the least to serve `model` (a trained model in hand, LoRA or full) on one GPU:
+    its base weights in vLLM's dtype, plus the KV cache of one sequence of the model's full length,
+    2 (K and V) x layers x KV heads x head dim x bytes per value x max_position_embeddings.
+
+    With less, the engine cannot start; with this much it starts, with room for one sequence at a time."""
+    import torch
+
+    from iterative_label_refinement.core.devices import vllm_dtype
+
+    size = torch.empty(0, dtype=getattr(torch, vllm_dtype())).element_size()
+    weights = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    c = model.config.get_text_config()
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_cache = 2 * c.num_hidden_layers * kv_heads * head_dim * size * c.max_position_embeddings
+    return weights * size + kv_cache
+
+
+def vllm_memory_share(free: int, total: int, need: int, cap: float) -> float:
+    """vLLM's `gpu_memory_utilization` u on a GPU with `free` of `total` bytes free now: the largest u <= cap,
+    in hundredths, with u x total <= free - VLLM_START_MARGIN (vLLM refuses to start when u x total exceeds
+    the free memory it finds). ConfigError, in one line, when u x total < `need` (see `vllm_need`)."""
+    share = min(cap, math.floor(100 * (free - VLLM_START_MARGIN) / total) / 100)
+    if share * total < need:
+        raise ConfigError(f"vLLM cannot start: the GPU has {free / GIB:.1f} GiB free of {total / GIB:.1f} GiB and "
+                          f"the engine needs {need / GIB:.1f} GiB (the weights and one full-length sequence's KV "
+                          f"cache) plus {VLLM_START_MARGIN / GIB:.0f} GiB for its process; free the GPU of other "
+                          "processes or use --inference_backend=hf (the trained model is saved: a rerun reuses it)")  # fmt: skip
+    return share
+
+
+def vllm_gpu_usage(need: int, cap: float, n_gpus: int = 1) -> float:
+    """The `gpu_memory_utilization` (at most `cap`) that vLLM can start with now, on each of GPUs
+    0..n_gpus-1 (tensor parallelism: each holds 1/n_gpus of `need`).
+
+    Call it once the trained model has no reference left: what the collector frees goes back to
+    PyTorch's cache, and the cache goes back to the GPU, before the free memory is measured."""
+    import gc
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("inference_backend='vllm' needs a CUDA GPU; on this machine use --inference_backend=hf")
+    gc.collect()
+    torch.cuda.empty_cache()
+    return min(vllm_memory_share(*torch.cuda.mem_get_info(i), need // n_gpus, cap) for i in range(n_gpus))
+
+
+class VLLMModel:
+    """The model served by vLLM on GPU: the base with the run's LoRA adapter, or a fully trained model.
+
+    model: the base model's folder, or (adapter_path None) the run dir holding the full trained weights.
+    """
+
+    def __init__(self, model: str, adapter_path: str | None, tensor_parallel_size: int = 1, gpu_usage: float = 0.9,
+                 max_model_len: int | None = None):  # fmt: skip
         try:
             from vllm import LLM
         except ImportError as e:
             raise ConfigError(
-                "inference_backend='vllm' needs vLLM: pip install -e '.[vllm]' (GPU only; it brings its own torch)"
+                "inference_backend='vllm' needs vLLM: run `make gpu-setup` (GPU only; see requirements-gpu.txt)"
             ) from e
+        from iterative_label_refinement.core.devices import vllm_dtype
+
+        lora: dict[str, Any] = {}
+        if adapter_path is not None:
+            rank = adapter_rank(adapter_path)
+            check_vllm_lora_rank(rank, f"the LoRA adapter {adapter_path}")
+            lora = dict(enable_lora=True, max_lora_rank=rank)
         self.adapter_path = adapter_path
-        self.llm = LLM(
-            model=base_model,
-            enable_lora=adapter_path is not None,
-            max_lora_rank=max(lora_rank, 8),
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_usage,
-            max_model_len=max_model_len,
-            dtype="bfloat16",
-        )
+        self.llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_usage,
+                       max_model_len=max_model_len, dtype=vllm_dtype(), **lora)  # fmt: skip
 
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int, num_samples: int, seed: int,
                  sampling: dict[str, Any]) -> Generations:  # fmt: skip

@@ -30,6 +30,7 @@ from iterative_label_refinement.core.common import (
     load_env,
     setup_tokenizer,
 )
+from iterative_label_refinement.core.devices import default_device, default_dtype
 from iterative_label_refinement.core.packaged_models import PackagedGGUF, packaged_model_path
 
 if TYPE_CHECKING:
@@ -421,41 +422,6 @@ def _hub_available(repo_id: str) -> bool:
     except Exception as e:  # no network, DNS, proxy, hub down: all mean the same here
         logger.info("The hub is unreachable for %s (%s): loading its packaged copy", repo_id, type(e).__name__)
         return False
-
-
-def default_device() -> torch.device:
-    """This process's GPU (LOCAL_RANK's under torchrun, so ranks do not pile onto GPU 0), else the CPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def mixed_precision() -> str:
-    """The autocast the hardware supports: "bf16" on CUDA with bf16, "fp16" on older CUDA, else "no"."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def default_dtype(full_finetune: bool = False) -> torch.dtype:
-    """The weights' dtype: bf16 on CUDA with bf16, else float32.
-
-    A full fine-tune keeps float32 master weights even there (the Trainer's autocast runs the
-    compute in bf16): bf16 weights cannot absorb small updates (the evaluator trains at lr 1e-6;
-    on the real test model one AdamW step changed 0.18% of bf16 weights against 79% of fp32 ones:
-    the `dtypes` step of benchmarks/gpu_check.sh, run on a CPU). LoRA trains its own
-    float32 adapter weights (PEFT upcasts them), so its frozen base may stay bf16. Without bf16,
-    weights stay float32: some models (Gemma) are known to overflow in fp16.
-    """
-    import torch
-
-    if full_finetune or mixed_precision() != "bf16":
-        return torch.float32
-    return torch.bfloat16
 
 
 def load_tokenizer(model_name: str) -> Any:

@@ -78,6 +78,18 @@ def check_lora_rank(lora_rank: int) -> None:
         raise ConfigError(f"--lora_rank must be 0 (full fine-tune) or a positive integer, got {lora_rank!r}")
 
 
+def check_served_rank(lora_rank: int, dpo_path: str | None) -> None:
+    """The LoRA rank vLLM will serve is one it can: this run's, or in a DPO round the one of the adapter it
+    continues (its absence is refused later, with the other DPO inputs)."""
+    from iterative_label_refinement.core.generation import adapter_rank, check_vllm_lora_rank
+
+    if dpo_path is None:
+        check_vllm_lora_rank(lora_rank, f"--lora_rank={lora_rank} with --inference_backend=vllm")
+    elif Path(dpo_path, "adapter_config.json").exists():
+        rank = adapter_rank(dpo_path)
+        check_vllm_lora_rank(rank, f"--dpo_path={dpo_path} (a rank-{rank} adapter) with --inference_backend=vllm")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     # what is trained, on what
@@ -193,6 +205,14 @@ class RunConfig:
                     num_samples=num_samples)  # fmt: skip
         check_wandb(f["use_wandb"])
         check_lora_rank(f["lora_rank"])
+        # The half-data runs only propose labels: they skip the test set unless asked.
+        do_test = force_eval if force_eval is not None else f["half_data"] == 0
+        if f["inference_backend"] == "vllm":
+            check_served_rank(f["lora_rank"], f["dpo_path"] if dpo_round else None)
+            greedy = do_test or (f["generate_weak_labels"] and f["label_temp"] <= 0)  # these decode with num_beams
+            if greedy and f["num_beams"] > 1:
+                raise ConfigError(f"--num_beams={f['num_beams']}: beam search runs on the 'hf' backend only; with "
+                                  "--inference_backend=vllm pass --num_beams=1 (greedy)")  # fmt: skip
         compute_weak_label_acc = f["compute_weak_label_acc"]
         if compute_weak_label_acc is None:
             compute_weak_label_acc = dataset.score_labels
@@ -213,8 +233,7 @@ class RunConfig:
             use_wandb=f["use_wandb"], do_dpo=do_dpo, dpo_path=f["dpo_path"], dpo_beta=f["dpo_beta"],
             dpo_loss_type=f["dpo_loss_type"], weak_dir=weak_dir, labels_path=labels_path, weak_config=weak_config,
             weak_model_size=weak_model_size,
-            # The half-data runs only propose labels: they skip the test set unless asked.
-            do_test=force_eval if force_eval is not None else f["half_data"] == 0,
+            do_test=do_test,
             force_retrain=f["force_retrain"], save_model=f["save_model"],
             generate_weak_labels=f["generate_weak_labels"], inference_on_train=f["inference_on_train"],
             compute_weak_label_acc=compute_weak_label_acc, compute_test_acc=compute_test_acc,
@@ -277,7 +296,7 @@ class RunConfig:
         adapter it continues (`dpo_path`), so its LoRA is read from there; otherwise core.train's
         `add_lora` builds r=lora_rank, alpha=2r (none for lora_rank=0, a full fine-tune)."""
         from iterative_label_refinement.core.common import world_size
-        from iterative_label_refinement.core.models import default_dtype, mixed_precision
+        from iterative_label_refinement.core.devices import default_dtype, mixed_precision
 
         lora: dict[str, Any] = {}
         if self.dpo_round:

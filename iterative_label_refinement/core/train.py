@@ -69,7 +69,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--save_frequency must be in (0, 1) (a fraction of the steps) or 0, got {self.save_frequency}"
             )
-        from iterative_label_refinement.core.models import mixed_precision
+        from iterative_label_refinement.core.devices import mixed_precision
 
         scheduler, warmup = LR_SCHEDULES[self.lr_schedule]
         on_cpu = not torch.cuda.is_available()
@@ -163,11 +163,14 @@ def add_lora(model: torch.nn.Module, lora_rank: int, target_modules: str | list[
     """LoRA with r=lora_rank, alpha=2r on `target_modules`; lora_rank=0 keeps full fine-tuning.
 
     task_type: "CAUSAL_LM", or "SEQ_CLS" for a classifier, which keeps its new head fully trainable
-    (and saved) beside the adapter.
+    (and saved) beside the adapter. Every trained parameter, that head included, is float32
+    (`core.devices`): PEFT makes its adapters float32 but copies the head in the base's dtype.
     """
     if lora_rank == 0:
         return model
     from peft import LoraConfig, get_peft_model
+
+    from iterative_label_refinement.core.devices import upcast_trainable
 
     config = LoraConfig(
         r=lora_rank,
@@ -176,7 +179,7 @@ def add_lora(model: torch.nn.Module, lora_rank: int, target_modules: str | list[
         target_modules=target_modules,
         task_type=task_type,
     )
-    model = get_peft_model(model, config)
+    model = upcast_trainable(get_peft_model(model, config))
     if getattr(model, "is_activation_checkpointing", False):
         model.enable_input_require_grads()  # checkpointed layers need inputs that require grad
     return model
