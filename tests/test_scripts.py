@@ -403,7 +403,8 @@ def test_install_files_hold_what_the_readme_steps_need():
     runtime = names("requirements.txt")
     assert runtime and not runtime & {"pytest", "ruff"}
     dev = (REPO / "requirements-dev.txt").read_text().splitlines()
-    assert "-r requirements.txt" in dev and names("requirements-dev.txt") == {"pytest", "ruff"}
+    tools = names("requirements-dev.txt")  # the tests' and linter's tools only, never a runtime package
+    assert "-r requirements.txt" in dev and tools >= {"pytest", "ruff"} and not tools & runtime
     assert "pip install -q -r requirements-dev.txt" in (REPO / "Makefile").read_text()
     setup_py = (REPO / "setup.py").read_text()
     for name in runtime:  # setup.py asks for every runtime requirement
