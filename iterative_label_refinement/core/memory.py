@@ -24,10 +24,11 @@ Training (`train_memory`), on one device:
     activations = L x R x S x A x a                    without gradient checkpointing
                 = L x R x S x h x a + R x S x A x a    with it (each layer's input is kept; one
                                                        layer's activations are rebuilt at a time)
-                  A = 7h + 3h_kv + 4I values per token and layer kept for the backward: two norms'
-                  inputs and outputs (4h), q (h), k and v (2h_kv), rotated q and k (h + h_kv), the
-                  attention output (h), and the MLP's gate, up, activated gate and product (4I);
-                  flash/SDPA attention keeps no S x S scores
+                  A = 11h + 4h_kv + 4I values per token and layer kept for the backward: two norms'
+                  inputs and outputs (4h); q, its rotate_half and the rotated q (3h); k, its
+                  rotate_half, the rotated k, and v (4h_kv); k and v repeated to every head (2h);
+                  attention's output and its contiguous copy for o_proj (2h); the MLP's gate, up,
+                  activated gate and product (4I). Flash/SDPA attention keeps no S x S scores
     logits      = R x S x V x 12   three fp32 tensors of the logits' shape at the backward of the
                                    loss: the log-softmax kept for it, its gradient, and the gradient
                                    it hands the logits
@@ -59,7 +60,7 @@ FP32, BF16 = 4, 2  # bytes per value
 LOGIT_COPIES = (
     3  # fp32 tensors of the logits' shape alive at the loss's backward (log-softmax, its grad, the logits' grad)
 )
-ACT_H, ACT_KV, ACT_I = 7, 3, 4  # values kept per token and layer for the backward, in units of h, h_kv and I (above)
+ACT_H, ACT_KV, ACT_I = 11, 4, 4  # values kept per token and layer for the backward, in units of h, h_kv and I (above)
 PASS_H, PASS_I = 4, 2  # values one layer's forward holds at once without a backward: residual, norm, q, out; gate, up
 # Optimizer state bytes per trainable parameter (Adafactor's factored state is computed per matrix).
 OPTIMIZER_BYTES = {"adamw": 2 * FP32, "rmsprop": FP32}

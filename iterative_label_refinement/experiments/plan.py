@@ -23,6 +23,7 @@ from iterative_label_refinement.core.cli import POSITIVE, Valid
 from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.memory import (
     GB,
+    MAX_GPUS,
     Arch,
     Hardware,
     Step,
@@ -64,15 +65,15 @@ def _tokens(ds_name: str, flags: dict[str, str], answers: int = 1) -> tuple[int,
     return PROMPT_TOKENS[ds_name], answers * int(flags.get("max_len") or get_dataset_config(ds_name).max_len)
 
 
-def _placement(model: str, gpus: int, parallel: str) -> str:
+def _placement(model: str, parallel: str) -> str:
     from iterative_label_refinement.core.models import get_model_config
 
     if parallel != "auto":
         return parallel
-    return "device_map" if get_model_config(model).model_parallel and gpus > 1 else "single"
+    return "device_map" if get_model_config(model).model_parallel else "single"
 
 
-def run_steps(name: str, model: str, ds_name: str, flags: dict[str, str], gpus: int, parallel: str,
+def run_steps(name: str, model: str, ds_name: str, flags: dict[str, str], parallel: str,
               dpo_round: bool = False, samples: int = 1, processes: int = 1) -> list[Step]:  # fmt: skip
     """An experiments.main run: its training step, then its generation (test answers, labels)."""
     from iterative_label_refinement.core.models import get_model_config
@@ -80,7 +81,7 @@ def run_steps(name: str, model: str, ds_name: str, flags: dict[str, str], gpus: 
     cfg = get_model_config(model)
     prompt, answer = _tokens(ds_name, flags)
     lora_rank = int(flags.get("lora_rank", 64))
-    where = _placement(model, gpus, parallel)
+    where = _placement(model, parallel)
     train = Step(f"{name}: train" + (" (DPO)" if dpo_round else ""), model, "train", tokens=prompt + answer,
                  rows=int(flags.get("minibatch_size_per_device") or cfg.minibatch_size_per_device) * (
                      2 if dpo_round else 1),  # a pair is two sequences
@@ -100,7 +101,7 @@ def run_steps(name: str, model: str, ds_name: str, flags: dict[str, str], gpus: 
     return [train, gen]
 
 
-def pipeline_steps(pipeline: str, env: dict[str, str], gpus: int, parallel: str = "auto") -> list[Step]:
+def pipeline_steps(pipeline: str, env: dict[str, str], parallel: str = "auto") -> list[Step]:
     """The steps of a pipeline script run with the shell variables `env` (its settings)."""
     from iterative_label_refinement.core.models import get_model_config
 
@@ -115,7 +116,7 @@ def pipeline_steps(pipeline: str, env: dict[str, str], gpus: int, parallel: str 
         return common | flag_values(env.get(name, ""))
 
     if pipeline == "evaluator":
-        steps = run_steps("ground truth", evaluator, ds, flags("GT_FLAGS"), gpus, parallel)
+        steps = run_steps("ground truth", evaluator, ds, flags("GT_FLAGS"), parallel)
         ev = flag_values(env.get("EVALUATOR_FLAGS", ""))
         cfg = get_model_config(evaluator)
         classifier = ev.get("evaluator_kind", "classifier") == "classifier"
@@ -130,24 +131,24 @@ def pipeline_steps(pipeline: str, env: dict[str, str], gpus: int, parallel: str 
                 lora_rank=int(ev.get("lora_rank", cfg.evaluator_lora_rank)),
                 optim=ev.get("optim", "adamw"),
                 gradient_checkpointing=cfg.gradient_checkpointing,
-                parallel=_placement(evaluator, gpus, parallel),
+                parallel=_placement(evaluator, parallel),
                 classifier=classifier,
             )
         ]
     weak, strong = env.get("WEAK_MODEL", ""), env.get("STRONG_MODEL", "")
     halves_at_once = 2 if pipeline == "sft_ilr" and env.get("PARALLEL", "0") == "1" else 1
-    steps = run_steps("weak model", weak, ds, flags("WEAK_FLAGS"), gpus, parallel)
-    steps += run_steps("strong model", strong, ds, flags("STRONG_FLAGS"), gpus, parallel,
+    steps = run_steps("weak model", weak, ds, flags("WEAK_FLAGS"), parallel)
+    steps += run_steps("strong model", strong, ds, flags("STRONG_FLAGS"), parallel,
                        samples=DPO_SAMPLES if pipeline == "sft_dpo" else 1, processes=halves_at_once)  # fmt: skip
     feedback = env.get("ORACLE", "0") != "1" and (pipeline == "sft_dpo" or env.get("REFINER", "ilr") != "naive")
     if feedback:
         prompt, answers = _tokens(ds, {}, answers=2)
         steps.append(Step("feedback: evaluator scores pairs", evaluator, "forward", tokens=prompt + answers,
-                          rows=FEEDBACK_BATCH, parallel=_placement(evaluator, gpus, parallel),
+                          rows=FEEDBACK_BATCH, parallel=_placement(evaluator, parallel),
                           classifier=True))  # fmt: skip
     if pipeline == "sft_dpo":
         steps += run_steps("strong model", strong, ds, flags("STRONG_FLAGS") | flag_values(env.get("DPO_FLAGS", "")),
-                           gpus, parallel, dpo_round=True)[:1]  # fmt: skip
+                           parallel, dpo_round=True)[:1]  # fmt: skip
     return steps
 
 
@@ -199,30 +200,33 @@ README = SCRIPTS.parent / "README.md"
 
 
 def script_settings(script: Path) -> tuple[str, dict[str, str]]:
-    """(pipeline, settings) of a paper script: the wrapper's `export X=${X:-value}` lines over its
-    pipeline script's and lib.sh's `X=${X:-value}` defaults (tests/test_scripts.py holds the wrappers
-    to that form)."""
-    text = script.read_text()
-    pipeline = re.search(r"exec bash .*/(\w+)\.sh", text)[1]
-    env: dict[str, str] = {}
-    for source in (SCRIPTS / "lib.sh", SCRIPTS / f"{pipeline}.sh", script):
-        env.update(dict(_DEFAULT.findall(source.read_text())))
+    """(pipeline, settings) of a paper script: its `export X=${X:-value}` lines over those of the
+    wrapper it runs (a parallel/ variant runs its twin), over its pipeline script's and lib.sh's
+    `X=${X:-value}` defaults (tests/test_scripts.py holds the wrappers to that form)."""
+    target = (script.parent / re.search(r'exec bash "\$\(dirname "\$0"\)/([^"]+)"', script.read_text())[1]).resolve()
+    if target.parent == SCRIPTS:
+        pipeline, env = target.stem, dict(_DEFAULT.findall((SCRIPTS / "lib.sh").read_text()))
+        env.update(_DEFAULT.findall(target.read_text()))
+    else:
+        pipeline, env = script_settings(target)
+    env.update(_DEFAULT.findall(script.read_text()))
     return pipeline, env
 
 
 def gpus_needed(pipeline: str, env: dict[str, str], gpu_bytes: float) -> tuple[int | None, float]:
-    """The fewest GPUs of `gpu_bytes` every step fits (None: not up to 8), and the largest need (GB)."""
-    for n in range(1, 9):
-        rows = plan_rows(pipeline_steps(pipeline, env, n), Hardware(n, gpu_bytes))
+    """The fewest GPUs of `gpu_bytes` that every step fits (None: more than a node's `MAX_GPUS`), and
+    the largest need per GPU (GB) on them."""
+    steps = pipeline_steps(pipeline, env)
+    for n in range(1, MAX_GPUS + 1):
+        rows = plan_rows(steps, Hardware(n, gpu_bytes))
         if all(ok for _, _, ok in rows):
             return n, max(need for _, need, _ in rows)
-    rows = plan_rows(pipeline_steps(pipeline, env, 8), Hardware(8, gpu_bytes))
     return None, max(need for _, need, _ in rows)
 
 
 def gpu_table() -> str:
     lines = ["| script | 80 GB GPUs needed | largest step per GPU (GB) |", "| --- | --- | --- |"]
-    for script in sorted(SCRIPTS.glob("*/*.sh")):
+    for script in sorted(p for p in SCRIPTS.rglob("*.sh") if p.parent != SCRIPTS):  # the paper's scripts
         pipeline, env = script_settings(script)
         n, need = gpus_needed(pipeline, env, PAPER_GPU_BYTES)
         lines.append(f"| `{script.relative_to(SCRIPTS)}` | {n if n else 'more than 8'} | {need:.1f} |")
@@ -239,7 +243,7 @@ def print_plan(rows: list[tuple[Step, float, bool]], hw: Hardware | None) -> Non
 
 def check(pipeline: str, env: dict[str, str], hw: Hardware, parallel: str = "auto", show: bool = False) -> None:
     """Refuse (ConfigError, one line) the first step that cannot fit `hw`; print the plan when `show`."""
-    rows = plan_rows(pipeline_steps(pipeline, env, hw.gpus, parallel), hw)
+    rows = plan_rows(pipeline_steps(pipeline, env, parallel), hw)
     if show:
         print_plan(rows, hw)
     for step, _, ok in rows:
