@@ -209,3 +209,30 @@ def test_the_readme_table_is_the_planners():
     assert plan.BEGIN in readme and plan.END in readme
     shown = readme.split(plan.BEGIN + "\n", 1)[1].split("\n" + plan.END, 1)[0]
     assert shown == plan.gpu_table()
+
+
+def test_ddp_replicates_fsdp_shards_the_states_and_device_map_splits_all_but_the_logits():
+    arch = arch_of("google/gemma-2b")
+    step = Step("full", arch.name, "train", tokens=512, rows=2, lora_rank=0, gradient_checkpointing=True)
+    one = train_memory(arch, step, H100)
+    four = Hardware(gpus=4, gpu_bytes=80 * GB)
+    assert train_memory(arch, Step(**{**step.__dict__, "parallel": "ddp"}), four) == one  # a replica per GPU
+    fsdp = train_memory(arch, Step(**{**step.__dict__, "parallel": "fsdp"}), four)
+    for part in ("weights", "cast", "grads", "optimizer"):
+        assert fsdp[part] == one[part] / 4
+    assert (fsdp["activations"], fsdp["logits"]) == (one["activations"], one["logits"])
+    assert fsdp["gathered layer"] == arch.params / 18 * 4  # one of 18 layers' fp32 weights at a time
+    split = train_memory(arch, Step(**{**step.__dict__, "parallel": "device_map"}), four)
+    assert split["logits"] == one["logits"] and split["weights"] == one["weights"] / 4
+    assert split["activations"] == one["activations"] / 4
+
+
+def test_two_half_runs_at_once_count_twice_and_a_bad_flag_is_one_line():
+    _, env = plan.script_settings(REPO / "scripts" / "main-experiments" / "parallel" / "run-ilr-gsm8k.sh")
+    assert env["PARALLEL"] == "1"
+    halves = [s for s in plan.pipeline_steps("sft_ilr", env) if s.name == "strong model: train"]
+    alone = [s for s in plan.pipeline_steps("sft_ilr", {**env, "PARALLEL": "0"}) if s.name == "strong model: train"]
+    arch = arch_of("mistralai/Mistral-7B-v0.1")
+    assert train_memory(arch, halves[0], H100)["total"] == 2 * train_memory(arch, alone[0], H100)["total"]
+    with pytest.raises(ConfigError, match=r"^--lora_rank=x in the pipeline's flags must be an integer$"):
+        plan.pipeline_steps("sft_ilr", {**env, "STRONG_FLAGS": "--lora_rank=x"})

@@ -55,6 +55,20 @@ def flag_values(text: str) -> dict[str, str]:
     return out
 
 
+def number(flags: dict[str, str], name: str, default: float | None, kind: type = int) -> float | None:
+    """Flag `name`'s value as `kind`, or `default` when not given; ConfigError for a value that is not
+    one (the CLI would refuse it too, but the plan is asked first)."""
+    if not flags.get(name):
+        return default
+    try:
+        return kind(flags[name])
+    except ValueError:
+        raise ConfigError(f"--{name}={flags[name]} in the pipeline's flags must be {_NAMES[kind]}") from None
+
+
+_NAMES = {int: "an integer", float: "a number"}
+
+
 def _tokens(ds_name: str, flags: dict[str, str], answers: int = 1) -> tuple[int, int]:
     """(prompt tokens, answer tokens) of a step on `ds_name`."""
     from iterative_label_refinement.core.datasets import get_dataset_config
@@ -62,7 +76,7 @@ def _tokens(ds_name: str, flags: dict[str, str], answers: int = 1) -> tuple[int,
     if ds_name not in PROMPT_TOKENS:
         get_dataset_config(ds_name)  # an unknown task: its own one line
         raise ConfigError(f"the planner knows no prompt length for task {ds_name!r}; add it to PROMPT_TOKENS")
-    return PROMPT_TOKENS[ds_name], answers * int(flags.get("max_len") or get_dataset_config(ds_name).max_len)
+    return PROMPT_TOKENS[ds_name], answers * number(flags, "max_len", get_dataset_config(ds_name).max_len)
 
 
 def _placement(model: str, parallel: str) -> str:
@@ -80,21 +94,22 @@ def run_steps(name: str, model: str, ds_name: str, flags: dict[str, str], parall
 
     cfg = get_model_config(model)
     prompt, answer = _tokens(ds_name, flags)
-    lora_rank = int(flags.get("lora_rank", 64))
+    lora_rank = number(flags, "lora_rank", 64)
     where = _placement(model, parallel)
     train = Step(f"{name}: train" + (" (DPO)" if dpo_round else ""), model, "train", tokens=prompt + answer,
-                 rows=int(flags.get("minibatch_size_per_device") or cfg.minibatch_size_per_device) * (
+                 rows=number(flags, "minibatch_size_per_device", cfg.minibatch_size_per_device) * (
                      2 if dpo_round else 1),  # a pair is two sequences
                  lora_rank=lora_rank, optim=flags.get("optim") or (cfg.dpo_optimizer if dpo_round else
                                                                    cfg.default_optimizer),
                  gradient_checkpointing=cfg.gradient_checkpointing, reference_adapter=dpo_round, parallel=where,
                  processes=processes)  # fmt: skip
-    beams = int(flags.get("num_beams", 4))
-    eval_batch = int(flags.get("eval_batch_size") or cfg.eval_batch_size)
+    beams = number(flags, "num_beams", 4)
+    eval_batch = number(flags, "eval_batch_size", cfg.eval_batch_size)
     gen_name = f"{name}: generate"
     if flags.get("inference_backend") == "vllm":
-        gen = Step(gen_name, model, "vllm", tokens=prompt, new_tokens=answer, gpu_usage=float(flags.get(
-            "gpu_usage", 0.9)), tensor_parallel=cfg.tensor_parallel_size, processes=processes)  # fmt: skip
+        gen = Step(gen_name, model, "vllm", tokens=prompt, new_tokens=answer,
+                   gpu_usage=number(flags, "gpu_usage", 0.9, float), tensor_parallel=cfg.tensor_parallel_size,
+                   processes=processes)  # fmt: skip
     else:
         gen = Step(gen_name, model, "generate", tokens=prompt, new_tokens=answer, rows=eval_batch * max(beams, samples),
                    parallel=where, weights_fp32=lora_rank == 0, processes=processes)  # fmt: skip
@@ -127,8 +142,8 @@ def pipeline_steps(pipeline: str, env: dict[str, str], parallel: str = "auto") -
                 evaluator,
                 "train",
                 tokens=prompt + answers,
-                rows=int(ev.get("minibatch_size_per_device") or cfg.minibatch_size_per_device),
-                lora_rank=int(ev.get("lora_rank", cfg.evaluator_lora_rank)),
+                rows=number(ev, "minibatch_size_per_device", cfg.minibatch_size_per_device),
+                lora_rank=number(ev, "lora_rank", cfg.evaluator_lora_rank),
                 optim=ev.get("optim", "adamw"),
                 gradient_checkpointing=cfg.gradient_checkpointing,
                 parallel=_placement(evaluator, parallel),
