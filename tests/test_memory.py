@@ -236,3 +236,16 @@ def test_two_half_runs_at_once_count_twice_and_a_bad_flag_is_one_line():
     assert train_memory(arch, halves[0], H100)["total"] == 2 * train_memory(arch, alone[0], H100)["total"]
     with pytest.raises(ConfigError, match=r"^--lora_rank=x in the pipeline's flags must be an integer$"):
         plan.pipeline_steps("sft_ilr", {**env, "STRONG_FLAGS": "--lora_rank=x"})
+
+
+@pytest.mark.parametrize(("model", "flags", "rank"), [
+    ("mistralai/Mistral-7B-v0.1", {}, 64),  # fits one 80 GB GPU
+    ("mistralai/Mistral-7B-v0.1", {"lora_rank": 0}, 0),  # the reference's full fine-tune, still reachable
+    ("google/gemma-2b", {}, 0),  # the reference's, which fits
+])  # fmt: skip
+def test_the_evaluators_lora_rank_defaults_to_its_models_registry_entry(tmp_path, model, flags, rank):
+    from iterative_label_refinement.core import train_evaluator
+
+    path = train_evaluator.main(ds_name="d", model_size=model, results_folder=str(tmp_path), print_save_path=True,
+                                **flags)  # fmt: skip
+    assert f"-lr={rank}-" in Path(path).name
