@@ -249,3 +249,25 @@ def test_the_evaluators_lora_rank_defaults_to_its_models_registry_entry(tmp_path
     path = train_evaluator.main(ds_name="d", model_size=model, results_folder=str(tmp_path), print_save_path=True,
                                 **flags)  # fmt: skip
     assert f"-lr={rank}-" in Path(path).name
+
+
+def test_generation_and_vllm_by_hand():
+    """Mistral-7B: 32 layers, 8 kv heads x 128 = 1024 values per token for keys (and values)."""
+    from iterative_label_refinement.core.memory import fits, generate_memory, vllm_memory
+
+    arch = arch_of("mistralai/Mistral-7B-v0.1")
+    step = Step("gen", arch.name, "generate", tokens=256, new_tokens=256, rows=128)  # 32 prompts x 4 beams
+    got = generate_memory(arch, step, H100)
+    assert got["kv cache"] == 2 * 32 * 1024 * 128 * 512 * 2  # 8.6 GB in bf16
+    assert got["weights"] == arch.params * 2
+    assert got["logits"] == 128 * 32000 * 4 * 3
+    vllm = Step("vllm", arch.name, "vllm", tokens=256, new_tokens=256, gpu_usage=0.9)
+    assert vllm_memory(arch, vllm, H100)["total"] == 0.9 * 80 * GB  # vLLM takes its share, whatever it needs
+    assert fits(arch, vllm, H100)
+    llama = arch_of(
+        "meta-llama/Meta-Llama-3-70B"
+    )  # 141 GB of bf16 weights: two GPUs hold 70.6 GB each, + 1 GB of context
+    two = Hardware(gpus=2, gpu_bytes=80 * GB)
+    assert not fits(llama, Step("v", llama.name, "vllm", tokens=8, gpu_usage=0.85, tensor_parallel=2), two)
+    assert fits(llama, Step("v", llama.name, "vllm", tokens=8, gpu_usage=0.95, tensor_parallel=2), two)
+    assert not fits(llama, Step("v", llama.name, "vllm", tokens=8, gpu_usage=0.95, tensor_parallel=4), two)
