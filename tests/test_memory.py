@@ -264,9 +264,8 @@ def test_generation_and_vllm_by_hand():
     vllm = Step("vllm", arch.name, "vllm", tokens=256, new_tokens=256, gpu_usage=0.9)
     assert vllm_memory(arch, vllm, H100)["total"] == 0.9 * 80 * GB  # vLLM takes its share, whatever it needs
     assert fits(arch, vllm, H100)
-    llama = arch_of(
-        "meta-llama/Meta-Llama-3-70B"
-    )  # 141 GB of bf16 weights: two GPUs hold 70.6 GB each, + 1 GB of context
+    # Llama-3-70B: 141 GB of bf16 weights, so two GPUs hold 70.6 GB each, + 1 GB of context
+    llama = arch_of("meta-llama/Meta-Llama-3-70B")
     two = Hardware(gpus=2, gpu_bytes=80 * GB)
     assert not fits(llama, Step("v", llama.name, "vllm", tokens=8, gpu_usage=0.85, tensor_parallel=2), two)
     assert fits(llama, Step("v", llama.name, "vllm", tokens=8, gpu_usage=0.95, tensor_parallel=2), two)
