@@ -57,9 +57,8 @@ CUDA_CONTEXT = (
     1.0 * GB
 )  # the CUDA context, cuBLAS workspaces and kernels of one process (0.5-1 GB measured on A100/H100)
 FP32, BF16 = 4, 2  # bytes per value
-LOGIT_COPIES = (
-    3  # fp32 tensors of the logits' shape alive at the loss's backward (log-softmax, its grad, the logits' grad)
-)
+# fp32 tensors of the logits' shape alive at the loss's backward: the log-softmax, its grad, the logits' grad
+LOGIT_COPIES = 3
 ACT_H, ACT_KV, ACT_I = 11, 4, 4  # values kept per token and layer for the backward, in units of h, h_kv and I (above)
 PASS_H, PASS_I = 4, 2  # values one layer's forward holds at once without a backward: residual, norm, q, out; gate, up
 # Optimizer state bytes per trainable parameter (Adafactor's factored state is computed per matrix).
