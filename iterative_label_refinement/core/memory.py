@@ -53,9 +53,8 @@ from typing import Any
 from iterative_label_refinement.core.common import ConfigError
 
 GB = 1e9  # GPU sizes and needs are in decimal gigabytes, as GPU makers state them ("80 GB")
-CUDA_CONTEXT = (
-    1.0 * GB
-)  # the CUDA context, cuBLAS workspaces and kernels of one process (0.5-1 GB measured on A100/H100)
+# The CUDA context, cuBLAS workspaces and kernels of one process: commonly 0.5-1 GB (not measured here)
+CUDA_CONTEXT = 1.0 * GB
 FP32, BF16 = 4, 2  # bytes per value
 # fp32 tensors of the logits' shape alive at the loss's backward: the log-softmax, its grad, the logits' grad
 LOGIT_COPIES = 3
