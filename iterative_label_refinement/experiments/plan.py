@@ -13,6 +13,7 @@ nothing to check: one line says so and the pipeline goes on (the CPU demo and CI
 
 from __future__ import annotations
 
+import inspect
 import re
 import shlex
 import sys
@@ -33,14 +34,16 @@ from iterative_label_refinement.core.memory import (
     refusal,
     step_memory,
 )
+from iterative_label_refinement.core.run_config import DPO_NUM_SAMPLES
+from iterative_label_refinement.experiments import ilr
 
 PIPELINES = ("evaluator", "sft_ilr", "sft_dpo")
 # Tokens of a prompt, the longest the planner assumes (the answer adds the task's max_len): GSM8K
 # questions run to about 200 tokens; BIRD's prompt holds the database schema; SaferPaca's are
 # instructions; the toy task's are one line.
 PROMPT_TOKENS = {"gsm8k": 256, "bird": 1024, "saferpaca": 256, "toy_arith": 32}
-DPO_SAMPLES = 6  # answers sampled per prompt for DPO's pairs (core.run_config.DPO_NUM_SAMPLES)
-FEEDBACK_BATCH = 32  # pairs per forward of the evaluator in `ilr` and `dpo` (their --batch_size)
+# Pairs per forward of the evaluator in `ilr` and `dpo`: their --batch_size, which the scripts leave at its default.
+FEEDBACK_BATCH = inspect.signature(ilr.main).parameters["batch_size"].default
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 PAPER_GPU_BYTES = 80 * GB  # the README's GPUs: 80 GB A100/H100
 
@@ -154,7 +157,7 @@ def pipeline_steps(pipeline: str, env: dict[str, str], parallel: str = "auto") -
     halves_at_once = 2 if pipeline == "sft_ilr" and env.get("PARALLEL", "0") == "1" else 1
     steps = run_steps("weak model", weak, ds, flags("WEAK_FLAGS"), parallel)
     steps += run_steps("strong model", strong, ds, flags("STRONG_FLAGS"), parallel,
-                       samples=DPO_SAMPLES if pipeline == "sft_dpo" else 1, processes=halves_at_once)  # fmt: skip
+                       samples=DPO_NUM_SAMPLES if pipeline == "sft_dpo" else 1, processes=halves_at_once)  # fmt: skip
     feedback = env.get("ORACLE", "0") != "1" and (pipeline == "sft_dpo" or env.get("REFINER", "ilr") != "naive")
     if feedback:
         prompt, answers = _tokens(ds, {}, answers=2)
