@@ -137,6 +137,11 @@ def pipeline_steps(pipeline: str, env: dict[str, str], parallel: str = "auto") -
         steps = run_steps("ground truth", evaluator, ds, flags("GT_FLAGS"), parallel)
         ev = flag_values(env.get("EVALUATOR_FLAGS", ""))
         cfg = get_model_config(evaluator)
+        # generate_evaluator_data: one answer per question from each checkpoint, a batch of eval_batch_size
+        prompt, answer = _tokens(ds, flags("GT_FLAGS"))
+        steps.append(Step("evaluator data: sample answers", evaluator, "generate", tokens=prompt, new_tokens=answer,
+                          rows=cfg.eval_batch_size, parallel=_placement(evaluator, parallel),
+                          weights_fp32=number(flags("GT_FLAGS"), "lora_rank", 64) == 0))  # fmt: skip
         classifier = ev.get("evaluator_kind", "classifier") == "classifier"
         prompt, answers = _tokens(ds, ev, answers=2 if classifier else 1)  # a classifier reads both answers
         return steps + [
