@@ -19,6 +19,7 @@ EVALUATOR_FLAGS=${EVALUATOR_FLAGS:-}  # extra flags of core.train_evaluator (epo
 
 set_total "$(evaluator_steps)"
 log "evaluator for $DS_NAME on $EVALUATOR_MODEL"
+plan_memory evaluator
 gt="--model_size=$EVALUATOR_MODEL --epochs=$GT_EPOCHS --save_frequency=$SAVE_FREQUENCY --generate_weak_labels=False \
 $GT_FLAGS"
 if [ "$DS_NAME" = saferpaca ]; then

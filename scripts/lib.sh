@@ -76,6 +76,17 @@ write_manifest() {
   log "manifest: $path"
 }
 
+# plan_memory PIPELINE: before the first step, refuse in one line a step that cannot fit the GPUs (the
+# visible ones, or PLAN_GPUS GPUs of PLAN_GPU_MEM GB each); DRY_RUN=1 prints every step's need. The
+# shell variables go to Python on stdin (experiments.plan reads the settings; bash parses none).
+plan_memory() {
+  local name show=False
+  if [ "$DRY_RUN" = 1 ]; then show=True; fi
+  for name in $(compgen -v); do printf '%s=%s\0' "$name" "${!name-}"; done |
+    "$PYTHON" -m iterative_label_refinement.experiments.plan --pipeline="$1" --show=$show \
+      ${PLAN_GPUS:+--gpus="$PLAN_GPUS"} ${PLAN_GPU_MEM:+--gpu_mem="$PLAN_GPU_MEM"}
+}
+
 # query MODULE FLAGS...: the last line a CLI prints for --print_save_path (cheap: no model is loaded).
 query() {
   local module=$1; shift

@@ -31,6 +31,7 @@ LABEL_TEMP=${LABEL_TEMP:-$(dataset_fact dpo_sample_temp)}            # the 6 sam
 
 set_total "$(sft_dpo_steps)"
 log "SFT+DPO on $DS_NAME: weak $WEAK_MODEL, strong $STRONG_MODEL, $ROUNDS rounds"
+plan_memory sft_dpo
 
 # dpo_flags ROUND STRONG_RUN: the flags of the `dpo` step that turns round ROUND's samples into pairs.
 dpo_flags() {

@@ -35,6 +35,7 @@ case "$REFINER" in
 esac
 set_total "$(sft_ilr_steps)"
 log "SFT+$REFINER on $DS_NAME: weak $WEAK_MODEL, strong $STRONG_MODEL, $ROUNDS rounds"
+plan_memory sft_ilr
 
 # refiner_flags ROUND MODEL1 MODEL2: the flags of round ROUND's refinement step. Naive ILR takes no
 # feedback: it replaces labels at random; every other kind asks the evaluator (or the oracle).

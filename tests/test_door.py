@@ -209,6 +209,7 @@ BAD_VALUES = [
     ("eval_batch_size", 0, "an integer >= 1"),
     ("minibatch_size_per_device", -2, "an integer >= 1"),
     ("tensor_parallel_size", 0, "an integer >= 1"),
+    ("evaluator_lora_rank", -1, "an integer >= 0"),
     ("lora_target_modules", "", "non-empty list of non-empty module names"),
     ("lora_target_modules", [], "non-empty list of non-empty module names"),
     ("lora_target_modules", ["q_proj", ""], "non-empty list of non-empty module names"),
@@ -234,7 +235,7 @@ def test_models_file_values_out_of_range_are_refused(tmp_path, monkeypatch, key,
 def test_models_file_accepts_the_edges_of_every_range(tmp_path, monkeypatch):
     good = {"default_lr": 1, "default_dpo_lr": 1e-9, "evaluator_lr": 5e-7, "default_optimizer": "adafactor",
             "dpo_optimizer": "adamw", "eval_batch_size": 1, "minibatch_size_per_device": 1, "tensor_parallel_size": 1,
-            "lora_target_modules": ["q_proj"], "custom_kwargs": {"attn_implementation": "eager"},
+            "evaluator_lora_rank": 0, "lora_target_modules": ["q_proj"], "custom_kwargs": {"attn_implementation": "eager"},
             "gradient_checkpointing": False, "model_parallel": True, "trust_remote_code": False,
             "add_bos_token": True}  # fmt: skip
     assert set(good) == set(models.USER_FIELDS)  # every setting a file may give is tried

@@ -231,13 +231,13 @@ def test_paper_scripts_are_thin_executable_wrappers_in_the_paper_layout():
     assert layout == set(PAPER_SCRIPTS) | set(PARALLEL_SCRIPTS)
 
 
-# Stands in for python outside dry runs: asking a CLI where it writes, a task's fact, or writing the pipeline's
-# manifest goes to the real python; a half-data run logs itself and waits for its twin to start, so it fails
-# unless the two run at once.
+# Stands in for python outside dry runs: asking a CLI where it writes, a task's fact, the memory plan, or
+# writing the pipeline's manifest goes to the real python; a half-data run logs itself and waits for its twin
+# to start, so it fails unless the two run at once.
 FAKE_PYTHON = """#!/usr/bin/env bash
 line="+ python$(printf ' %q' "$@")"
 for a in "$@"; do
-  case "$a" in --print_save_path | --fact=* | *.experiments.manifest) exec "$REAL_PYTHON" "$@" ;; esac
+  case "$a" in --print_save_path | --fact=* | *.experiments.manifest | *.experiments.plan) exec "$REAL_PYTHON" "$@" ;; esac
 done
 echo "$line" >> "$CALLS"
 half=

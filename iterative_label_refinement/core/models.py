@@ -47,6 +47,7 @@ class ModelConfig:
     default_lr: float
     default_dpo_lr: float
     evaluator_lr: float = 1e-6  # learning rate of the comparison evaluator built on this base
+    evaluator_lora_rank: int = 0  # the evaluator's default --lora_rank (0: a full fine-tune, the reference's)
     default_optimizer: str = "adamw"  # SFT optimizer; DPO rounds use `dpo_optimizer`
     dpo_optimizer: str = "rmsprop"
     eval_batch_size: int = 32  # prompts per generation batch
@@ -89,7 +90,18 @@ register_model(
     )
 )
 register_model(ModelConfig(name="google/gemma-2b", default_lr=5e-4, default_dpo_lr=5e-6, evaluator_lr=1e-6))
-register_model(ModelConfig(name="mistralai/Mistral-7B-v0.1", default_lr=1e-4, default_dpo_lr=1e-6, evaluator_lr=1e-6))
+# Its evaluator trains with LoRA: a full fine-tune (fp32 weights, gradients and AdamW: 16 bytes a
+# parameter, 116 GB) cannot fit one 80 GB GPU (`python -m iterative_label_refinement.experiments.plan`);
+# --lora_rank=0 is the reference's full fine-tune, for more GPUs.
+register_model(
+    ModelConfig(
+        name="mistralai/Mistral-7B-v0.1",
+        default_lr=1e-4,
+        default_dpo_lr=1e-6,
+        evaluator_lr=1e-6,
+        evaluator_lora_rank=64,
+    )
+)
 register_model(
     ModelConfig(
         name="meta-llama/Meta-Llama-3-70B",
@@ -102,6 +114,28 @@ register_model(
     )
 )
 
+
+# The architecture of each registered hub model, from its published config.json (what memory
+# depends on: core.memory builds the model from it on the meta device), so that it can be planned
+# offline, where the hub cannot be reached and the weights are not there.
+PUBLISHED_CONFIGS: dict[str, dict[str, Any]] = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": dict(
+        model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192,
+        rope_theta=100000.0),
+    "google/gemma-2b": dict(
+        model_type="gemma", hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
+        num_key_value_heads=1, head_dim=256, vocab_size=256000, tie_word_embeddings=True,
+        max_position_embeddings=8192),
+    "mistralai/Mistral-7B-v0.1": dict(
+        model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False,
+        max_position_embeddings=32768, sliding_window=4096),
+    "meta-llama/Meta-Llama-3-70B": dict(
+        model_type="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+        num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, max_position_embeddings=8192,
+        rope_theta=500000.0),
+}  # fmt: skip
 
 # Settings a models file may give (the others say how a model is obtained, not how it trains).
 _SOURCE_FIELDS = ("name", "packaged", "build", "build_id", "verify")
@@ -249,6 +283,7 @@ _SETTING_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "minibatch_size_per_device": (lambda v: v >= 1, "an integer >= 1"),
     "tensor_parallel_size": (lambda v: v >= 1, "an integer >= 1"),
+    "evaluator_lora_rank": (lambda v: v >= 0, "an integer >= 0"),
     "lora_target_modules": (
         lambda v: bool(v) and (isinstance(v, str) or all(isinstance(m, str) and m for m in v)),
         "'all-linear', a regex of module names, or a non-empty list of non-empty module names",
@@ -352,13 +387,23 @@ def _adaptable(modules: dict[str, str], protected: Sequence[str]) -> list[str]:
     return [n for n in modules if n and not any(re.match(rf"(^|.*\.){p}($|\..*)", n) for p in protected)]
 
 
+def layer_kind(module: torch.nn.Module) -> str:
+    """LINEAR, OTHER_LORA_LAYER or NOT_LORA_LAYER: what PEFT's LoRA makes of a module."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, (torch.nn.Linear, Conv1D)):
+        return LINEAR
+    other = (torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.MultiheadAttention)
+    return OTHER_LORA_LAYER if isinstance(module, other) else NOT_LORA_LAYER
+
+
 @functools.lru_cache(maxsize=8)
 def model_modules(path: str, kind: str, trust_remote_code: bool) -> tuple[tuple[tuple[str, str], ...], str | None, str]:
     """(every module name with its LoRA layer kind, the output head's name, the architecture) of the
     model at `path`, built from its config on the meta device: no weight is read or allocated."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-    from transformers.pytorch_utils import Conv1D
 
     try:
         hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -373,13 +418,6 @@ def model_modules(path: str, kind: str, trust_remote_code: bool) -> tuple[tuple[
             model = auto_cls.from_config(hf_config, trust_remote_code=trust_remote_code)
     except ValueError as e:  # e.g. an architecture with no sequence-classification class
         raise ConfigError(f"cannot build {auto_cls.__name__} from {path}: {str(e).strip().splitlines()[0]}") from None
-    other = (torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.MultiheadAttention)
-
-    def layer_kind(module: torch.nn.Module) -> str:
-        if isinstance(module, (torch.nn.Linear, Conv1D)):
-            return LINEAR
-        return OTHER_LORA_LAYER if isinstance(module, other) else NOT_LORA_LAYER
-
     output = model.get_output_embeddings()
     head = next((n for n, m in model.named_modules() if m is output), None) if output is not None else None
     return tuple((n, layer_kind(m)) for n, m in model.named_modules()), head, type(model).__name__

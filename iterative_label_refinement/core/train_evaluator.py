@@ -234,7 +234,7 @@ def main(
     lr_schedule: Annotated[str, Valid(choices=tuple(LR_SCHEDULES))] = "cosine_anneal_warmup",
     warmup_ratio: Annotated[float, Valid(ge=0, lt=1)] = 0.05,
     optim: Annotated[str, Valid(choices=tuple(OPTIMIZERS))] = "adamw",
-    lora_rank: Annotated[int, NON_NEGATIVE] = 0,
+    lora_rank: Annotated[int | None, NON_NEGATIVE] = None,
     minibatch_size_per_device: Annotated[int | None, POSITIVE] = None,
     eval_batch_size: Annotated[int | None, POSITIVE] = None,
     evaluator_kind: Annotated[str, Valid(choices=EVALUATOR_KINDS)] = "classifier",
@@ -246,7 +246,8 @@ def main(
     """Train (or find) the evaluator on the pair data `ds_name` (a path or a name under evaluator-data).
 
     lr: default the model's registered `evaluator_lr` (gemma-2b 1e-6). head_lr: a separate learning
-    rate for the classifier head (default: lr). lora_rank=0: full fine-tune; >0: LoRA, merged when saved.
+    rate for the classifier head (default: lr). lora_rank=0: full fine-tune; >0: LoRA, merged when saved;
+    default the model's registered `evaluator_lora_rank` (Mistral-7B 64, so that it fits one 80 GB GPU; others 0).
     evaluator_kind: "classifier" (the paper's) or "likelihood" (a toy-scale stand-in).
     """
     from iterative_label_refinement.core.common import is_main_process
@@ -262,8 +263,9 @@ def main(
     if head_lr and optim != "adamw":
         raise ConfigError(f"--head_lr uses AdamW; got --optim={optim}")
     check_wandb(use_wandb)
-    check_lora_rank(lora_rank)
     lr = lr or model_cfg.evaluator_lr
+    lora_rank = model_cfg.evaluator_lora_rank if lora_rank is None else lora_rank
+    check_lora_rank(lora_rank)
     minibatch_size_per_device = minibatch_size_per_device or model_cfg.minibatch_size_per_device
     eval_batch_size = eval_batch_size or model_cfg.eval_batch_size
     data_path = evaluator_data_path(ds_name, results_folder)
