@@ -46,7 +46,7 @@ class ModelConfig:
     name: str
     default_lr: float
     default_dpo_lr: float
-    evaluator_lr: float = 1e-6  # learning rate of the comparison evaluator built on this base
+    evaluator_lr: float = 1e-6  # learning rate of the comparison evaluator built on this base, at its default rank
     evaluator_lora_rank: int = 0  # the evaluator's default --lora_rank (0: a full fine-tune, the reference's)
     default_optimizer: str = "adamw"  # SFT optimizer; DPO rounds use `dpo_optimizer`
     dpo_optimizer: str = "rmsprop"
@@ -92,13 +92,14 @@ register_model(
 register_model(ModelConfig(name="google/gemma-2b", default_lr=5e-4, default_dpo_lr=5e-6, evaluator_lr=1e-6))
 # Its evaluator trains with LoRA: a full fine-tune (fp32 weights, gradients and AdamW: 16 bytes a
 # parameter, 116 GB) cannot fit one 80 GB GPU (`python -m iterative_label_refinement.experiments.plan`);
-# --lora_rank=0 is the reference's full fine-tune, for more GPUs.
+# LoRA's adapters start at zero and need the LoRA learning rate of its SFT (1e-4), not the full fine-tune's
+# 1e-6. `--lora_rank=0 --lr=1e-6` is the reference's full fine-tune, for more GPUs.
 register_model(
     ModelConfig(
         name="mistralai/Mistral-7B-v0.1",
         default_lr=1e-4,
         default_dpo_lr=1e-6,
-        evaluator_lr=1e-6,
+        evaluator_lr=1e-4,
         evaluator_lora_rank=64,
     )
 )

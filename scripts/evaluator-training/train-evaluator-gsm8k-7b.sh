@@ -2,7 +2,8 @@
 # GSM8K evaluator on Mistral-7B, for the 70B runs (weak model and evaluator are Mistral-7B).
 # The evaluator trains with LoRA (Mistral-7B's registered evaluator_lora_rank, 64): the reference's full
 # fine-tune holds 116 GB of fp32 weights, gradients and AdamW states, more than one 80 GB GPU
-# (python -m iterative_label_refinement.experiments.plan); EVALUATOR_FLAGS=--lora_rank=0 runs it on more GPUs.
+# (python -m iterative_label_refinement.experiments.plan). LoRA trains at Mistral's LoRA learning rate, 1e-4;
+# EVALUATOR_FLAGS="--lora_rank=0 --lr=1e-6" is the reference's full fine-tune, for more GPUs.
 # Any setting of the pipeline script can be overridden from the environment.
 set -euo pipefail
 export DS_NAME=${DS_NAME:-gsm8k}
