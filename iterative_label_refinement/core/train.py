@@ -25,6 +25,8 @@ from iterative_label_refinement.core.common import (
     DPO_LOSS_TYPES,
     LR_SCHEDULES,
     OPTIMIZERS,
+    TENSORBOARD_DIR,
+    TRAIN_LOG,
     ConfigError,
     accumulation_steps,
     get_logger,
@@ -39,10 +41,6 @@ from iterative_label_refinement.core.common import (
 )
 
 logger = get_logger(__name__)
-
-# Every training run keeps its curves in its run dir: the log history, one record per logged step,
-# and (--report_to=tensorboard, the default) the Trainer's TensorBoard event files.
-TRAIN_LOG, TENSORBOARD_DIR = "train_log.jsonl", "tensorboard"
 
 
 @dataclass
