@@ -324,8 +324,9 @@ def main(
                                  metric_for_best_model="eval_loss", greater_is_better=False,
                                  per_device_eval_batch_size=eval_batch_size)  # fmt: skip
             start = time.time()
-            summary.update(train(model, train_ds, eval_ds, collator, args, head_lr, evaluator_kind == "classifier",
-                                 log_dir=out))
+            summary.update(
+                train(model, train_ds, eval_ds, collator, args, head_lr, evaluator_kind == "classifier", log_dir=out)
+            )
             summary["train_seconds"] = round(time.time() - start, 1)
             summary["stopped_early"] = summary["epochs_run"] < epochs - 1e-6
             if lora_rank:

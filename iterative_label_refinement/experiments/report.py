@@ -458,8 +458,7 @@ def page_figures(dataset: str, strong: str, summaries: dict[Row, dict[int, Summa
             f"{dataset}: DPO's reward margin and implicit KL (last logged step of each round) beside its test accuracy",
             [("test accuracy (%)", 100, {row.name: test[row.name] for row in dpo}),
              ("reward margin", 1, {row.name: report_page.logged_per_round(b, report_page.MARGIN) for row, b in dpo.items()}),
-             ("implicit KL", 1, {row.name: report_page.logged_per_round(b, report_page.KL) for row, b in dpo.items()})],
-            digits=3),
+             ("implicit KL", 1, {row.name: report_page.logged_per_round(b, report_page.KL) for row, b in dpo.items()})]),
         "losses": report_page.loss_curves(
             f"{dataset}: training loss of every round's run ({strong})",
             {row.name: {r: [report_page.loss_curve(report_page.read_log(d)) for d in s.run_dirs]

@@ -110,15 +110,16 @@ def _rounds_axis(ax, ylabel: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def round_panels(title: str, panels: list[tuple[str, float, dict[str, list[Point]]]], digits: int = 1) -> Figure | None:
+def round_panels(title: str, panels: list[tuple[str, float, dict[str, list[Point]]]]) -> Figure | None:
     """Side-by-side plots against round: each panel (y label, scale, series name -> points) draws every
-    series with its standard errors. The table: one row per series and panel, one column per round."""
+    series with its standard errors. The table: one row per series and panel, one column per round
+    (percentages, scale 100, to 0.1; other values to 0.001)."""
     panels = [(label, scale, {k: v for k, v in series.items() if v}) for label, scale, series in panels]
     panels = [p for p in panels if p[2]]
     if not panels:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False, sharex=True)
     rounds = sorted({p[0] for _, _, series in panels for points in series.values() for p in points})
     rows = [["", "series"] + [f"r{r}" for r in rounds]]
     for ax, (label, scale, series) in zip(axes[0], panels):
@@ -127,6 +128,7 @@ def round_panels(title: str, panels: list[tuple[str, float, dict[str, list[Point
                         yerr=[scale * p[2] if p[2] is not None else 0.0 for p in points],
                         marker="o", capsize=3, label=name)  # fmt: skip
             at = {p[0]: p for p in points}
+            digits = 1 if scale == 100 else 3
             rows.append([label, name] + [fmt(at[r][1], at[r][2], scale, digits) if r in at else "-" for r in rounds])
         _rounds_axis(ax, label)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -206,7 +208,7 @@ def evaluator_figure(path: Path) -> Figure:
     shown = "-" if accuracy is None else f"{100 * accuracy:.1f}%"
     ax.set_title(f"held-out pair accuracy {shown}", fontsize=9)
     fig.tight_layout()
-    rows = [["held-out pair accuracy", shown]]
+    rows = [["measure", "value"], ["held-out pair accuracy", shown]]
     rows += [[f"pair accuracy ({k})", f"{100 * v:.1f}%"] for k, v in summary.get("pair_accuracy_by_kind", {}).items()]
     rows += [[f"held-out loss, epoch {e:g}", f"{v:.4f}"] for e, v in evals]
     return Figure(title, _png(fig), rows)
