@@ -305,6 +305,7 @@ def main(
     with writing(out) if is_main_process() else contextlib.nullcontext():
         if (out / "results_summary.json").exists() and not force_retrain:  # made while this one started
             return {"save_path": str(out), "skipped": True, **read_json(out / "results_summary.json")}
+        logger.info("Evaluator dir: %s", out)  # at the start too, not only when training ends
         seed_everything(seed)
         summary: dict[str, Any] = {}
         if not done or force_retrain:

@@ -145,6 +145,7 @@ def main(
     with writing(run_dir):
         if _finished(cfg, run_dir):  # another writer finished it while this one loaded its data
             return _skipped(run_dir)
+        logger.info("Run dir: %s", run_dir)  # at the start too, not only when the run ends
         _start(cfg, run_dir, weights)
         seed_everything(cfg.seed)
         model, tokenizer = _train_or_load(cfg, run_dir, data.train)
