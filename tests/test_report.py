@@ -440,7 +440,7 @@ def test_report_page_shows_every_plot_with_the_numbers_it_draws(seeded):
             assert cells[r] == f"{mean:.3f} ± {se:.3f}", (label, r)
     # loss curves: every round's runs, first and last logged loss (mean over seeds)
     assert row_cells(page, "ilr0.15", "1") == ["3", "1.900", "0.900"]
-    assert row_cells(page, "dpo0.10.15", "2") == ["3", "0.700", "0.600"]
+    assert row_cells(page, "dpo0.10.15 (DPO loss, rounds 1+)", "2") == ["3", "0.700", "0.600"]
     # the evaluator's curve and held-out accuracy, and the pipelines' settings
     assert row_cells(page, "held-out pair accuracy") == ["62.5%"] and row_cells(page, "pair accuracy (gt)") == ["75.0%"]
     assert row_cells(page, "held-out loss, epoch 1") == ["0.6100"]

@@ -459,10 +459,12 @@ def page_figures(dataset: str, strong: str, summaries: dict[Row, dict[int, Summa
             [("test accuracy (%)", 100, {row.name: test[row.name] for row in dpo}),
              ("reward margin", 1, {row.name: report_page.logged_per_round(b, report_page.MARGIN) for row, b in dpo.items()}),
              ("implicit KL", 1, {row.name: report_page.logged_per_round(b, report_page.KL) for row, b in dpo.items()})]),
+        # DPO's loss is another objective than SFT's: its panel has its DPO rounds, not round 0's SFT run.
         "losses": report_page.loss_curves(
             f"{dataset}: training loss of every round's run ({strong})",
-            {row.name: {r: [report_page.loss_curve(report_page.read_log(d)) for d in s.run_dirs]
-                        for r, s in by_round.items()} for row, by_round in rows.items()}),
+            {row.name + (" (DPO loss, rounds 1+)" if row in dpo else ""):
+             {r: [report_page.loss_curve(report_page.read_log(d)) for d in s.run_dirs]
+              for r, s in by_round.items() if not (row in dpo and r == 0)} for row, by_round in rows.items()}),
     }  # fmt: skip
     for kind, figure in made.items():
         if figure is not None:

@@ -150,6 +150,8 @@ def loss_curves(title: str, curves: dict[str, dict[int, list[list[tuple[int, flo
     if not curves:
         return None
     plt = _pyplot()
+    import matplotlib.ticker
+
     n = len(curves)
     cols = min(n, 3)
     fig, axes = plt.subplots(-(-n // cols), cols, figsize=(4.6 * cols, 3.4 * -(-n // cols)), squeeze=False)
@@ -167,6 +169,7 @@ def loss_curves(title: str, curves: dict[str, dict[int, list[list[tuple[int, flo
                 last = sum(c[-1][1] for c in runs) / len(runs)
                 rows.append([method, str(r), str(len(runs)), f"{first:.3f}", f"{last:.3f}"])
         ax.set_title(method, fontsize=9)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
