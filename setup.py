@@ -26,6 +26,7 @@ setup(
         "tqdm>=4.66",
         "filelock>=3.12",
         "matplotlib>=3.8",
+        "tensorboard>=2.14",  # the training curves (core.train: report_to="tensorboard", the default)
     ],
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.6"],

@@ -33,7 +33,8 @@ NUM_BEAMS=${NUM_BEAMS:-4}      # beam search of test evaluation and temperature-
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# Progress: every train/refine step logs "step N/TOTAL (+ELAPSED s) ...". A pipeline run on its own
+# Progress: every train/refine step logs "step N/TOTAL (+ELAPSED s, ETA in S s) ...", S from the mean
+# time of the steps finished so far (none yet: no ETA; steps found done count too). A pipeline run on its own
 # numbers its own steps from its own start; demo.sh runs several and exports PROGRESS_TOTAL (the steps
 # of all of them), PROGRESS_DONE (the steps before this one) and PROGRESS_START (when it started).
 PROGRESS_START=${PROGRESS_START:-$(date +%s)}
@@ -45,7 +46,11 @@ set_total() { TOTAL_STEPS=${PROGRESS_TOTAL:-$1}; }
 
 progress() {
   STEP=$((STEP + 1))
-  log "step $STEP/$TOTAL_STEPS (+$(($(date +%s) - PROGRESS_START)) s) $*"
+  local elapsed=$(($(date +%s) - PROGRESS_START)) finished=$((STEP - 1)) eta=
+  if [ "$finished" -gt 0 ] && [ "$TOTAL_STEPS" != "?" ]; then
+    eta=", ETA in $((elapsed * (TOTAL_STEPS - finished) / finished)) s"
+  fi
+  log "step $STEP/$TOTAL_STEPS (+$elapsed s$eta) $*"
 }
 
 # The number of train/refine steps of each pipeline: its progress total, and demo.sh's sum. They

@@ -6,6 +6,7 @@ complete label sets), not the toy world's effects, which `make demo DEMO=full` m
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from datasets import load_from_disk
 
 from iterative_label_refinement.core.models import get_model_config
@@ -70,6 +72,12 @@ def test_quick_demo_killed_mid_ilr_resumes_and_reports(tmp_path):
     plots = [line[len("plot: ") :] for line in out.split("Test accuracy (%) by round:")[1].splitlines()
              if line.startswith("plot: ")]  # fmt: skip
     assert plots and all(Path(p).is_file() for p in plots), out[-2000:]
+    # a training run names its run dir before it trains, not only at its end
+    first_train = out.index("train_runtime")
+    assert "Run dir: " in out[:first_train], out[:first_train][-3000:]
+    check_curves(results)
+    page = next(results.rglob("report.html")).read_text()
+    assert page.count('src="data:image/png;base64,') >= 5  # accuracy, labels, DPO, losses, the evaluator
 
     # a third run finds every step done
     start = time.time()
@@ -78,3 +86,24 @@ def test_quick_demo_killed_mid_ilr_resumes_and_reports(tmp_path):
     assert proc.returncode == 0 and "train:" not in out and "refine:" not in out, out[-3000:]
     assert snapshot(results).keys() >= after.keys()
     print(f"rerun of a finished quick demo: {time.time() - start:.1f} s")
+
+
+def check_curves(results: Path) -> None:
+    """Every training run (each experiments.main run dir, the evaluator) kept its log history and
+    TensorBoard events; TensorBoard's own reader gives the Trainer's loss at every logged step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = [p.parent for p in results.rglob("experiment_config.json") if "round_id" in json.loads(p.read_text())]
+    evaluators = [p.parent for p in results.rglob("evaluators/*/*/results_summary.json")]
+    assert len(runs) >= 8 and len(evaluators) == 1, (runs, evaluators)
+    for run in runs + evaluators:
+        log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+        losses = {r["step"]: r["loss"] for r in log if "loss" in r}
+        assert losses and any("train_loss" in r for r in log), run  # every step, then the run's summary
+        assert list((run / "tensorboard").glob("events.out.tfevents.*")), run
+        events = EventAccumulator(str(run / "tensorboard"))
+        events.Reload()
+        # the last event of a step: a resumed run logs again the steps its killed attempt logged after its checkpoint
+        logged = {e.step: e.value for e in events.Scalars("train/loss")}
+        assert logged.keys() == losses.keys(), run
+        assert all(logged[s] == pytest.approx(losses[s], rel=1e-6) for s in losses), run  # stored as float32

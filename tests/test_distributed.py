@@ -50,6 +50,11 @@ def test_two_processes_train_the_weights_of_one(tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
     assert json.loads((two / "experiment_config.json").read_text())["world_size"] == 2
+    # The curves are written once, by rank 0: one event file, one log with every optimizer step.
+    for run in (one, two):
+        assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1, run
+        log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log if "loss" in r] == list(range(1, 7)), run  # 2 epochs of 3 steps (21 rows / 8)
     # Evaluation and labels come from rank 0 alone: one complete set, as in the 1-process run.
     for run in (one, two):
         assert (run / "results_summary.json").exists()

@@ -193,6 +193,30 @@ def test_use_wandb_without_wandb_stops_the_evaluator(tmp_path, monkeypatch, pair
     assert not (tmp_path / "results").exists()
 
 
+def test_report_to_wandb_without_wandb_and_a_contradiction_are_refused(run_config, monkeypatch):
+    """--report_to=wandb is refused like --use_wandb=True; --use_wandb=True with --report_to=none says which two."""
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(ConfigError, match="--report_to=wandb needs the wandb package, which is not installed"):
+        run_config(ds_name="toy_arith", model_size="tiny-random", report_to="wandb")
+    with pytest.raises(ConfigError, match="--use_wandb=True is --report_to=wandb; it contradicts --report_to=none"):
+        run_config(ds_name="toy_arith", model_size="tiny-random", use_wandb=True, report_to="none")
+
+
+def test_report_to_reaches_the_trainer():
+    """TensorBoard by default (the curves' events), nothing for none, wandb for --use_wandb."""
+    from iterative_label_refinement.core.run_config import report_target
+    from iterative_label_refinement.core.train import TrainConfig
+
+    def trainer_report_to(report_to):
+        return TrainConfig(output_dir="unused", lr=1e-3, report_to=report_to).training_arguments().report_to
+
+    assert trainer_report_to(TrainConfig.report_to) == ["tensorboard"]
+    assert trainer_report_to("none") == []
+    assert report_target("tensorboard", use_wandb=False) == "tensorboard"
+    if importlib.util.find_spec("wandb") is not None:
+        assert report_target("tensorboard", use_wandb=True) == "wandb"
+
+
 # ---------------------------------------------------------------------------------------------
 # Values in $ILR_MODELS_FILE
 # ---------------------------------------------------------------------------------------------

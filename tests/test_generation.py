@@ -199,3 +199,11 @@ def test_generation_prompts_follow_the_models_bos_policy(tiny, monkeypatch):
             rows = [[t for t, m in zip(r, k) if m] for r, k in zip(ids, mask)]
             assert expected in rows
         assert all(k[-1] == 1 for k in mask)  # left padding: every prompt ends at the last position
+
+
+def test_generation_in_one_batch_shows_its_progress_bar(tiny, capsys):
+    """All prompts in one batch: the bar still shows, counted in prompts (it once showed nothing then)."""
+    model, tok = tiny
+    generate_answers(model, tok, [QUESTION, "What is 4 plus 1?"], max_new_tokens=2, batch_size=8, desc="labels")
+    err = capsys.readouterr().err
+    assert "labels: 100%" in err and "2/2" in err, err

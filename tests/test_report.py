@@ -167,7 +167,7 @@ def test_plot_draws_standard_errors(seeded, monkeypatch):
     original = matplotlib.axes.Axes.errorbar
 
     def spy(self, x, y, yerr=None, **kwargs):
-        drawn[kwargs["label"]] = (list(x), list(y), list(yerr))
+        drawn.setdefault(kwargs["label"], (list(x), list(y), list(yerr)))  # the accuracy plot: drawn first
         return original(self, x, y, yerr=yerr, **kwargs)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
@@ -240,7 +240,7 @@ def test_two_settings_of_one_method_are_rows_side_by_side_named_by_what_differs(
     original = matplotlib.axes.Axes.errorbar
 
     def spy(self, x, y, yerr=None, **kwargs):
-        drawn[kwargs["label"]] = (list(x), list(y), list(yerr))
+        drawn.setdefault(kwargs["label"], (list(x), list(y), list(yerr)))  # the accuracy plot: drawn first
         return original(self, x, y, yerr=yerr, **kwargs)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
@@ -361,3 +361,91 @@ def test_seeds_stay_one_row_across_pipelines_and_older_records(seeded, capsys):
     for r, cell in zip((0, 1), ilr[1:3]):
         mean, se = by_hand(TEST_ACC["sft" if r == 0 else "ilr", r])
         assert cell == f"{100 * mean:.1f}±{100 * se:.1f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The report page
+# ---------------------------------------------------------------------------------------------
+
+# DPO rounds 1 and 2 per seed: (reward margin, implicit KL) of each logged step, the last one the round's.
+DPO_LOGS = {
+    1: [[(0.1, 0.01), (0.4, 0.05)], [(0.2, 0.02), (0.3, 0.04)], [(0.0, 0.0), (0.8, 0.09)]],
+    2: [[(0.5, 0.1), (1.5, 0.3)], [(0.6, 0.2), (0.7, 0.25)], [(0.9, 0.4), (2.9, 0.7)]],
+}
+DPO_ACC = {1: [0.40, 0.45, 0.35], 2: [0.30, 0.50, 0.20]}
+
+
+def write_log(run, records):
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def row_cells(page, *first):
+    """The cells of the page's table row that starts with `first` (the numbers under a plot; DPO's test
+    accuracy is under two plots, the same numbers)."""
+    start = "<tr>" + "".join(f"<td>{x}</td>" for x in first)
+    (row,) = {r.split("</tr>")[0] for r in page.split("<tr>")[1:] if ("<tr>" + r).startswith(start)}
+    return [c.split("</td>")[0] for c in row.split("<td>")[1 + len(first) :]]
+
+
+def test_report_page_shows_every_plot_with_the_numbers_it_draws(seeded):
+    for seed in range(3):
+        common = dict(
+            method="dpo0.10.15", seed=seed, do_dpo=True, weak_model={"model_size": "tiny-llama-weak", "seed": seed}
+        )
+        make_run(seeded, f"dpo0-s{seed}", TEST_ACC["sft", 0][seed], weak_label_type="weak", **common)
+        for r in (1, 2):
+            run = make_run(
+                seeded, f"dpo{r}-s{seed}", DPO_ACC[r][seed], weak_label_type="dpo0.10.15", round_id=r, **common
+            )
+            write_log(
+                run,
+                [
+                    {"loss": 0.7 - 0.1 * i, "rewards/margins": m, "kl": k, "step": i + 1}
+                    for i, (m, k) in enumerate(DPO_LOGS[r][seed])
+                ]
+                + [{"train_loss": 0.6, "step": 2}],
+            )  # the Trainer's summary record: no curve point
+        write_log(seeded / f"ilr1-s{seed}", [{"loss": 2.0 - 0.5 * i - 0.1 * seed, "step": i + 1} for i in range(3)])
+    evaluator = seeded / "evaluators" / "data-s0" / "ms=tiny"
+    write_json(evaluator / "results_summary.json", {"pair_accuracy": 0.625, "pair_accuracy_by_kind": {"gt": 0.75}})
+    write_log(evaluator, [{"loss": 0.69, "epoch": 0.5, "step": 1}, {"eval_loss": 0.61, "epoch": 1.0, "step": 2}])
+    write_json(seeded / "default" / "manifests" / "dpo-1.json",
+               {"pipeline": "sft_dpo", "recorded": "2026-12-01T10:00:00", "git": {"commit": "abc123def4567890"},
+                "versions": {"torch": "2.13.0"}, "settings": {"BETA": "0.5", "ROUNDS": "2"}})  # fmt: skip
+    report.main(results_folder=str(seeded))
+    page = (seeded / "report.html").read_text()
+
+    def pct(values):
+        mean, se = by_hand(values)
+        return f"{100 * mean:.1f} ± {100 * se:.1f}"
+
+    # test accuracy: mean ± standard error over seeds, per round, of each method
+    assert row_cells(page, "test accuracy (%)", "ilr0.15") == [pct(TEST_ACC["sft", 0]), pct(TEST_ACC["ilr", 1]),
+                                                              pct(TEST_ACC["ilr", 2])]  # fmt: skip
+    assert row_cells(page, "test accuracy (%)", "dpo0.10.15") == [
+        pct(TEST_ACC["sft", 0]),
+        pct(DPO_ACC[1]),
+        pct(DPO_ACC[2]),
+    ]
+    # training labels (a quarter, half, three quarters correct in round 1) and replacement precision
+    assert row_cells(page, "training labels correct (%)", "ilr0.15")[1] == pct([1 / 4, 2 / 4, 3 / 4])
+    assert row_cells(page, "precision of replacements (%)", "ilr0.15")[1:] == ["100.0 ± 0.0", "0.0 ± 0.0"]
+    # DPO: the last logged margin and KL of each round, over seeds; round 0 (SFT) logs none
+    for label, index in (("reward margin", 0), ("implicit KL", 1)):
+        cells = row_cells(page, label, "dpo0.10.15")
+        assert cells[0] == "-"
+        for r in (1, 2):
+            mean, se = by_hand([log[-1][index] for log in DPO_LOGS[r]])
+            assert cells[r] == f"{mean:.3f} ± {se:.3f}", (label, r)
+    # loss curves: every round's runs, first and last logged loss (mean over seeds)
+    assert row_cells(page, "ilr0.15", "1") == ["3", "1.900", "0.900"]
+    assert row_cells(page, "dpo0.10.15 (DPO loss, rounds 1+)", "2") == ["3", "0.700", "0.600"]
+    # the evaluator's curve and held-out accuracy, and the pipelines' settings
+    assert row_cells(page, "held-out pair accuracy") == ["62.5%"] and row_cells(page, "pair accuracy (gt)") == ["75.0%"]
+    assert row_cells(page, "held-out loss, epoch 1") == ["0.6100"]
+    assert row_cells(page, "BETA") == ["0.5"] and row_cells(page, "commit") == ["abc123def456"]
+    # self-contained: every plot embedded, each also a PNG beside the page
+    assert page.count('src="data:image/png;base64,') == 5
+    for kind in ("accuracy", "labels", "dpo", "losses"):
+        assert (seeded / f"{kind}_toy_arith_tiny-llama-strong.png").stat().st_size > 1000

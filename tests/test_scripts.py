@@ -281,7 +281,9 @@ def test_sequential_halves_fail_the_at_once_check(tmp_path):
     assert proc.returncode != 0 and "waited 2 s for its twin" in proc.stderr
 
 
-PROGRESS = re.compile(r"\[\d\d:\d\d:\d\d\] step (\d+)/(\d+) \(\+(\d+) s\) (train|refine|done already): \S+")
+PROGRESS = re.compile(
+    r"\[\d\d:\d\d:\d\d\] step (\d+)/(\d+) \(\+(\d+) s(?:, ETA in (\d+) s)?\) (train|refine|done already): \S+"
+)
 
 
 def check_progress(proc: subprocess.CompletedProcess, steps: int) -> None:
@@ -292,6 +294,21 @@ def check_progress(proc: subprocess.CompletedProcess, steps: int) -> None:
     assert numbers == list(range(1, steps + 1)), numbers
     assert {int(m[2]) for m in found} == {steps}
     assert all(int(m[3]) >= 0 for m in found)
+
+
+def test_progress_eta_is_the_mean_time_of_the_finished_steps_times_those_left():
+    """Step 5 of 10, 4 steps finished in E s: ETA = E / 4 x 6 (integer seconds); the first step has none."""
+    script = (f". {REPO}/scripts/lib.sh; PROGRESS_START=$(($(date +%s) - 100)); set_total 10; STEP=4;"
+              " progress train: a; STEP=0; progress train: b")  # fmt: skip
+    proc = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env={**os.environ, "PROGRESS_TOTAL": ""}
+    )
+    lines = proc.stderr.splitlines()
+    fifth, first = PROGRESS.fullmatch(lines[0]), PROGRESS.fullmatch(lines[1])
+    assert fifth and first, proc.stderr
+    elapsed = int(fifth[3])
+    assert fifth.group(1, 2) == ("5", "10") and 100 <= elapsed <= 102 and int(fifth[4]) == elapsed * 6 // 4, lines[0]
+    assert first[1] == "1" and first[4] is None, lines[1]
 
 
 def test_demo_runs_every_seed_then_one_report(tmp_path):

@@ -132,6 +132,8 @@ NON_NEGATIVE = Valid(ge=0)
 FRACTION = Valid(gt=0, le=1)  # a share of rows or pairs: some, at most all
 UNIT = Valid(ge=0, le=1)  # a probability or a share that may be 0
 INSIDE = Valid(inside=True)
+# Where the training CLIs also send their logs (core.run_config.report_target); train_log.jsonl is always kept.
+REPORT_TO = Valid(choices=("tensorboard", "wandb", "none"))
 
 
 @dataclass(frozen=True)

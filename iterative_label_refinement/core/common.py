@@ -116,6 +116,9 @@ def get_cache_path() -> Path:
 # ---------------------------------------------------------------------------------------------
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")  # core.train.dpo_loss
+# Every training run keeps its curves in its run dir (core.train.keep_curves): the log history, one
+# record per logged step, and (--report_to=tensorboard, the default) the Trainer's TensorBoard event files.
+TRAIN_LOG, TENSORBOARD_DIR = "train_log.jsonl", "tensorboard"
 OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "rmsprop": "rmsprop"}
 # name -> (transformers scheduler, whether warmup applies)
 LR_SCHEDULES = {

@@ -127,7 +127,9 @@ def _generate_hf(model, tokenizer, prompts, max_new_tokens, batch_size, num_samp
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     texts: list[list[str]] = [[] for _ in prompts]
     ids: list[list[list[int]]] = [[] for _ in prompts]
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=len(order) <= batch_size):
+    # Counted in prompts, so that a generation in one batch shows its bar too (its time, its rate).
+    bar = tqdm(total=len(order), desc=desc, unit="prompt")
+    for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         enc = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, return_tensors="pt")  # left padding
         enc = {k: v.to(device) for k, v in enc.items()}
@@ -139,6 +141,8 @@ def _generate_hf(model, tokenizer, prompts, max_new_tokens, batch_size, num_samp
                 seq = _strip_after_eos(seq, tokenizer.eos_token_id)
                 ids[i].append(seq)
                 texts[i].append(tokenizer.decode(seq, skip_special_tokens=True).strip())
+        bar.update(len(batch))
+    bar.close()
     model.train(was_training)
     return Generations(texts=texts, token_ids=ids)
 

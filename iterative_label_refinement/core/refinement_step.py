@@ -125,6 +125,7 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
     with writing(out_path):
         if _reusable(out_path, record, force):  # another writer finished it while this one started
             return str(out_path)
+        logger.info("Writing %s", out_path)  # at the start too: a long step says where it writes
         return save_label_set(kind.rows(step), out_path, seed, record, save_results)
 
 

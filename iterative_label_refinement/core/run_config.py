@@ -66,11 +66,17 @@ def check_sizes(**sizes: float) -> None:
     accumulation_steps(sizes["batch_size"], sizes["minibatch_size_per_device"])
 
 
-def check_wandb(use_wandb: bool) -> None:
-    """--use_wandb=True needs the wandb package: refused here, not by the Trainer once the model is loaded."""
-    if use_wandb and importlib.util.find_spec("wandb") is None:
-        raise ConfigError("--use_wandb=True needs the wandb package, which is not installed: pip install wandb, "
-                          "or leave --use_wandb off")  # fmt: skip
+def report_target(report_to: str, use_wandb: bool) -> str:
+    """Where the Trainer sends its logs: --report_to, or wandb for --use_wandb=True (the reference's
+    flag). wandb is an optional extra: refused here when absent, not by the Trainer once the model is loaded."""
+    if use_wandb and report_to not in ("tensorboard", "wandb"):  # tensorboard: the default, not a choice
+        raise ConfigError(f"--use_wandb=True is --report_to=wandb; it contradicts --report_to={report_to}")
+    target = "wandb" if use_wandb else report_to
+    if target == "wandb" and importlib.util.find_spec("wandb") is None:
+        flag = "--use_wandb=True" if use_wandb else "--report_to=wandb"
+        raise ConfigError(f"{flag} needs the wandb package, which is not installed: pip install wandb, "
+                          "or --report_to=tensorboard (the default) or none")  # fmt: skip
+    return target
 
 
 def check_lora_rank(lora_rank: int) -> None:
@@ -117,7 +123,7 @@ class RunConfig:
     train_with_dropout: bool
     max_len: int
     save_frequency: float
-    use_wandb: bool
+    report_to: str
     do_dpo: bool
     dpo_path: str | None
     dpo_beta: float
@@ -203,7 +209,7 @@ class RunConfig:
         check_sizes(n_docs=f["n_docs"], n_test_docs=f["n_test_docs"], epochs=f["epochs"], batch_size=f["batch_size"],
                     max_len=max_len, minibatch_size_per_device=minibatch, eval_batch_size=eval_batch_size,
                     num_samples=num_samples)  # fmt: skip
-        check_wandb(f["use_wandb"])
+        report_to = report_target(f["report_to"], f["use_wandb"])
         check_lora_rank(f["lora_rank"])
         # The half-data runs only propose labels: they skip the test set unless asked.
         do_test = force_eval if force_eval is not None else f["half_data"] == 0
@@ -230,7 +236,7 @@ class RunConfig:
             batch_size=f["batch_size"], minibatch_size_per_device=minibatch, lr=lr, optim=optim,
             lr_schedule=f["lr_schedule"], warmup_ratio=f["warmup_ratio"], lora_rank=f["lora_rank"],
             train_with_dropout=f["train_with_dropout"], max_len=max_len, save_frequency=f["save_frequency"],
-            use_wandb=f["use_wandb"], do_dpo=do_dpo, dpo_path=f["dpo_path"], dpo_beta=f["dpo_beta"],
+            report_to=report_to, do_dpo=do_dpo, dpo_path=f["dpo_path"], dpo_beta=f["dpo_beta"],
             dpo_loss_type=f["dpo_loss_type"], weak_dir=weak_dir, labels_path=labels_path, weak_config=weak_config,
             weak_model_size=weak_model_size,
             do_test=do_test,

@@ -25,6 +25,8 @@ from iterative_label_refinement.core.common import (
     DPO_LOSS_TYPES,
     LR_SCHEDULES,
     OPTIMIZERS,
+    TENSORBOARD_DIR,
+    TRAIN_LOG,
     ConfigError,
     accumulation_steps,
     get_logger,
@@ -35,6 +37,7 @@ from iterative_label_refinement.core.common import (
     validate_optimizer,
     validate_schedule,
     world_size,
+    write_jsonl,
 )
 
 logger = get_logger(__name__)
@@ -56,7 +59,7 @@ class TrainConfig:
     # optimizer, scheduler and RNG state that resuming needs (`train_sft`, `train_dpo`).
     save_frequency: float = 0
     seed: int = 0
-    use_wandb: bool = False
+    report_to: str = "tensorboard"  # where the Trainer also sends its logs: tensorboard, wandb or none
     gradient_checkpointing: bool = False
     run_name: str | None = None
     # Continue from the last complete checkpoint-K in output_dir; False trains afresh (deleting them).
@@ -101,7 +104,7 @@ class TrainConfig:
             save_strategy="steps" if 0 < self.save_frequency < 1 else "no",
             save_steps=self.save_frequency if 0 < self.save_frequency < 1 else 500,
             save_only_model=not 0 < self.save_frequency < 1,  # our checkpoints are for resuming too
-            report_to=["wandb"] if self.use_wandb else [],
+            report_to=[] if self.report_to == "none" else [self.report_to],
             run_name=self.run_name,
             seed=self.seed,
             data_seed=self.seed,
@@ -251,11 +254,13 @@ def trainer_class():
     class ILRTrainer(Trainer):
         loss_over_rows = False  # a subclass whose `compute_loss` uses `row_mean` sets it
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args, log_dir: str | Path | None = None, **kwargs):
+            """log_dir: where the run's curves go (default: the output dir), `keep_curves`."""
             super().__init__(*args, **kwargs)
             if self.loss_over_rows:
                 # No token count for the model, and no division by the number of minibatches.
                 self.model_accepts_loss_kwargs, self.loss_is_scaled_for_ga = False, True
+            keep_curves(self, Path(log_dir or self.args.output_dir))
 
         def _get_train_sampler(self, train_dataset=None):
             ds = train_dataset if train_dataset is not None else self.train_dataset
@@ -288,6 +293,31 @@ def trainer_class():
             return row_losses.sum() * self.accelerator.num_processes / num_items_in_batch
 
     return ILRTrainer
+
+
+def keep_curves(trainer, log_dir: Path) -> None:
+    """The run's curves in `log_dir`: the Trainer's TensorBoard writer (report_to) writes under
+    `log_dir/tensorboard` (not transformers' default, `<output_dir>/runs/<date_host>`: the evaluator
+    deletes its output dir), and the log history goes to `log_dir/train_log.jsonl` when training ends.
+    Both on the main process only (the callback's own rule, and `_SaveLog`'s). A resumed run's history
+    starts with its checkpoint's, so the file holds the whole run."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = callback.logging_dir or str(log_dir / TENSORBOARD_DIR)  # env var first
+    trainer.add_callback(_SaveLog(log_dir))
+
+
+class _SaveLog(TrainerCallback):
+    """Writes the log history (`TRAIN_LOG`) once training ends, after the Trainer's last log."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            write_jsonl(self.log_dir / TRAIN_LOG, state.log_history)
 
 
 def train_sft(model: torch.nn.Module, tokenizer, train_ds: Dataset, cfg: TrainConfig) -> dict[str, float]:

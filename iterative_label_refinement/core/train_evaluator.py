@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from iterative_label_refinement.core.cli import NON_NEGATIVE, POSITIVE, Valid
+from iterative_label_refinement.core.cli import NON_NEGATIVE, POSITIVE, REPORT_TO, Valid
 from iterative_label_refinement.core.common import (
     ACCEPT,
     LR_SCHEDULES,
@@ -180,14 +180,15 @@ def _classifier_trainer_class():
 
 
 def train(model, train_ds: Dataset, eval_ds: Dataset, collate, args, head_lr: float | None,
-          classifier: bool = True) -> dict:  # fmt: skip
+          classifier: bool = True, log_dir: Path | None = None) -> dict:  # fmt: skip
     """Trainer with per-epoch evaluation and checkpoints, early stopping (patience 1), best model by eval loss.
 
     Rows are drawn as in SFT (`core.train.trainer_class`): 1 or N processes train the same weights.
     The evaluator's rows carry no `length` column: each epoch keeps its seeded permutation unsorted,
     the order evaluators have always been trained in (sorting would change which rows share a minibatch).
     classifier: the model is a sequence classifier, whose loss is a mean over rows; otherwise a causal
-    LM, whose loss is a mean over the answer tokens of the step.
+    LM, whose loss is a mean over the answer tokens of the step. log_dir: where the curves go
+    (`core.train.keep_curves`; default the output dir, which holds only checkpoints).
     """
     from transformers import EarlyStoppingCallback
 
@@ -197,7 +198,7 @@ def train(model, train_ds: Dataset, eval_ds: Dataset, collate, args, head_lr: fl
     trainer_cls = _classifier_trainer_class() if classifier else trainer_class()
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collate,
                           callbacks=[EarlyStoppingCallback(early_stopping_patience=1)],
-                          optimizers=optimizers)  # fmt: skip
+                          optimizers=optimizers, log_dir=log_dir)  # fmt: skip
     trainer.train()
     evals = [log for log in trainer.state.log_history if "eval_loss" in log]
     best = min(evals, key=lambda log: log["eval_loss"])
@@ -240,6 +241,7 @@ def main(
     evaluator_kind: Annotated[str, Valid(choices=EVALUATOR_KINDS)] = "classifier",
     force_retrain: bool = False,
     use_wandb: bool = False,
+    report_to: Annotated[str, REPORT_TO] = "tensorboard",
     results_folder: str | None = None,
     print_save_path: bool = False,
 ) -> dict[str, Any] | str:
@@ -252,7 +254,7 @@ def main(
     """
     from iterative_label_refinement.core.common import is_main_process
     from iterative_label_refinement.core.models import check_lora_targets, get_model_config, load_tokenizer, weights_id
-    from iterative_label_refinement.core.run_config import check_lora_rank, check_wandb
+    from iterative_label_refinement.core.run_config import check_lora_rank, report_target
     from iterative_label_refinement.core.saved_models import check_same_weights
     from iterative_label_refinement.core.train import TrainConfig, collate
 
@@ -262,7 +264,7 @@ def main(
         raise ConfigError("--head_lr applies to the classifier evaluator only")
     if head_lr and optim != "adamw":
         raise ConfigError(f"--head_lr uses AdamW; got --optim={optim}")
-    check_wandb(use_wandb)
+    report_to = report_target(report_to, use_wandb)
     lr = lr or model_cfg.evaluator_lr
     lora_rank = model_cfg.evaluator_lora_rank if lora_rank is None else lora_rank
     check_lora_rank(lora_rank)
@@ -305,6 +307,7 @@ def main(
     with writing(out) if is_main_process() else contextlib.nullcontext():
         if (out / "results_summary.json").exists() and not force_retrain:  # made while this one started
             return {"save_path": str(out), "skipped": True, **read_json(out / "results_summary.json")}
+        logger.info("Evaluator dir: %s", out)  # at the start too, not only when training ends
         seed_everything(seed)
         summary: dict[str, Any] = {}
         if not done or force_retrain:
@@ -318,13 +321,15 @@ def main(
             args = TrainConfig(
                 output_dir=str(checkpoints), lr=lr, epochs=epochs, batch_size=batch_size,
                 minibatch_size_per_device=minibatch_size_per_device, optim=optim, lr_schedule=lr_schedule,
-                warmup_ratio=warmup_ratio, seed=seed, use_wandb=use_wandb,
+                warmup_ratio=warmup_ratio, seed=seed, report_to=report_to,
                 gradient_checkpointing=model_cfg.gradient_checkpointing, run_name=out.name,
             ).training_arguments(eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
                                  metric_for_best_model="eval_loss", greater_is_better=False,
                                  per_device_eval_batch_size=eval_batch_size)  # fmt: skip
             start = time.time()
-            summary.update(train(model, train_ds, eval_ds, collator, args, head_lr, evaluator_kind == "classifier"))
+            summary.update(
+                train(model, train_ds, eval_ds, collator, args, head_lr, evaluator_kind == "classifier", log_dir=out)
+            )
             summary["train_seconds"] = round(time.time() - start, 1)
             summary["stopped_early"] = summary["epochs_run"] < epochs - 1e-6
             if lora_rank:

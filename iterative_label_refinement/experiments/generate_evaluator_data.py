@@ -240,6 +240,7 @@ def main(
     with writing(out):
         if not force_regenerate and reuse(out, record, "--force_regenerate=True"):  # made while this one waited
             return _reused(out)
+        logger.info("Writing %s", out)  # at the start too: generating the pairs takes long
         seed_everything(run["seed"])
         pairs_by_source = {s: run_pairs(d, r, sampling, do_eval, force_regenerate) for s, (d, r) in runs.items()}
         pairs = balance(pairs_by_source, run["seed"]) if len(runs) > 1 else pairs_by_source[""]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from iterative_label_refinement.core.cli import FRACTION, INSIDE, NON_NEGATIVE, POSITIVE, Valid
+from iterative_label_refinement.core.cli import FRACTION, INSIDE, NON_NEGATIVE, POSITIVE, REPORT_TO, Valid
 from iterative_label_refinement.core.common import (
     DPO_LOSS_TYPES,
     LR_SCHEDULES,
@@ -77,6 +77,7 @@ def main(
     sweep_subfolder: Annotated[str, INSIDE] = "default",
     num_samples: Annotated[int, POSITIVE] = 1,
     use_wandb: bool = False,
+    report_to: Annotated[str, REPORT_TO] = "tensorboard",
     save_frequency: Annotated[float, Valid(ge=0, lt=1)] = 0,
     half_data: Annotated[int, Valid(choices=(0, 1, 2))] = 0,
     round_id: Annotated[int, NON_NEGATIVE] = 0,
@@ -145,6 +146,7 @@ def main(
     with writing(run_dir):
         if _finished(cfg, run_dir):  # another writer finished it while this one loaded its data
             return _skipped(run_dir)
+        logger.info("Run dir: %s", run_dir)  # at the start too, not only when the run ends
         _start(cfg, run_dir, weights)
         seed_everything(cfg.seed)
         model, tokenizer = _train_or_load(cfg, run_dir, data.train)
@@ -274,7 +276,7 @@ def _train_or_load(cfg: RunConfig, run_dir: Path, train_ds: Dataset):
         output_dir=str(run_dir), lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
         minibatch_size_per_device=cfg.minibatch_size_per_device, optim=cfg.optim, lr_schedule=cfg.lr_schedule,
         warmup_ratio=cfg.warmup_ratio, save_frequency=cfg.save_frequency, seed=cfg.data_seed,
-        use_wandb=cfg.use_wandb, gradient_checkpointing=cfg.model.gradient_checkpointing, run_name=run_dir.name,
+        report_to=cfg.report_to, gradient_checkpointing=cfg.model.gradient_checkpointing, run_name=run_dir.name,
         resume=not cfg.force_retrain,
     )  # fmt: skip
     from iterative_label_refinement.core.datasets import tokenize_dataset

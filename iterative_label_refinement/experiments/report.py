@@ -30,6 +30,7 @@ from iterative_label_refinement.core.common import ConfigError, get_logger, get_
 from iterative_label_refinement.core.label_sets import current_labels_path, first, is_label_set, label_accuracy
 from iterative_label_refinement.core.methods import Method, parse_method
 from iterative_label_refinement.core.saved_models import recorded_weights
+from iterative_label_refinement.experiments import report_page
 from iterative_label_refinement.experiments.manifest import MANIFESTS
 
 logger = get_logger(__name__)
@@ -433,8 +434,43 @@ def plot(summaries: dict[Row, dict[int, Summary]], weak: dict[Row, Summary], tit
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # tight: a long title is not clipped
     plt.close(fig)
+
+
+def page_figures(dataset: str, strong: str, summaries: dict[Row, dict[int, Summary]], accuracy_png: Path,
+                 out: Path) -> list[report_page.Figure]:  # fmt: skip
+    """The report page's plots of one dataset and model pair, each also written as a PNG beside the page.
+    The shared round-0 SFT rows are left out: each method's row has that run as its round 0."""
+    rows = {row: by_round for row, by_round in summaries.items() if not row.method.startswith("SFT")}
+    test = {row.name: report_page.per_round(by_round, lambda s: s.test) for row, by_round in rows.items()}
+    accuracy = report_page.round_panels("", [("test accuracy (%)", 100, test)])
+    figures = [report_page.Figure("Test accuracy by round (mean ± standard error over seeds)",
+                                  accuracy_png.read_bytes(), accuracy.rows if accuracy else [])]  # fmt: skip
+    labels = {row.name: report_page.per_round(by_round, lambda s: s.labels) for row, by_round in rows.items()}
+    precision = {row.name: report_page.per_round(by_round, lambda s: s.precision) for row, by_round in rows.items()}
+    dpo = {row: by_round for row, by_round in rows.items() if _method(row.method).is_dpo}
+    made = {
+        "labels": report_page.round_panels(
+            f"{dataset}: training labels and what refinement did to them",
+            [("training labels correct (%)", 100, labels), ("precision of replacements (%)", 100, precision)]),
+        "dpo": report_page.round_panels(
+            f"{dataset}: DPO's reward margin and implicit KL (last logged step of each round) beside its test accuracy",
+            [("test accuracy (%)", 100, {row.name: test[row.name] for row in dpo}),
+             ("reward margin", 1, {row.name: report_page.logged_per_round(b, report_page.MARGIN) for row, b in dpo.items()}),
+             ("implicit KL", 1, {row.name: report_page.logged_per_round(b, report_page.KL) for row, b in dpo.items()})]),
+        # DPO's loss is another objective than SFT's: its panel has its DPO rounds, not round 0's SFT run.
+        "losses": report_page.loss_curves(
+            f"{dataset}: training loss of every round's run ({strong})",
+            {row.name + (" (DPO loss, rounds 1+)" if row in dpo else ""):
+             {r: [report_page.loss_curve(report_page.read_log(d)) for d in s.run_dirs]
+              for r, s in by_round.items() if not (row in dpo and r == 0)} for row, by_round in rows.items()}),
+    }  # fmt: skip
+    for kind, figure in made.items():
+        if figure is not None:
+            (out / f"{kind}_{dataset}_{strong}.png").write_bytes(figure.png)
+            figures.append(figure)
+    return figures
 
 
 CSV_COLUMNS = ["dataset", "strong", "weak", "method", "settings", "round", "seeds", "n_seeds", "test_accuracy", "test_accuracy_se",
@@ -481,8 +517,9 @@ def format_manifests(manifests: list[dict[str, Any]]) -> list[str]:
 
 def main(results_folder: str | None = None, out_dir: str | None = None,
          sweep_subfolder: Annotated[str | None, INSIDE] = None) -> str:  # fmt: skip
-    """Print the tables; write `report.csv`, one `accuracy_<dataset>_<strong>.png` per group and
-    `report_provenance.json` (the pipelines' manifests and the skipped run dirs)."""
+    """Print the tables; write `report.csv`, one `accuracy_<dataset>_<strong>.png` per group,
+    `report_provenance.json` (the pipelines' manifests and the skipped run dirs) and `report.html`
+    (`report_page`: the tables, every plot, the evaluators and the pipelines' settings)."""
     root = get_save_path(results_folder)
     if sweep_subfolder:
         root = root / sweep_subfolder
@@ -505,12 +542,14 @@ def main(results_folder: str | None = None, out_dir: str | None = None,
     for c in cells:
         groups[(c.dataset, c.strong, c.weak)].append(c)
     csv_rows, baselines_written = [], set()
+    sections: list[tuple[str, str, list[report_page.Figure]]] = []
     for (dataset, strong, weak_name), group in sorted(groups.items()):
         summaries = grid(group)
         weak_dirs = {c.weak_dir for c in group}
         baselines = {row: by_round[0] for row, by_round in
                      grid([w for w in weak if w.dataset == dataset and w.weak_dir in weak_dirs]).items()}  # fmt: skip
         n_seeds = len({c.seed for c in group})
+        first = len(text)
         text.append(f"\n== {dataset}: strong {strong}, weak {weak_name}" + (f", {n_seeds} seeds" if n_seeds > 1 else "")
                     + " ==")  # fmt: skip
         for row, baseline in sorted(baselines.items()):
@@ -532,6 +571,8 @@ def main(results_folder: str | None = None, out_dir: str | None = None,
             text.append(format_table(*table(summaries, fmt_replacements, keep=refined.__contains__)))
         png = out / f"accuracy_{dataset}_{strong}.png"
         plot(summaries, baselines, f"{dataset}: {strong} supervised by {weak_name}", png)
+        sections.append((f"{dataset}: strong {strong}, weak {weak_name}", "\n".join(text[first + 1 :]),
+                         page_figures(dataset, strong, summaries, png, out)))  # fmt: skip
         text.append(f"\nplot: {png}")
         for row, by_round in sorted(summaries.items()):
             csv_rows += [_csv_row(dataset, strong, weak_name, row, r, s) for r, s in sorted(by_round.items())]
@@ -542,7 +583,10 @@ def main(results_folder: str | None = None, out_dir: str | None = None,
         writer.writerows(csv_rows)
     provenance = out / "report_provenance.json"
     write_json(provenance, {"manifests": manifests, "skipped": [{"path": p, "why": w} for p, w in skipped]})
-    text += [f"csv: {csv_path}", f"provenance: {provenance}"]
+    evaluators = [report_page.evaluator_figure(p) for p in report_page.find_evaluators(get_save_path(results_folder))]
+    page = out / "report.html"
+    report_page.write_page(page, f"Report: {root}", sections, evaluators, manifests)
+    text += [f"csv: {csv_path}", f"provenance: {provenance}", f"page: {page}"]
     print("\n".join(text))
     return str(csv_path)
 
