@@ -215,3 +215,23 @@ def test_every_task_registers_a_template_with_the_three_fields():
     for task in VALID_DATASETS:
         text = judge_template(task)
         assert "{question}" in text and "{answer_a}" in text and "{answer_b}" in text
+
+
+def test_the_docs_show_every_template_as_it_is():
+    from iterative_label_refinement.core.datasets import VALID_DATASETS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "feedback_sources.md").read_text()
+    for task in VALID_DATASETS:
+        assert f"```text\n{judge_template(task)}```" in doc, task
+
+
+def test_demo_with_the_judge_trains_no_evaluator_and_asks_the_judge(tmp_path):
+    from test_scripts import dry_run, flags, module
+
+    cmds = dry_run("demo.sh", tmp_path, RESULTS_FOLDER="", DEMO="quick", EVALUATOR="judge",
+                   ILR_JUDGE_BASE_URL="http://127.0.0.1:1/v1", ILR_JUDGE_MODEL="m")  # fmt: skip
+    assert not [c for c in cmds if module(c) in ("generate_evaluator_data", "train_evaluator")]
+    steps = [flags(c) for c in cmds if module(c) in ("ilr", "dpo")]
+    assert [module(c) for c in cmds if module(c) in ("ilr", "dpo", "naive")] == ["ilr", "dpo"]
+    assert all(f["feedback"] == "judge" and "evaluator_path" not in f for f in steps)
+    assert {f["results_folder"] for f in map(flags, cmds) if "results_folder" in f} == {"demo_results/quick-judge"}
