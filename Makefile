@@ -39,12 +39,13 @@ mutants: $(STAMP)
 		$$($(PY) benchmarks/mutation_scores.py --patterns) > mutants.log 2>&1 || true
 	$(PY) benchmarks/mutation_scores.py
 
-# The real judge server of tests/test_judge_server.py: llama-cpp-python's OpenAI-compatible server.
-# Not part of `make test` or setup: installing it compiles llama.cpp from source (over 30 minutes on a
-# busy 2-core machine; BENCHMARKS.md), so its wheel is built once into JUDGE_WHEELS (a CI cache) and
-# installed from there. CI runs it as its own step: .ci/judge_server.
+# The real judge server of tests/test_judge_server.py: llama.cpp's own OpenAI-compatible server, run by
+# xllamacpp (a prebuilt CPU wheel, 34 MB, seconds to install), kept out of setup and `make test`, which
+# is over its time budget already; CI runs it as its own step (.ci/judge_server) with JUDGE_WHEELS cached.
+# (llama-cpp-python's server was the other candidate: it compiles llama.cpp when installed, over 35 minutes
+# on a busy 2-core machine; BENCHMARKS.md.)
 JUDGE_WHEELS ?= $(HOME)/.cache/ilr-wheels
-LLAMA_CPP := llama-cpp-python[server]==0.3.36
+JUDGE_SERVER := xllamacpp==2026.10.11549
 judge-server: $(STAMP)
-	$(PY) -m pip wheel -q --find-links $(JUDGE_WHEELS) -w $(JUDGE_WHEELS) "$(LLAMA_CPP)"
-	$(PY) -m pip install -q --find-links $(JUDGE_WHEELS) "$(LLAMA_CPP)"
+	$(PY) -m pip download -q --no-deps --only-binary :all: --find-links $(JUDGE_WHEELS) -d $(JUDGE_WHEELS) "$(JUDGE_SERVER)"
+	$(PY) -m pip install -q --no-deps --no-index --find-links $(JUDGE_WHEELS) "$(JUDGE_SERVER)"

@@ -1,20 +1,18 @@
-"""The LLM judge against a real OpenAI-compatible server: llama-cpp-python's, serving the packaged
-SmolLM2-135M-Instruct GGUF on 127.0.0.1, asked one ILR round and one DPO preference step of the toy world.
+"""The LLM judge against a real OpenAI-compatible server: llama.cpp's own server (through xllamacpp,
+which runs it in this process), serving the packaged SmolLM2-135M-Instruct GGUF on 127.0.0.1, asked
+one ILR round and one DPO preference step of the toy world.
 
-llama-cpp-python compiles llama.cpp from source when installed, which would lengthen `make test`
-by far more than its budget, so it is installed by its own target, `make judge-server` (its wheel
-is built once and cached), and CI runs this file as its own step (.ci/judge_server). Without the
-package every test here is skipped, saying so.
+The server is installed by its own target, `make judge-server` (a prebuilt wheel, cached), and CI
+runs this file as its own step (.ci/judge_server): `make test` is over its time budget already.
+llama-cpp-python's server, the other candidate, compiles llama.cpp from source when installed
+(over 35 minutes on this project's 2-core machine; BENCHMARKS.md). Without the package every test
+here is skipped, saying so.
 """
 
 from __future__ import annotations
 
 import math
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -28,9 +26,8 @@ from iterative_label_refinement.core.provenance import read_record
 from iterative_label_refinement.experiments import dpo, ilr
 
 pytestmark = pytest.mark.skipif(
-    find_spec("llama_cpp") is None or find_spec("uvicorn") is None,
-    reason="the real judge server needs llama-cpp-python[server], which `make judge-server` installs (kept out of "
-    "`make test`: it compiles llama.cpp from source)",
+    find_spec("xllamacpp") is None,
+    reason="the real judge server needs xllamacpp (llama.cpp's server), which `make judge-server` installs",
 )
 MODEL = "smollm2"
 
@@ -42,38 +39,27 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """llama-cpp-python's server on the packaged SmolLM2 GGUF; its base URL once it answers."""
+def server():
+    """llama.cpp's server on the packaged SmolLM2 GGUF, in a thread of this process; its base URL."""
+    import xllamacpp
+
     from iterative_label_refinement.core.models import MODELS_DICT
 
-    gguf = MODELS_DICT["HuggingFaceTB/SmolLM2-135M-Instruct"].packaged.locate()
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL,
-                                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"{base_url}/models", timeout=5).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"llama_cpp.server did not start (exit {proc.poll()}): {log.read_text()[-2000:]}")
-                time.sleep(0.5)
-        yield base_url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    params = xllamacpp.CommonParams()
+    params.model.path = str(MODELS_DICT["HuggingFaceTB/SmolLM2-135M-Instruct"].packaged.locate())
+    params.n_ctx = 2048
+    params.hostnames = ["127.0.0.1"]
+    params.port = _free_port()
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 2
+    running = xllamacpp.Server(params)  # returns once the model is loaded and the port listens
+    yield f"{running.listening_address}/v1"
+    del running  # stops the server
 
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     monkeypatch.setenv("ILR_JUDGE_CACHE", str(tmp_path / "judge_cache"))
-    return make_world(tmp_path / "world", n=6)
+    return make_world(tmp_path / "world", n=3)
 
 
 def _p_b(base_url: str, judge: JudgeEvaluator, question: str, a: str, b: str) -> float:
@@ -94,12 +80,15 @@ def test_ilr_round_with_the_judge(server, world):
     proposals = {r["question"]: r["answer"] for h in ("h1", "h2") for r in load_from_disk(f"{world[h]}/weak_labels")}
     compared = [r for r in load_from_disk(path) if r["score"] != -1.0]
     assert compared
-    for row in compared:  # each score is the two-order mean of what the server answers
+    # Each score is the two-order mean of what the server answers. Not to the last digit: llama.cpp
+    # batches concurrent requests and reuses cached prompt prefixes, which changes its float sums
+    # (by about 0.003 here); the rule itself is pinned exactly in tests/test_judge.py.
+    for row in compared:
         q = row["question"]
         by_hand = 0.5 * (
             _p_b(server, judge, q, labels[q], proposals[q]) + 1 - _p_b(server, judge, q, proposals[q], labels[q])
         )
-        assert row["score"] == pytest.approx(by_hand, abs=1e-6)
+        assert row["score"] == pytest.approx(by_hand, abs=0.02)
 
 
 def test_dpo_preference_step_with_the_judge(server, world):
