@@ -235,3 +235,24 @@ def test_demo_with_the_judge_trains_no_evaluator_and_asks_the_judge(tmp_path):
     assert [module(c) for c in cmds if module(c) in ("ilr", "dpo", "naive")] == ["ilr", "dpo"]
     assert all(f["feedback"] == "judge" and "evaluator_path" not in f for f in steps)
     assert {f["results_folder"] for f in map(flags, cmds) if "results_folder" in f} == {"demo_results/quick-judge"}
+
+
+def test_the_report_names_each_methods_feedback_source(tmp_path):
+    from iterative_label_refinement.experiments.report import Cell, feedback_lines
+
+    sources = {"ilr0.3": {"judge": {"base_url": "http://h/v1", "model": "smol", "template": "abc"}},
+               "dpo0.50.15": {"human_verdicts": {"name": "v.csv", "sha256": "123"}},
+               "orailr0.3": "oracle", "naive0.3": None}  # fmt: skip
+    cells = []
+    for method, source in sources.items():
+        label_set = tmp_path / "weak" / f"{method}_0_weak_labels"
+        label_set.mkdir(parents=True)
+        (label_set / "provenance.json").write_text(json.dumps({"inputs": {"feedback": source}}))
+        for round_id in (0, 1):  # round 0 trained on weak labels: no feedback
+            cells.append(Cell("toy_arith", "s", "w", method, round_id, 0, {}, None, None, None,
+                              str(tmp_path / f"run-{method}-{round_id}"), "weak"))  # fmt: skip
+    assert feedback_lines(cells) == [
+        "dpo0.50.15: human verdicts v.csv (sha256 123)",
+        "ilr0.3: LLM judge smol at http://h/v1 (template abc)",
+        "orailr0.3: oracle (ground truth)",
+    ]  # naive takes no feedback
