@@ -16,8 +16,8 @@ import time
 
 import fire
 
-from iterative_label_refinement.core.evaluator import debiased_scores
-from iterative_label_refinement.core.judge import JudgeEndpoint, JudgeEvaluator
+from iterative_label_refinement.core.evaluator import JudgeEvaluator, debiased_scores
+from iterative_label_refinement.core.judge import JudgeEndpoint
 from iterative_label_refinement.core.models import MODELS_DICT
 
 

@@ -19,8 +19,8 @@ from feedback_world import FakeJudgeServer, logprob_reply, make_world
 
 from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.embedder import ApiError
-from iterative_label_refinement.core.evaluator import debiased_scores
-from iterative_label_refinement.core.judge import TEMPLATE_DIR, JudgeEndpoint, JudgeEvaluator, judge_template
+from iterative_label_refinement.core.evaluator import JudgeEvaluator, debiased_scores
+from iterative_label_refinement.core.judge import TEMPLATE_DIR, JudgeEndpoint, judge_template
 from iterative_label_refinement.core.provenance import read_record
 from iterative_label_refinement.experiments import dpo, ilr, refine
 from iterative_label_refinement.metrics.eval_saferpaca import JudgeError

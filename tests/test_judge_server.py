@@ -21,7 +21,8 @@ from datasets import load_from_disk
 from feedback_world import make_world
 
 from iterative_label_refinement.core.embedder import post_json
-from iterative_label_refinement.core.judge import JudgeEndpoint, JudgeEvaluator
+from iterative_label_refinement.core.evaluator import JudgeEvaluator
+from iterative_label_refinement.core.judge import JudgeEndpoint
 from iterative_label_refinement.core.provenance import read_record
 from iterative_label_refinement.experiments import dpo, ilr
 

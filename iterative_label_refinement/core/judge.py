@@ -7,7 +7,7 @@ p_B the probabilities of the tokens `A` and `B` among them (` A` counts as `A`; 
 
     P(B is better | A, B) = p_B / (p_A + p_B),
 
-which is its `p_accept` (accept changing A to B). `core.evaluator.debiased_scores` asks both orders,
+which is `core.evaluator.JudgeEvaluator.p_accept` (accept changing A to B). `core.evaluator.debiased_scores` asks both orders,
 so the score of a proposal replacing the current answer is
 
     score = 1/2 [P(B better | A=current, B=proposal) + 1 - P(B better | A=proposal, B=current)].
@@ -21,17 +21,12 @@ gives neither `A` nor `B` is an error as well, never a tie of 0.5. Replies are c
 
 from __future__ import annotations
 
-import hashlib
 import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from iterative_label_refinement.core.common import ConfigError, load_env
-from iterative_label_refinement.core.evaluator import Evaluator, _check_lengths
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "judge_templates"
 TEMPLATE_FIELDS = {"question", "answer_a", "answer_b"}
@@ -87,39 +82,6 @@ def preference(p_a: float, p_b: float) -> float:
     if not p_a + p_b > 0:
         raise JudgeError("the judge gave neither A nor B: a failed comparison, not a tie")
     return p_b / (p_a + p_b)
-
-
-class JudgeEvaluator(Evaluator):
-    """An LLM judge as the comparison evaluator of `ilr` and `dpo` (`--feedback=judge`)."""
-
-    kind = "judge"
-
-    def __init__(self, endpoint: JudgeEndpoint, ds_name: str, cache_dir: str | Path | None = None,
-                 **request_kwargs: Any):  # fmt: skip
-        """request_kwargs: `post_json`'s max_retries, backoff_s, timeout_s, max_wait_s, sleep."""
-        from iterative_label_refinement.metrics.eval_saferpaca import ApiJudge
-
-        # No model here: the judge runs behind the endpoint (the base class's model is never read).
-        self.config = {"evaluator_kind": self.kind}
-        self.endpoint = endpoint
-        self.template = judge_template(ds_name)
-        self.client = ApiJudge(endpoint.model, endpoint.base_url, endpoint.api_key, cache_dir=cache_dir,
-                               **request_kwargs)  # fmt: skip
-
-    def identity(self) -> dict[str, Any]:
-        """What provenance records of the judge: base URL, model and the template's digest."""
-        digest = hashlib.sha256(self.template.encode()).hexdigest()[:16]
-        return {"judge": {"base_url": self.endpoint.base_url, "model": self.endpoint.model, "template": digest}}
-
-    def messages(self, question: str, answer_a: str, answer_b: str) -> list[dict[str, str]]:
-        content = self.template.format(question=question, answer_a=answer_a, answer_b=answer_b)
-        return [{"role": "user", "content": content}]
-
-    def p_accept(self, questions, answers_a, answers_b, batch_size=32) -> np.ndarray:
-        _check_lengths(questions, answers_a, answers_b)
-        conversations = [self.messages(q, a, b) for q, a, b in zip(questions, answers_a, answers_b)]
-        probs = self.client.cached_choice_probs(conversations, need_a_label=True)
-        return np.array([preference(p_a, p_b) for p_a, p_b in probs], dtype=np.float64)
 
 
 def judge_flags(feedback: str, base_url: str | None, model: str | None, api_key: str | None) -> JudgeEndpoint | None:

@@ -56,8 +56,8 @@ from iterative_label_refinement.core.refinement import (
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from iterative_label_refinement.core.evaluator import Evaluator
-    from iterative_label_refinement.core.judge import JudgeEndpoint, JudgeEvaluator
+    from iterative_label_refinement.core.evaluator import Evaluator, JudgeEvaluator
+    from iterative_label_refinement.core.judge import JudgeEndpoint
 
 logger = get_logger(__name__)
 
@@ -183,7 +183,7 @@ def _feedback_source(ds_name: str, feedback: str, judge: JudgeEndpoint | None, v
     """The judge or people's verdicts (both cheap to open, so opened before the record); None for the
     trained evaluator (loaded after the reuse check) or the oracle."""
     if feedback == "judge":
-        from iterative_label_refinement.core.judge import JudgeEvaluator
+        from iterative_label_refinement.core.evaluator import JudgeEvaluator
 
         return JudgeEvaluator(judge, ds_name)
     if export_comparisons is not None:

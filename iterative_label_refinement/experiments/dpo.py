@@ -51,6 +51,10 @@ def main(
     batch_size: evaluator batch size. neutral_oracle_ties: with oracle feedback, a pair whose two
     answers are both right or both wrong scores 0.5 (no preference) instead of the reference's 0.
     force: redo a finished step.
+    feedback: where comparisons come from (README "Feedback sources", docs/feedback_sources.md):
+    `evaluator` (--evaluator_path), `judge` (an LLM judge: --judge_base_url, --judge_model,
+    --judge_api_key or $ILR_JUDGE_*) or `human` (--export_comparisons=<folder> writes the comparisons
+    this step asks, --verdicts_path=<file> runs it on people's verdicts).
     """
     # The neutral-ties variant writes its own label set ("nt"), so it never passes for a reference-rule run.
     method = Method("dpo", oracle=use_oracle_feedback, correct_start=start_with_correct_labels, beta=beta,

@@ -60,6 +60,10 @@ def main(
     4 of 26 at 0.15). naive replaces exactly int(n * max_replace) of its n labels.
     redraw_each_round: naive only; each round replaces other rows instead of the reference's same
     questions every round (its label sets are named `naive<max_replace>rd`).
+    feedback: where comparisons come from (README "Feedback sources", docs/feedback_sources.md):
+    `evaluator` (--evaluator_path), `judge` (an LLM judge: --judge_base_url, --judge_model,
+    --judge_api_key or $ILR_JUDGE_*) or `human` (--export_comparisons=<folder> writes the comparisons
+    this step asks, --verdicts_path=<file> runs it on people's verdicts).
     """
     method = Method(kind, oracle=use_oracle_feedback, correct_start=start_with_correct_labels, max_replace=max_replace,
                     beta=beta, subsample=subsample, neutral_ties=neutral_oracle_ties,
