@@ -5,8 +5,8 @@
 # effects can be measured; it adds ILR and DPO with oracle comparisons, the ceiling of the feedback).
 # The comparison evaluator is trained on the strong base (the one whose comparisons carry signal in
 # the toy world, docs/toy_world.md); EVALUATOR_MODEL=tiny-llama-weak trains it on the weak base.
-# EVALUATOR=judge asks an LLM judge instead (ILR_JUDGE_BASE_URL, ILR_JUDGE_MODEL; core.judge): no evaluator
-# is trained, the pipelines are ilr and dpo, and the results go to their own folder.
+# EVALUATOR=judge asks an LLM judge instead (ILR_FEEDBACK_JUDGE_BASE_URL, ILR_FEEDBACK_JUDGE_MODEL;
+# core.judge): no evaluator is trained, the pipelines are ilr and dpo, and the results get their own folder.
 # SEEDS=0,1,2 runs the whole pipeline once per seed into the same results folder (run dirs are
 # named by seed), then one report over all of them. Rerunning skips every finished step.
 set -euo pipefail

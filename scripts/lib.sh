@@ -140,7 +140,7 @@ correct_flag() {
 }
 
 # feedback_flags: seed, cor, and the feedback source of ilr/dpo steps: the oracle, the trained
-# evaluator, or with EVALUATOR=judge an LLM judge at ILR_JUDGE_BASE_URL serving ILR_JUDGE_MODEL
+# evaluator, or with EVALUATOR=judge an LLM judge at ILR_FEEDBACK_JUDGE_BASE_URL serving ILR_FEEDBACK_JUDGE_MODEL
 # (environment or .env; core.judge).
 feedback_flags() {
   local f="--seed=$SEED $(correct_flag)"

@@ -150,7 +150,7 @@ def test_error_paths_raise_cache_nothing_and_never_score(server, tmp_path, behav
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     monkeypatch.setenv("ILR_JUDGE_CACHE", str(tmp_path / "judge_cache"))
-    for name in ("ILR_JUDGE_BASE_URL", "ILR_JUDGE_MODEL", "ILR_JUDGE_API_KEY"):
+    for name in ("ILR_FEEDBACK_JUDGE_BASE_URL", "ILR_FEEDBACK_JUDGE_MODEL", "ILR_FEEDBACK_JUDGE_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     return make_world(tmp_path / "world", n=12)
 
@@ -229,7 +229,7 @@ def test_demo_with_the_judge_trains_no_evaluator_and_asks_the_judge(tmp_path):
     from test_scripts import dry_run, flags, module
 
     cmds = dry_run("demo.sh", tmp_path, RESULTS_FOLDER="", DEMO="quick", EVALUATOR="judge",
-                   ILR_JUDGE_BASE_URL="http://127.0.0.1:1/v1", ILR_JUDGE_MODEL="m")  # fmt: skip
+                   ILR_FEEDBACK_JUDGE_BASE_URL="http://127.0.0.1:1/v1", ILR_FEEDBACK_JUDGE_MODEL="m")  # fmt: skip
     assert not [c for c in cmds if module(c) in ("generate_evaluator_data", "train_evaluator")]
     steps = [flags(c) for c in cmds if module(c) in ("ilr", "dpo")]
     assert [module(c) for c in cmds if module(c) in ("ilr", "dpo", "naive")] == ["ilr", "dpo"]

@@ -7,8 +7,8 @@ p_B the probabilities of the tokens `A` and `B` among them (` A` counts as `A`; 
 
     P(B is better | A, B) = p_B / (p_A + p_B),
 
-which is `core.evaluator.JudgeEvaluator.p_accept` (accept changing A to B). `core.evaluator.debiased_scores` asks both orders,
-so the score of a proposal replacing the current answer is
+which is `core.evaluator.JudgeEvaluator.p_accept` (accept changing A to B). `debiased_scores`
+asks both orders, so the score of a proposal replacing the current answer is
 
     score = 1/2 [P(B better | A=current, B=proposal) + 1 - P(B better | A=proposal, B=current)].
 
@@ -44,20 +44,23 @@ class JudgeEndpoint:
     def resolve(
         cls, base_url: str | None = None, model: str | None = None, api_key: str | None = None
     ) -> JudgeEndpoint:
-        """The flags, else `$ILR_JUDGE_BASE_URL`, `$ILR_JUDGE_MODEL`, `$ILR_JUDGE_API_KEY` (or `.env`).
+        """The flags, else `$ILR_FEEDBACK_JUDGE_BASE_URL`, `_MODEL`, `_API_KEY` (or `.env`).
 
-        Base URL and model have no default: a comparison judge is never a paid API by accident.
+        Base URL and model have no default: a comparison judge is never a paid API by accident. They
+        are not the SaferPaca metric judge's `$ILR_JUDGE_*`, so feedback and test scoring never share
+        a judge unless told to.
         """
         load_env()
-        base_url = base_url or os.environ.get("ILR_JUDGE_BASE_URL")
-        model = model or os.environ.get("ILR_JUDGE_MODEL")
+        base_url = base_url or os.environ.get("ILR_FEEDBACK_JUDGE_BASE_URL")
+        model = model or os.environ.get("ILR_FEEDBACK_JUDGE_MODEL")
         if not base_url or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"the judge needs the base URL of an OpenAI-compatible server, got {base_url!r}: pass "
-                              "--judge_base_url or set ILR_JUDGE_BASE_URL (e.g. http://127.0.0.1:8080/v1)")  # fmt: skip
+            raise ConfigError(f"the judge needs the base URL of an OpenAI-compatible server, got {base_url!r}: "
+                              "pass --judge_base_url or set ILR_FEEDBACK_JUDGE_BASE_URL (e.g. "
+                              "http://127.0.0.1:8080/v1)")  # fmt: skip
         if not model:
-            raise ConfigError("the judge needs a model name: pass --judge_model or set ILR_JUDGE_MODEL (the name "
-                              "the server serves)")  # fmt: skip
-        return cls(base_url.rstrip("/"), model, api_key or os.environ.get("ILR_JUDGE_API_KEY") or None)
+            raise ConfigError("the judge needs a model name: pass --judge_model or set ILR_FEEDBACK_JUDGE_MODEL "
+                              "(the name the server serves)")  # fmt: skip
+        return cls(base_url.rstrip("/"), model, api_key or os.environ.get("ILR_FEEDBACK_JUDGE_API_KEY") or None)
 
 
 def judge_template(ds_name: str) -> str:

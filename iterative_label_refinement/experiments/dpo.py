@@ -53,7 +53,7 @@ def main(
     force: redo a finished step.
     feedback: where comparisons come from (README "Feedback sources", docs/feedback_sources.md):
     `evaluator` (--evaluator_path), `judge` (an LLM judge: --judge_base_url, --judge_model,
-    --judge_api_key or $ILR_JUDGE_*) or `human` (--export_comparisons=<folder> writes the comparisons
+    --judge_api_key or $ILR_FEEDBACK_JUDGE_*) or `human` (--export_comparisons=<folder> writes the comparisons
     this step asks, --verdicts_path=<file> runs it on people's verdicts).
     """
     # The neutral-ties variant writes its own label set ("nt"), so it never passes for a reference-rule run.

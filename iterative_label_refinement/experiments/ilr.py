@@ -52,7 +52,7 @@ def main(
     threshold, so about that fraction of them change, at most ceil(max_replace (m - 1)) of m.
     feedback: where comparisons come from (README "Feedback sources", docs/feedback_sources.md):
     `evaluator` (--evaluator_path), `judge` (an LLM judge: --judge_base_url, --judge_model,
-    --judge_api_key or $ILR_JUDGE_*) or `human` (--export_comparisons=<folder> writes the comparisons
+    --judge_api_key or $ILR_FEEDBACK_JUDGE_*) or `human` (--export_comparisons=<folder> writes the comparisons
     this step asks, --verdicts_path=<file> runs it on people's verdicts).
     """
     method = Method("ilr", oracle=use_oracle_feedback, correct_start=start_with_correct_labels, max_replace=max_replace)

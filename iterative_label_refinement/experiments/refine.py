@@ -62,7 +62,7 @@ def main(
     questions every round (its label sets are named `naive<max_replace>rd`).
     feedback: where comparisons come from (README "Feedback sources", docs/feedback_sources.md):
     `evaluator` (--evaluator_path), `judge` (an LLM judge: --judge_base_url, --judge_model,
-    --judge_api_key or $ILR_JUDGE_*) or `human` (--export_comparisons=<folder> writes the comparisons
+    --judge_api_key or $ILR_FEEDBACK_JUDGE_*) or `human` (--export_comparisons=<folder> writes the comparisons
     this step asks, --verdicts_path=<file> runs it on people's verdicts).
     """
     method = Method(kind, oracle=use_oracle_feedback, correct_start=start_with_correct_labels, max_replace=max_replace,
