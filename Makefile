@@ -42,8 +42,8 @@ mutants: $(STAMP)
 # The real judge server of tests/test_judge_server.py: llama.cpp's own OpenAI-compatible server, run by
 # xllamacpp (a prebuilt CPU wheel, 34 MB, seconds to install), kept out of setup and `make test`, which
 # is over its time budget already; CI runs it as its own step (.ci/judge_server) with JUDGE_WHEELS cached.
-# (llama-cpp-python's server was the other candidate: it compiles llama.cpp when installed, over 35 minutes
-# on a busy 2-core machine; BENCHMARKS.md.)
+# (llama-cpp-python's server was the other candidate: it compiles llama.cpp when installed, 21 CPU-minutes,
+# about 10 minutes on an idle 2-core machine and 69 on a busy one; BENCHMARKS.md.)
 JUDGE_WHEELS ?= $(HOME)/.cache/ilr-wheels
 JUDGE_SERVER := xllamacpp==2026.10.11549
 judge-server: $(STAMP)

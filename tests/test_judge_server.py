@@ -5,7 +5,7 @@ one ILR round and one DPO preference step of the toy world.
 The server is installed by its own target, `make judge-server` (a prebuilt wheel, cached), and CI
 runs this file as its own step (.ci/judge_server): `make test` is over its time budget already.
 llama-cpp-python's server, the other candidate, compiles llama.cpp from source when installed
-(over 35 minutes on this project's 2-core machine; BENCHMARKS.md). Without the package every test
+(21 CPU-minutes, about 10 minutes on 2 idle cores; BENCHMARKS.md). Without the package every test
 here is skipped, saying so.
 """
 
