@@ -7,7 +7,7 @@ setup(
     license="MIT",
     packages=find_packages(include=["iterative_label_refinement", "iterative_label_refinement.*"]),
     # The toy world's shipped tiny bases (checked by sha256 on every load): a non-editable install needs them.
-    package_data={"iterative_label_refinement": ["toy/weights/*.safetensors"]},
+    package_data={"iterative_label_refinement": ["toy/weights/*.safetensors", "judge_templates/*.txt"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.3,<3",

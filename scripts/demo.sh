@@ -5,6 +5,8 @@
 # effects can be measured; it adds ILR and DPO with oracle comparisons, the ceiling of the feedback).
 # The comparison evaluator is trained on the strong base (the one whose comparisons carry signal in
 # the toy world, docs/toy_world.md); EVALUATOR_MODEL=tiny-llama-weak trains it on the weak base.
+# EVALUATOR=judge asks an LLM judge instead (ILR_FEEDBACK_JUDGE_BASE_URL, ILR_FEEDBACK_JUDGE_MODEL;
+# core.judge): no evaluator is trained, the pipelines are ilr and dpo, and the results get their own folder.
 # SEEDS=0,1,2 runs the whole pipeline once per seed into the same results folder (run dirs are
 # named by seed), then one report over all of them. Rerunning skips every finished step.
 set -euo pipefail
@@ -18,7 +20,7 @@ for seed in "${seeds[@]}"; do
     '' | *[!0-9]*) echo "SEEDS must be comma-separated integers (e.g. 0,1,2), got '$SEEDS'" >&2; exit 2 ;;
   esac
 done
-export SWEEP=${SWEEP:-toy}
+export SWEEP=${SWEEP:-toy} EVALUATOR=${EVALUATOR:-trained}
 export BATCH_SIZE=16 WEAK_EPOCHS=4 GT_EPOCHS=3 SUBSAMPLE=0.15 LABEL_TEMP=0.7
 # ILR's (and naive ILR's) budget and DPO's beta: the best on held-out prompts (benchmarks/sweep_baselines.sh)
 export MAX_REPLACE=${MAX_REPLACE:-0.3} BETA=${BETA:-0.5}
@@ -46,7 +48,9 @@ case "$EVALUATOR_MODEL" in
 esac
 # Refined label sets are named by method, not by evaluator: another evaluator gets its own folder.
 default_folder=demo_results/$DEMO
-if [ "$DEMO" != quick ] && [ "$EVALUATOR_MODEL" != tiny-llama-strong ]; then
+if [ "$EVALUATOR" = judge ]; then
+  default_folder+="-judge"
+elif [ "$DEMO" != quick ] && [ "$EVALUATOR_MODEL" != tiny-llama-strong ]; then
   default_folder+="-evaluator-$EVALUATOR_MODEL"
 fi
 export RESULTS_FOLDER=${RESULTS_FOLDER:-$default_folder}
@@ -55,6 +59,7 @@ export RESULTS_FOLDER=${RESULTS_FOLDER:-$default_folder}
 # (orailr, oradpo), to tell bad feedback from bad optimisation.
 default_pipelines=ilr,naive,dpo
 if [ "$DEMO" = full ]; then default_pipelines+=,orailr,oradpo; fi
+if [ "$EVALUATOR" = judge ]; then default_pipelines=ilr,dpo; fi  # the others ask no judge
 PIPELINES=${PIPELINES:-$default_pipelines}
 IFS=, read -r -a pipelines <<<"$PIPELINES"
 pipeline_steps() {
@@ -67,7 +72,8 @@ pipeline_steps() {
 }
 # Progress is numbered across every sub-pipeline of every seed: they add to these. An unknown
 # pipeline stops here, before anything runs (an assignment, so that `set -e` sees the refusal).
-per_seed=$(evaluator_steps)
+per_seed=0
+if [ "$EVALUATOR" != judge ]; then per_seed=$(evaluator_steps); fi
 for name in "${pipelines[@]}"; do
   steps=$(pipeline_steps "$name")
   per_seed=$((per_seed + steps))
@@ -114,7 +120,7 @@ pipeline() {
 for SEED in "${seeds[@]}"; do
   export SEED
   log "seed $SEED"
-  pipeline "$(evaluator_steps)" bash "$HERE/evaluator.sh"
+  if [ "$EVALUATOR" != judge ]; then pipeline "$(evaluator_steps)" bash "$HERE/evaluator.sh"; fi
   for name in "${pipelines[@]}"; do
     case "$name" in
       ilr) pipeline "$(sft_ilr_steps)" bash "$HERE/sft_ilr.sh" ;;

@@ -155,11 +155,18 @@ correct_flag() {
   if [ "${CORRECT:-0}" = 1 ]; then echo "--start_with_correct_labels=True"; fi
 }
 
-# feedback_flags: seed, cor, and the feedback source (oracle or the evaluator) of ilr/dpo steps.
+# feedback_flags: seed, cor, and the feedback source of ilr/dpo steps: the oracle, the trained
+# evaluator, or with EVALUATOR=judge an LLM judge at ILR_FEEDBACK_JUDGE_BASE_URL serving ILR_FEEDBACK_JUDGE_MODEL
+# (environment or .env; core.judge).
 feedback_flags() {
   local f="--seed=$SEED $(correct_flag)"
   if [ "${ORACLE:-0}" = 1 ]; then
     f="$f --use_oracle_feedback=True"
+  elif [ "${EVALUATOR:-trained}" = judge ]; then
+    f="$f --feedback=judge"
+  elif [ "$EVALUATOR" != trained ]; then
+    echo "EVALUATOR must be trained or judge, got '$EVALUATOR'" >&2
+    return 2
   else
     f="$f --evaluator_path=$(evaluator_path)"
   fi

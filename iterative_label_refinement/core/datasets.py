@@ -67,6 +67,9 @@ class DatasetConfig:
     weak_label_temp: float = 0.0
     proposal_temp: float = 0.0
     dpo_sample_temp: float = 0.7
+    # The LLM judge's prompt (`core.judge`): a file in iterative_label_refinement/judge_templates/
+    # with {question}, {answer_a} and {answer_b}; "" when the task has none.
+    judge_template: str = ""
 
 
 _REGISTRY: dict[str, DatasetConfig] = {}
@@ -304,6 +307,7 @@ register_dataset(
         preparer=prepare_gsm8k,
         hub_source=("openai/gsm8k", "main"),
         prepare_hint=GSM8K_HINT,
+        judge_template="gsm8k.txt",
     )
 )
 register_dataset(
@@ -317,6 +321,7 @@ register_dataset(
         check_rows=_check_bird_databases,
         preparer=prepare_bird,
         prepare_hint=BIRD_HINT,
+        judge_template="bird.txt",
     )
 )
 register_dataset(
@@ -331,6 +336,7 @@ register_dataset(
         modes={1: "general", 2: "safety"},
         preparer=prepare_saferpaca,
         prepare_hint=SAFERPACA_HINT,
+        judge_template="saferpaca.txt",
         # Open-ended answers: every sample is drawn at 1.0, as in the reference's SaferPaca scripts.
         weak_label_temp=1.0,
         proposal_temp=1.0,
@@ -344,6 +350,7 @@ register_dataset(
         max_len=96,
         metric=_gsm8k_metric,
         agreement=_same_final_answer,
+        judge_template="toy_arith.txt",
     )
 )
 

@@ -9,12 +9,16 @@ Two kinds answer through the same interface:
 * `likelihood` (a toy-scale stand-in, see docs/components.md): a causal LM; P(accept) =
   sigmoid(scale * (log p(B | question) - log p(A | question))), `scale` fitted on the training pairs.
 
+A third, `judge`, has no dir: an LLM judge behind an OpenAI-compatible endpoint (`core.judge`,
+`--feedback=judge`), P(accept) = p_B / (p_A + p_B) from its answer's token log-probabilities.
+
 `debiased_scores` is the one scoring function of `ilr` and `dpo` (whether a proposal should replace a label): it asks both
 position orders, so a classifier that favours (A) or (B) cannot tilt the decision.
 """
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -25,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from iterative_label_refinement.core.common import ConfigError, format_evaluator_prompt, read_json, write_json
+from iterative_label_refinement.core.judge import JudgeEndpoint, judge_template, preference
 
 EVALUATOR_KINDS = ("classifier", "likelihood")
 ACCEPT_LABEL = 1  # the classifier's label id for `<accept>`
@@ -149,6 +154,39 @@ class LikelihoodEvaluator(Evaluator):
         la = logps[[index[k] for k in zip(questions, answers_a)]]
         lb = logps[[index[k] for k in zip(questions, answers_b)]]
         return 0.5 * (1.0 + np.tanh(0.5 * self.scale * (lb - la)))  # sigmoid, without overflow warnings
+
+
+class JudgeEvaluator(Evaluator):
+    """An LLM judge as the comparison evaluator of `ilr` and `dpo` (`--feedback=judge`)."""
+
+    kind = "judge"
+
+    def __init__(self, endpoint: JudgeEndpoint, ds_name: str, cache_dir: str | Path | None = None,
+                 **request_kwargs: Any):  # fmt: skip
+        """request_kwargs: `post_json`'s max_retries, backoff_s, timeout_s, max_wait_s, sleep."""
+        from iterative_label_refinement.metrics.eval_saferpaca import ApiJudge
+
+        # No model here: the judge runs behind the endpoint (the base class's model is never read).
+        self.config = {"evaluator_kind": self.kind}
+        self.endpoint = endpoint
+        self.template = judge_template(ds_name)
+        self.client = ApiJudge(endpoint.model, endpoint.base_url, endpoint.api_key, cache_dir=cache_dir,
+                               **request_kwargs)  # fmt: skip
+
+    def identity(self) -> dict[str, Any]:
+        """What provenance records of the judge: base URL, model and the template's digest."""
+        digest = hashlib.sha256(self.template.encode()).hexdigest()[:16]
+        return {"judge": {"base_url": self.endpoint.base_url, "model": self.endpoint.model, "template": digest}}
+
+    def messages(self, question: str, answer_a: str, answer_b: str) -> list[dict[str, str]]:
+        content = self.template.format(question=question, answer_a=answer_a, answer_b=answer_b)
+        return [{"role": "user", "content": content}]
+
+    def p_accept(self, questions, answers_a, answers_b, batch_size=32) -> np.ndarray:
+        _check_lengths(questions, answers_a, answers_b)
+        conversations = [self.messages(q, a, b) for q, a, b in zip(questions, answers_a, answers_b)]
+        probs = self.client.cached_choice_probs(conversations, need_a_label=True)
+        return np.array([preference(p_a, p_b) for p_a, p_b in probs], dtype=np.float64)
 
 
 def debiased_scores(evaluator: Evaluator, questions: Sequence[str], current: Sequence[str],

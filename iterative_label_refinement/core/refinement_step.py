@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from iterative_label_refinement.core.common import ConfigError, get_logger
 from iterative_label_refinement.core.datasets import DatasetConfig, get_dataset_config
+from iterative_label_refinement.core.human_feedback import (
+    ComparisonExport,
+    ComparisonsAsked,
+    Verdicts,
+    write_comparisons,
+)
 from iterative_label_refinement.core.label_sets import (
     REFINEMENT_COLUMNS,
     check_known_acc,
@@ -50,18 +56,23 @@ from iterative_label_refinement.core.refinement import (
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from iterative_label_refinement.core.evaluator import Evaluator
+    from iterative_label_refinement.core.evaluator import Evaluator, JudgeEvaluator
+    from iterative_label_refinement.core.judge import JudgeEndpoint
 
 logger = get_logger(__name__)
 
 
+FEEDBACK_SOURCES = ("evaluator", "judge", "human")  # --feedback: a trained evaluator, an LLM judge, people
+
+
 @dataclass(frozen=True)
 class Feedback:
-    """P(the second answer is better than the first) for each comparison: the evaluator's debiased
-    verdict, or ground truth (`oracle_score`) when there is no evaluator (`--use_oracle_feedback`)."""
+    """P(the second answer is better than the first) for each comparison: an evaluator's debiased
+    verdict (a trained evaluator or an LLM judge, `core.judge`), people's verdicts or an export
+    (`core.human_feedback`), or ground truth (`oracle_score`) when there is none (`--use_oracle_feedback`)."""
 
     method: Method
-    evaluator: Evaluator | None
+    evaluator: Evaluator | Verdicts | ComparisonExport | None
     batch_size: int = 32
 
     def scores(self, questions: Sequence[str], firsts: Sequence[str], seconds: Sequence[str],
@@ -70,6 +81,8 @@ class Feedback:
             return []
         if self.evaluator is None:
             return [oracle_score(self.method, a, b) for a, b in zip(first_accs, second_accs)]
+        if isinstance(self.evaluator, (Verdicts, ComparisonExport)):
+            return self.evaluator.scores(questions, firsts, seconds)
         from iterative_label_refinement.core.evaluator import debiased_scores
 
         return debiased_scores(self.evaluator, questions, firsts, seconds, batch_size=self.batch_size).tolist()
@@ -91,12 +104,18 @@ class StepInputs:
 
 def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, candidate_runs: dict[str, str], *,
              evaluator_path: str | None = None, batch_size: int = 32, seed: int = 0, save_results: bool = True,
-             force: bool = False, print_save_path: bool = False) -> str:  # fmt: skip
+             force: bool = False, print_save_path: bool = False, feedback: str = "evaluator",
+             judge: JudgeEndpoint | None = None, verdicts_path: str | None = None,
+             export_comparisons: str | None = None) -> str:  # fmt: skip
     """Run `method`'s step of round `round_id` and return the label set's path.
 
     candidate_runs: flag -> run dir whose `weak_labels` hold the answers to judge (`model1_path`,
     `model2_path` for ilr and naive; `strong_model_path` for dpo), all of round `round_id`.
     print_save_path: print the path the step writes (the last stdout line) and read nothing.
+    feedback: where comparisons come from (unless `method.oracle`): `evaluator` (`evaluator_path`),
+    `judge` (an LLM judge at `judge`, `core.judge`) or `human` (`verdicts_path`, `core.human_feedback`);
+    export_comparisons: with `human`, write the comparisons the step asks to that folder (and return
+    it) instead of a label set.
     """
     kind = STEPS.get(method.kind)
     if kind is None:
@@ -106,8 +125,7 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
         given = ", ".join(f"--{flag}" for flag in sorted(candidate_runs)) or "none"
         raise ConfigError(f"a {method.kind} step judges the runs of {', '.join(f'--{f}' for f in kind.judges)}; "
                           f"got {given}")  # fmt: skip
-    if evaluator_path is not None and not method.takes_feedback:
-        raise ConfigError(f"a {method.kind} step takes no feedback: drop --evaluator_path")
+    _check_feedback(method, feedback, evaluator_path, judge, verdicts_path, export_comparisons)
     dataset = get_dataset_config(ds_name)
     out_path = refined_path(weak_model_path, method, round_id)
     if print_save_path:  # naming needs only the flags: nothing is read
@@ -117,16 +135,77 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
     weak_config = read_record(weak_model_path, "experiment_config.json")
     if weak_config and weak_config.get("ds_name", ds_name) != ds_name:  # another task's rule would decide
         raise ConfigError(f"--ds_name={ds_name}, but the weak run {weak_model_path} is of {weak_config['ds_name']}")
-    record = step_record(method, round_id, seed, dataset.name, weak_model_path, candidate_runs, evaluator_path)
+    source = _feedback_source(dataset.name, feedback, judge, verdicts_path, export_comparisons)
+    if isinstance(source, ComparisonExport):
+        step = _inputs(dataset, weak_model_path, method, round_id, candidate_runs, source, batch_size, seed)
+        return str(_export(kind, step, export_comparisons))
+    identity = source.identity() if source is not None else None
+    record = step_record(method, round_id, seed, dataset.name, weak_model_path, candidate_runs, evaluator_path,
+                         identity)  # fmt: skip
     # Checked, and the inputs read, before the lock too: a refusal leaves not even a lock file behind.
     if _reusable(out_path, record, force):
         return str(out_path)
-    step = _inputs(dataset, weak_model_path, method, round_id, candidate_runs, evaluator_path, batch_size, seed)
+    step = _inputs(dataset, weak_model_path, method, round_id, candidate_runs, source or evaluator_path, batch_size,
+                   seed)  # fmt: skip
     with writing(out_path):
         if _reusable(out_path, record, force):  # another writer finished it while this one started
             return str(out_path)
         logger.info("Writing %s", out_path)  # at the start too: a long step says where it writes
         return save_label_set(kind.rows(step), out_path, seed, record, save_results)
+
+
+def _check_feedback(method: Method, feedback: str, evaluator_path: str | None, judge: JudgeEndpoint | None,
+                    verdicts_path: str | None, export_comparisons: str | None) -> None:  # fmt: skip
+    """One feedback source, with exactly the flags it takes."""
+    if feedback not in FEEDBACK_SOURCES:
+        raise ConfigError(f"unknown --feedback={feedback!r}. Valid: {list(FEEDBACK_SOURCES)}")
+    given = {"--evaluator_path": evaluator_path, "--verdicts_path": verdicts_path,
+             "--export_comparisons": export_comparisons}  # fmt: skip
+    if not method.takes_feedback:
+        extra = [flag for flag, value in given.items() if value is not None]
+        if extra or feedback != "evaluator":
+            raise ConfigError(f"a {method.kind} step takes no feedback: drop {', '.join(extra) or '--feedback'}")
+        return
+    takes = {"evaluator": {"--evaluator_path"}, "judge": set(), "human": {"--verdicts_path", "--export_comparisons"}}
+    extra = [flag for flag, value in given.items() if value is not None and flag not in takes[feedback]]
+    if extra:
+        raise ConfigError(f"--feedback={feedback} takes no {', '.join(extra)}")
+    if method.oracle and feedback != "evaluator":
+        raise ConfigError(f"--use_oracle_feedback replaces the feedback: drop --feedback={feedback}")
+    if feedback == "judge" and judge is None:
+        raise ConfigError("--feedback=judge needs the judge's endpoint (core.judge.JudgeEndpoint)")
+    if feedback == "human" and (verdicts_path is None) == (export_comparisons is None):
+        raise ConfigError("--feedback=human takes one of --export_comparisons=<folder> (write the comparisons to "
+                          "answer) and --verdicts_path=<file> (the answers)")  # fmt: skip
+
+
+def _feedback_source(ds_name: str, feedback: str, judge: JudgeEndpoint | None, verdicts_path: str | None,
+                     export_comparisons: str | None) -> JudgeEvaluator | Verdicts | ComparisonExport | None:  # fmt: skip
+    """The judge or people's verdicts (both cheap to open, so opened before the record); None for the
+    trained evaluator (loaded after the reuse check) or the oracle."""
+    if feedback == "judge":
+        from iterative_label_refinement.core.evaluator import JudgeEvaluator
+
+        return JudgeEvaluator(judge, ds_name)
+    if export_comparisons is not None:
+        return ComparisonExport()
+    if verdicts_path is not None:
+        return Verdicts.load(verdicts_path)
+    return None
+
+
+def _export(kind: StepKind, step: StepInputs, folder: str) -> Path:
+    """Run the step to its question and write the comparisons it asks (none: empty files)."""
+    try:
+        kind.rows(step)
+        comparisons = []
+    except ComparisonsAsked as asked:
+        comparisons = asked.comparisons
+    out = write_comparisons(comparisons, folder)
+    logger.info("%d comparisons of %s round %d written to %s (comparisons.jsonl, comparisons.csv)",
+                len(comparisons), step.method, step.round_id, out)  # fmt: skip
+    print(out)
+    return out
 
 
 def _reusable(out_path: Path, record: dict[str, Any], force: bool) -> bool:
@@ -139,13 +218,16 @@ def _reusable(out_path: Path, record: dict[str, Any], force: bool) -> bool:
 
 
 def _inputs(dataset: DatasetConfig, weak_model_path: str, method: Method, round_id: int, candidate_runs: dict[str, str],
-            evaluator_path: str | None, batch_size: int, seed: int) -> StepInputs:  # fmt: skip
-    """Read what the step decides on: the feedback, the current labels and the answers to judge."""
+            source: str | Evaluator | Verdicts | ComparisonExport | None, batch_size: int, seed: int) -> StepInputs:  # fmt: skip
+    """Read what the step decides on: the feedback (`source`: an opened source, else the trained
+    evaluator's path), the current labels and the answers to judge."""
     feedback = None
     if method.takes_feedback:
         from iterative_label_refinement.core.evaluator import load_feedback_evaluator
 
-        feedback = Feedback(method, load_feedback_evaluator(evaluator_path, method.oracle), batch_size)
+        if source is None or isinstance(source, str):
+            source = load_feedback_evaluator(source, method.oracle)
+        feedback = Feedback(method, source, batch_size)
     # A dpo round learns from its own model's samples: it reads no current labels.
     labels = None if method.is_dpo else load_current_labels(weak_model_path, method, round_id, method.correct_start)
     paths = [Path(p) / "weak_labels" for p in candidate_runs.values()]
@@ -157,16 +239,18 @@ def _inputs(dataset: DatasetConfig, weak_model_path: str, method: Method, round_
 
 
 def step_record(method: Method, round_id: int, seed: int, ds_name: str, weak_model_path: str,
-                candidate_runs: dict[str, str], evaluator_path: str | None) -> dict[str, Any]:  # fmt: skip
+                candidate_runs: dict[str, str], evaluator_path: str | None,
+                source_identity: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """What makes a step's label set (`core.provenance`): the method with every parameter, round and
     seed; the labels it starts from (round 0: the weak run's, later: the previous label set's record);
-    the runs whose answers it judges; and the feedback's source (naive takes none)."""
+    the runs whose answers it judges; and the feedback's source (naive takes none): the trained
+    evaluator, or `source_identity` (a judge's endpoint and template, a verdict file's digest)."""
     inputs: dict[str, Any] = {flag: run_identity(path) for flag, path in candidate_runs.items()}
     if not method.is_dpo:
         labels = current_labels_path(weak_model_path, method, round_id)
         inputs["labels"] = run_identity(weak_model_path) if round_id == 0 else artifact_identity(labels)
     if method.takes_feedback:
-        inputs["feedback"] = evaluator_identity(None if method.oracle else evaluator_path)
+        inputs["feedback"] = source_identity or evaluator_identity(None if method.oracle else evaluator_path)
     return {"artifact": "label_set", "ds_name": ds_name, "method": str(method), "settings": asdict(method),
             "round_id": round_id, "seed": seed, "inputs": inputs}  # fmt: skip
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE, POSITIVE
+from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE, POSITIVE, Valid
+from iterative_label_refinement.core.judge import judge_flags
 from iterative_label_refinement.core.methods import Method
-from iterative_label_refinement.core.refinement_step import run_step
+from iterative_label_refinement.core.refinement_step import FEEDBACK_SOURCES, run_step
 
 
 def main(
@@ -38,16 +39,28 @@ def main(
     batch_size: Annotated[int, POSITIVE] = 32,
     force: bool = False,
     print_save_path: bool = False,
+    feedback: Annotated[str, Valid(choices=FEEDBACK_SOURCES)] = "evaluator",
+    judge_base_url: str | None = None,
+    judge_model: str | None = None,
+    judge_api_key: str | None = None,
+    verdicts_path: str | None = None,
+    export_comparisons: str | None = None,
 ) -> str:
     """Refine the current labels with the half models' proposals and the evaluator's verdicts.
 
     max_replace: in (0, 1]; the (1 - max_replace) quantile of the disagreements' scores is the
     threshold, so about that fraction of them change, at most ceil(max_replace (m - 1)) of m.
+    feedback: where comparisons come from (README "Feedback sources", docs/feedback_sources.md):
+    `evaluator` (--evaluator_path), `judge` (an LLM judge: --judge_base_url, --judge_model,
+    --judge_api_key or $ILR_FEEDBACK_JUDGE_*) or `human` (--export_comparisons=<folder> writes the comparisons
+    this step asks, --verdicts_path=<file> runs it on people's verdicts).
     """
     method = Method("ilr", oracle=use_oracle_feedback, correct_start=start_with_correct_labels, max_replace=max_replace)
     return run_step(ds_name, weak_model_path, method, round_id, dict(model1_path=model1_path, model2_path=model2_path),
                     evaluator_path=evaluator_path, batch_size=batch_size, seed=seed, save_results=save_results,
-                    force=force, print_save_path=print_save_path)  # fmt: skip
+                    force=force, print_save_path=print_save_path, feedback=feedback,
+                    judge=judge_flags(feedback, judge_base_url, judge_model, judge_api_key),
+                    verdicts_path=verdicts_path, export_comparisons=export_comparisons)  # fmt: skip
 
 
 if __name__ == "__main__":

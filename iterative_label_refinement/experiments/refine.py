@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE, POSITIVE
+from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE, POSITIVE, Valid
+from iterative_label_refinement.core.judge import judge_flags
 from iterative_label_refinement.core.methods import Method
-from iterative_label_refinement.core.refinement_step import run_step
+from iterative_label_refinement.core.refinement_step import FEEDBACK_SOURCES, run_step
 
 
 def main(
@@ -42,6 +43,12 @@ def main(
     save_results: bool = True,
     force: bool = False,
     print_save_path: bool = False,
+    feedback: Annotated[str, Valid(choices=FEEDBACK_SOURCES)] = "evaluator",
+    judge_base_url: str | None = None,
+    judge_model: str | None = None,
+    judge_api_key: str | None = None,
+    verdicts_path: str | None = None,
+    export_comparisons: str | None = None,
     redraw_each_round: bool = False,
 ) -> str:
     """Run round `round_id`'s step of the method `kind` with these parameters (as in
@@ -53,6 +60,10 @@ def main(
     4 of 26 at 0.15). naive replaces exactly int(n * max_replace) of its n labels.
     redraw_each_round: naive only; each round replaces other rows instead of the reference's same
     questions every round (its label sets are named `naive<max_replace>rd`).
+    feedback: where comparisons come from (README "Feedback sources", docs/feedback_sources.md):
+    `evaluator` (--evaluator_path), `judge` (an LLM judge: --judge_base_url, --judge_model,
+    --judge_api_key or $ILR_FEEDBACK_JUDGE_*) or `human` (--export_comparisons=<folder> writes the comparisons
+    this step asks, --verdicts_path=<file> runs it on people's verdicts).
     """
     method = Method(kind, oracle=use_oracle_feedback, correct_start=start_with_correct_labels, max_replace=max_replace,
                     beta=beta, subsample=subsample, neutral_ties=neutral_oracle_ties,
@@ -60,7 +71,9 @@ def main(
     runs = dict(model1_path=model1_path, model2_path=model2_path, strong_model_path=strong_model_path)
     return run_step(ds_name, weak_model_path, method, round_id, {k: v for k, v in runs.items() if v is not None},
                     evaluator_path=evaluator_path, batch_size=batch_size, seed=seed, save_results=save_results,
-                    force=force, print_save_path=print_save_path)  # fmt: skip
+                    force=force, print_save_path=print_save_path, feedback=feedback,
+                    judge=judge_flags(feedback, judge_base_url, judge_model, judge_api_key),
+                    verdicts_path=verdicts_path, export_comparisons=export_comparisons)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -333,6 +333,34 @@ def collect(results_folder: Path) -> tuple[list[Cell], list[Cell], list[tuple[st
     return cells, weak, skipped
 
 
+def describe_feedback(record: dict[str, Any] | None) -> str:
+    """The feedback source a label set's provenance names (`core.refinement_step.step_record`)."""
+    source = (record or {}).get("inputs", {}).get("feedback")
+    if source is None:
+        return "not recorded"
+    if source == "oracle":
+        return "oracle (ground truth)"
+    if "judge" in source:
+        judge = source["judge"]
+        return f"LLM judge {judge['model']} at {judge['base_url']} (template {judge['template']})"
+    if "human_verdicts" in source:
+        return f"human verdicts {source['human_verdicts']['name']} (sha256 {source['human_verdicts']['sha256']})"
+    return f"evaluator {source.get('name')}"
+
+
+def feedback_lines(cells: list[Cell]) -> list[str]:
+    """Per method, the feedback sources of the label sets its rounds trained on."""
+    from iterative_label_refinement.core.provenance import read_record
+
+    sources: dict[str, set[str]] = defaultdict(set)
+    for c in cells:
+        method = _method(c.method)
+        if c.round_id >= 1 and method is not None and method.takes_feedback and c.weak_dir:
+            label_set = Path(c.run_dir).parent / c.weak_dir / f"{method}_{c.round_id - 1}_weak_labels"
+            sources[c.method].add(describe_feedback(read_record(label_set)))
+    return [f"{name}: {'; '.join(sorted(found))}" for name, found in sorted(sources.items())]
+
+
 def summarize(cells: list[Cell], seeds: tuple[Any, ...]) -> Summary:
     """One row's round over seeds (`label_rows` put runs that differ in anything but the seed in
     different rows). Two runs of one seed there are the same experiment twice, e.g. in two sweep
@@ -569,6 +597,9 @@ def main(results_folder: str | None = None, out_dir: str | None = None,
             text.append("\nLabels the refinement step before each round replaced: wrong->right/right->wrong, and "
                         "precision (the share of those that fixed a label):")  # fmt: skip
             text.append(format_table(*table(summaries, fmt_replacements, keep=refined.__contains__)))
+        feedback = feedback_lines(group)
+        if feedback:
+            text += ["\nFeedback source of each method's label sets (their provenance.json):", *feedback]
         png = out / f"accuracy_{dataset}_{strong}.png"
         plot(summaries, baselines, f"{dataset}: {strong} supervised by {weak_name}", png)
         sections.append((f"{dataset}: strong {strong}, weak {weak_name}", "\n".join(text[first + 1 :]),

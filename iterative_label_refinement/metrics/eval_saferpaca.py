@@ -168,6 +168,38 @@ class Judge(ABC):
         logger.warning("Judge cache entry %s %s; asking the judge again", file, problem)
         return None
 
+    def cached_choice_probs(
+        self, conversations: Sequence[Messages], need_a_label: bool = False
+    ) -> list[tuple[float, float]]:
+        """P(A), P(B) per conversation, in input order: from the cache, else asked (unique prompts only).
+
+        An answer that is not a probability pair raises JudgeError before anything of its batch is
+        cached. `need_a_label`: a reply giving neither `A` nor `B` (P(A) + P(B) = 0) is such an error
+        too, for callers to whom it is a failed comparison rather than a tie.
+        """
+        files = [self._cache_file(c) for c in conversations]
+        known = {file: self._read_cache(file) for file in dict.fromkeys(files)}  # unique prompts
+        pending = [(file, conv) for file, conv in dict(zip(files, conversations)).items() if known[file] is None]
+        logger.info("Judge %s: %d of %d prompts cached", self.name, len(files) - len(pending), len(files))
+        for start in range(0, len(pending), self.batch_size):
+            batch = pending[start : start + self.batch_size]
+            answers = self.choice_probs([conv for _, conv in batch])
+            for p_a, p_b in answers:  # the whole batch is checked before any of it is cached
+                if not is_probability_pair(p_a, p_b):
+                    raise JudgeError(
+                        f"Judge {self.name} answered P(A)={p_a!r}, P(B)={p_b!r}, not two probabilities (finite, "
+                        f">= 0, summing to at most 1); not cached, not scored"
+                    )
+                if need_a_label and p_a + p_b == 0:
+                    raise JudgeError(
+                        f"Judge {self.name} answered neither A nor B among its top log-probabilities; not cached, "
+                        "not scored (a failed comparison is never a tie)"
+                    )
+            for (file, _), (p_a, p_b) in zip(batch, answers):
+                write_json(file, {"judge": self.name, "p_a": p_a, "p_b": p_b})
+                known[file] = p_a, p_b
+        return [known[file] for file in files]
+
     def win_probabilities(
         self, questions: Sequence[str], predictions: Sequence[str], references: Sequence[str]
     ) -> list[float]:
@@ -178,21 +210,7 @@ class Judge(ABC):
                 f"{len(questions)}, {len(predictions)} and {len(references)}"
             )
         conversations = [judge_messages(q, p, r) for q, p, r in zip(questions, predictions, references)]
-        files = [self._cache_file(c) for c in conversations]
-        known = {file: self._read_cache(file) for file in dict.fromkeys(files)}  # unique prompts
-        pending = [(file, conv) for file, conv in dict(zip(files, conversations)).items() if known[file] is None]
-        logger.info("Judge %s: %d of %d prompts cached", self.name, len(files) - len(pending), len(files))
-        for start in range(0, len(pending), self.batch_size):
-            batch = pending[start : start + self.batch_size]
-            for (file, _), (p_a, p_b) in zip(batch, self.choice_probs([conv for _, conv in batch])):
-                if not is_probability_pair(p_a, p_b):
-                    raise JudgeError(
-                        f"Judge {self.name} answered P(A)={p_a!r}, P(B)={p_b!r}, not two probabilities (finite, "
-                        f">= 0, summing to at most 1); not cached, not scored"
-                    )
-                write_json(file, {"judge": self.name, "p_a": p_a, "p_b": p_b})
-                known[file] = p_a, p_b
-        probs = [known[file] for file in files]
+        probs = self.cached_choice_probs(conversations)
         ties = sum(p_a + p_b == 0 for p_a, p_b in probs)
         if ties:
             logger.warning(
