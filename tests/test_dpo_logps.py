@@ -1,7 +1,8 @@
-"""DPO's log-probs of the answer tokens only, and its reference pass sorted by width.
+"""Log-probs of the answer tokens only (DPO's, SFT's loss), and DPO's reference pass sorted by width.
 
 `labelled_logps` computes logit_y - logsumexp(logits) at the answer positions alone; here it is held to
-the computation it replaced, written out below: a log-softmax over every position, then masked.
+the computations it replaced: DPO's, written out below (a log-softmax over every position, then
+masked), and SFT's, the model's own loss from the logits of every position.
 """
 
 from __future__ import annotations
@@ -10,18 +11,22 @@ import pytest
 import torch
 from datasets import Dataset
 
-from iterative_label_refinement.core.datasets import tokenize_dataset
+from iterative_label_refinement.core.datasets import tokenize_dataset, tokenize_example
 from iterative_label_refinement.core.models import load_model, load_tokenizer
 from iterative_label_refinement.core.train import (
     REFERENCE,
+    PaddedRows,
+    TrainConfig,
     _pair_batch,
     _pair_logps,
     add_lora,
+    collate,
     load_dpo_policy,
     pair_width,
     reference_batches,
     reference_logps,
     sequence_logps,
+    trainer_class,
 )
 
 
@@ -104,6 +109,34 @@ def test_ipo_padding_pair_gives_no_nan_gradient():
     assert torch.isnan(chosen[1]) and torch.isfinite(chosen[0])
     ((chosen[:1] - rejected[:1]) ** 2).sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("num_items", [None, 29])
+def test_sft_loss_is_the_models_own_from_the_answer_positions_only(tmp_path, num_items):
+    """The Trainer's SFT loss on a minibatch of unequal lengths with a padding row: the model's own
+    cross-entropy (summed over the answer tokens / the step's `num_items_in_batch`, or their mean), and
+    its gradient, with the output head applied to the answer positions alone."""
+    torch.manual_seed(0)
+    model, tok = load_model("tiny-random", dropout=False), load_tokenizer("tiny-random")
+    examples = [tokenize_example(tok, q, a) for q, a in [("7 plus 5?", "7+5=12\n#### 12"), ("2 times 3", "#### 6"),
+                                                          ("What is 61 minus 48?", "61-48=13\n#### 13")]]  # fmt: skip
+    padded = PaddedRows(Dataset.from_list(examples))
+    rows = [padded[i] for i in range(4)]  # the 3 examples and a padding row (every label -100)
+    batch = collate(rows, tok.pad_token_id)
+    args = TrainConfig(output_dir=str(tmp_path), lr=1e-3, batch_size=4, minibatch_size_per_device=4)
+    trainer = trainer_class()(model=model, args=args.training_arguments(), train_dataset=Dataset.from_list(rows),
+                              data_collator=lambda r: r)  # fmt: skip
+    projected = []
+    model.get_output_embeddings().register_forward_hook(lambda m, args, out: projected.append(args[0].shape[:-1]))
+    n = None if num_items is None else torch.tensor(num_items)
+    loss = trainer.compute_loss(model, batch, num_items_in_batch=n)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    answer_positions = int((batch["labels"][:, 1:] != -100).sum())
+    assert projected == [torch.Size([answer_positions])]
+    expected = model(**batch, **({} if n is None else {"num_items_in_batch": n})).loss
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()))
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert max((g - e).abs().max().item() for g, e in zip(grads, expected_grads)) < 1e-5
 
 
 def padded_per_real(widths: list[int], lengths: list[int], batches: list[list[int]]) -> float:

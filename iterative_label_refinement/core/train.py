@@ -255,6 +255,20 @@ def trainer_class():
                 # No token count for the model, and no division by the number of minibatches.
                 self.model_accepts_loss_kwargs, self.loss_is_scaled_for_ga = False, True
 
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """A causal LM's loss (SFT, the likelihood evaluator) as the model computes it, from the logits
+            of the labelled positions only (`answer_logits`): the cross-entropy summed over the labelled
+            tokens / `num_items_in_batch` (the step's labelled tokens), or their mean without it. A
+            classifier's (one label per row) is the Trainer's."""
+            labels = inputs["labels"]
+            if labels.dim() == 1:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            keep = predicts_answer(labels)
+            logits = answer_logits(model, inputs, keep)
+            total = -labelled_logps(logits, keep, labels, average=False).sum()
+            loss = total / (keep.sum() if num_items_in_batch is None else num_items_in_batch)
+            return (loss, {"answer_logits": logits}) if return_outputs else loss
+
         def _get_train_sampler(self, train_dataset=None):
             ds = train_dataset if train_dataset is not None else self.train_dataset
             lengths = ds["length"] if "length" in ds.column_names else [1] * len(ds)
@@ -486,20 +500,16 @@ def _pair_batch(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torc
     return batch
 
 
-def _pair_logps(model, batch: dict[str, torch.Tensor], average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The summed (or averaged) answer log-probs of the chosen and of the rejected sequences of a
-    `_pair_batch`. The model projects onto the vocabulary only the positions that predict an answer
-    token (`logits_to_keep`, a boolean mask: the logits of those positions, flattened); a model whose
-    forward has no `logits_to_keep` (remote code) computes every position's and they are selected here."""
-    keep = predicts_answer(batch["labels"])
+def answer_logits(model, batch: dict[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+    """The (n, vocab) logits of the n positions `keep` marks (`predicts_answer`), in row-major order.
+
+    The model projects onto the vocabulary only those positions (`logits_to_keep`, a boolean mask);
+    a model whose forward takes no `logits_to_keep` (remote code) computes every position's, and
+    they are selected here."""
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if _takes_logits_to_keep(model):
-        logits = model(**inputs, logits_to_keep=keep).logits
-    else:
-        logits = model(**inputs).logits[keep]
-    logps = labelled_logps(logits, keep, batch["labels"], average)
-    n = logps.shape[0] // 2
-    return logps[:n], logps[n:]
+        return model(**inputs, logits_to_keep=keep).logits
+    return model(**inputs).logits[keep]
 
 
 def _takes_logits_to_keep(model) -> bool:
@@ -509,6 +519,15 @@ def _takes_logits_to_keep(model) -> bool:
     inner = extract_model_from_parallel(model)
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
+def _pair_logps(model, batch: dict[str, torch.Tensor], average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed (or averaged) answer log-probs of the chosen and of the rejected sequences of a
+    `_pair_batch`, from the logits of the answer positions only."""
+    keep = predicts_answer(batch["labels"])
+    logps = labelled_logps(answer_logits(model, batch, keep), keep, batch["labels"], average)
+    n = logps.shape[0] // 2
+    return logps[:n], logps[n:]
 
 
 def pair_width(row: dict[str, Any]) -> int:
