@@ -1,6 +1,6 @@
 """DPO's answer log-probs, every position vs answer positions only, and the reference pass's padding.
 
-    .venv/bin/python benchmarks/bench_dpo_logps.py memory [--repeats=3] [--n_pairs=4] [--lora_rank=8]
+    .venv/bin/python benchmarks/bench_dpo_logps.py memory [--repeats=1] [--n_pairs=4] [--lora_rank=8]
     .venv/bin/python benchmarks/bench_dpo_logps.py padding [--n_pairs=1024] [--batch_sizes=4,8,16,32]
 
 `memory`: SmolLM2-135M-Instruct (the packaged GGUF, 49,152-token vocabulary) with a LoRA adapter, on the
@@ -13,9 +13,11 @@ log-probs per step, in four ways:
     sft full:    the chosen sequences through the model's own loss (`labels`: cross-entropy at every position)
     sft answer:  the same mean over the answer tokens, from the answer positions' logits only
 
-Per step: wall time and the peak resident memory above the memory before the step (psutil, sampled
-every millisecond by a thread). One warm-up step each, then `repeats` rounds, the ways interleaved;
-medians. The largest difference of the summed log-probs (and the SFT losses) is printed.
+Each way runs in a fresh process (memory a process freed stays with it, so ways run one after another
+would hide each other's): two steps; the time of each, the peak resident memory of the first above
+the memory before it (psutil, sampled every millisecond by a thread) and the tensors autograd kept for
+its backward, weights excluded (`saved_tensors_hooks`, each storage once). `repeats` rounds, medians.
+The largest difference of the summed log-probs (and of the SFT losses) is printed.
 
 `padding`: positions the reference pass computes per real token (a pair's two sequences are padded to
 the batch's widest) on `n_pairs` GSM8K pairs, in dataset order (before) and sorted (`reference_batches`).
@@ -23,10 +25,11 @@ the batch's widest) on `n_pairs` GSM8K pairs, in dataset order (before) and sort
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -48,6 +51,7 @@ from iterative_label_refinement.core.train import (
     reference_batches,
 )
 
+WAYS = ("dpo full", "dpo answer", "sft full", "sft answer")
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DATA = Path(os.environ.get("ILR_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -75,62 +79,75 @@ def sft_answer_loss(model, batch):
     return -labelled_logps(logits, keep, batch["labels"], False).sum() / keep.sum()
 
 
-def peak_rss_during(fn) -> tuple[float, float, object]:
-    """(seconds, peak RSS above the RSS before, in MB, fn's result)."""
+def measured_step(model, compute) -> tuple[float, float, float, torch.Tensor]:
+    """One forward and backward: (seconds, peak RSS above the RSS before in MB (psutil, sampled every
+    millisecond), MB of tensors kept for backward besides the weights, the values)."""
     proc, peak, done = psutil.Process(), [0], threading.Event()
-    before = proc.memory_info().rss
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def keep(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
 
     def sample():
         while not done.is_set():
             peak[0] = max(peak[0], proc.memory_info().rss)
             time.sleep(0.001)
 
+    model.zero_grad(set_to_none=True)
+    before = proc.memory_info().rss
     thread = threading.Thread(target=sample)
     thread.start()
     t0 = time.perf_counter()
-    out = fn()
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        value = compute()
+    value.sum().backward()
     seconds = time.perf_counter() - t0
     done.set()
     thread.join()
-    return seconds, (max(peak[0], proc.memory_info().rss) - before) / 2**20, out
+    return seconds, (max(peak[0], proc.memory_info().rss) - before) / 2**20, sum(kept.values()) / 2**20, value.detach()
 
 
-def step(model, compute):
-    model.zero_grad(set_to_none=True)
-    value = compute()
-    value.sum().backward()
-    return value.detach()
-
-
-def memory(repeats: int = 3, n_pairs: int = 4, lora_rank: int = 8):
+def one_way(way: str, n_pairs: int, lora_rank: int) -> None:
+    """In a fresh process: one step, then a second one, timed; prints a JSON line."""
     tok = load_tokenizer(SMOL)
     torch.manual_seed(0)
     model = add_lora(load_model(SMOL, dropout=False), lora_rank)
     batch = _pair_batch(list(gsm8k_pairs(tok, n_pairs)), tok.pad_token_id)
     sft = {k: v[:n_pairs] for k, v in batch.items()}  # the chosen sequences
-    answer_tokens = int((batch["labels"] != -100).sum())
-    print(f"{n_pairs} pairs: {batch['input_ids'].numel()} positions, {answer_tokens} answer tokens; "
-          f"vocabulary {model.config.vocab_size}; {torch.get_num_threads()} threads")  # fmt: skip
-    ways = {
+    compute = {
         "dpo full": lambda: full_logps(model, batch),
         "dpo answer": lambda: torch.cat(_pair_logps(model, batch, False)),
         "sft full": lambda: model(**sft).loss,
         "sft answer": lambda: sft_answer_loss(model, sft),
-    }
-    results = {w: [] for w in ways}
-    values = {}
-    for r in range(repeats + 1):  # round 0 warms up
-        for way, compute in ways.items():
-            seconds, mb, value = peak_rss_during(functools.partial(step, model, compute))
-            values[way] = value
-            if r:
-                results[way].append((seconds, mb))
-    for way, runs in results.items():
-        print(f"  {way:11s} {statistics.median(s for s, _ in runs):6.2f} s  +{statistics.median(m for _, m in runs):5.0f} MB"
-              f"   (runs: {', '.join(f'{s:.2f} s +{m:.0f} MB' for s, m in runs)})")  # fmt: skip
-    print(f"  max |dpo answer - dpo full| = {(values['dpo answer'] - values['dpo full']).abs().max().item():.2e} "
-          f"(of sums down to {values['dpo full'].min().item():.1f}); "
-          f"|sft answer - sft full| = {abs(values['sft answer'] - values['sft full']).item():.2e}")  # fmt: skip
+    }[way]
+    first, rss, kept, value = measured_step(model, compute)
+    second = measured_step(model, compute)[0]
+    print(json.dumps({"way": way, "first_s": first, "second_s": second, "rss_mb": rss, "kept_mb": kept,
+                      "positions": batch["input_ids"].numel(), "answer_tokens": int((batch["labels"] != -100).sum()),
+                      "vocab": model.config.vocab_size, "value": value.tolist()}))  # fmt: skip
+
+
+def memory(repeats: int = 1, n_pairs: int = 4, lora_rank: int = 8):
+    runs: dict[str, list[dict]] = {w: [] for w in WAYS}
+    for _ in range(repeats):
+        for way in WAYS:
+            out = subprocess.run([sys.executable, __file__, "one_way", way, f"--n_pairs={n_pairs}",
+                                  f"--lora_rank={lora_rank}"], capture_output=True, text=True, check=True)  # fmt: skip
+            runs[way].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    r = runs["dpo full"][0]
+    print(f"{n_pairs} pairs: {r['positions']} positions, {r['answer_tokens']} answer tokens; vocabulary {r['vocab']}")
+    for way, rs in runs.items():
+        med = {k: statistics.median(x[k] for x in rs) for k in ("first_s", "second_s", "rss_mb", "kept_mb")}
+        print(f"  {way:11s} step 1 {med['first_s']:6.2f} s, step 2 {med['second_s']:6.2f} s, peak RSS "
+              f"+{med['rss_mb']:4.0f} MB, kept for backward {med['kept_mb']:4.0f} MB")  # fmt: skip
+    dpo = [torch.tensor(runs[w][0]["value"]) for w in ("dpo answer", "dpo full")]
+    sft = [runs[w][0]["value"] for w in ("sft answer", "sft full")]
+    print(f"  max |dpo answer - dpo full| = {(dpo[0] - dpo[1]).abs().max().item():.2e} (of sums down to "
+          f"{dpo[1].min().item():.1f}); |sft answer - sft full| = {abs(sft[0] - sft[1]):.2e}")  # fmt: skip
 
 
 def padding(n_pairs: int = 1024, batch_sizes: str = "4,8,16,32"):
@@ -146,4 +163,4 @@ def padding(n_pairs: int = 1024, batch_sizes: str = "4,8,16,32"):
 
 
 if __name__ == "__main__":
-    fire.Fire({"memory": memory, "padding": padding})
+    fire.Fire({"memory": memory, "one_way": one_way, "padding": padding})
