@@ -538,11 +538,11 @@ def pair_width(row: dict[str, Any]) -> int:
 def reference_batches(widths: list[int], batch_size: int, world: int, rank: int) -> tuple[list[int], list[list[int]]]:
     """The rows in the reference pass's order and rank `rank`'s batches of them (row indices).
 
-    The order sorts the rows longest first by `pair_width` (ties by row), so each batch holds pairs of
-    similar width and pads little (dataset order mixes short and long pairs). Rank r of N takes the
-    sorted positions r, r + N, r + 2N, ..., in batches of `batch_size`; so that every rank runs the same
-    number of forwards, positions past the end compute the narrowest row again, beside the narrowest ones. The same order on every rank: position
-    k x N + r of the all-gathered result is sorted position k x N + r.
+    The order sorts the rows widest first by `pair_width` (ties by row), so each batch holds pairs of
+    similar width and pads little (dataset order mixes short and long pairs). The order is the same on
+    every rank. Rank r of N takes the sorted positions r, r + N, r + 2N, ..., in batches of `batch_size`,
+    so position k x N + r of the all-gathered result is sorted position k x N + r. Every rank runs the
+    same number of forwards: positions past the end compute the narrowest row again, beside its peers.
     """
     order = sorted(range(len(widths)), key=lambda i: (-widths[i], i))
     per_rank = -(-len(order) // world)
