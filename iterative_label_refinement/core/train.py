@@ -258,8 +258,8 @@ def trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             """A causal LM's loss (SFT, the likelihood evaluator) as the model computes it, from the logits
             of the labelled positions only (`answer_logits`): the cross-entropy summed over the labelled
-            tokens / `num_items_in_batch` (the step's labelled tokens), or their mean without it. A
-            classifier's (one label per row) is the Trainer's."""
+            tokens / `num_items_in_batch` (the step's labelled tokens on all processes) x N processes, or
+            their mean without it. A classifier's (one label per row) is the Trainer's."""
             labels = inputs["labels"]
             if labels.dim() == 1:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -267,6 +267,11 @@ def trainer_class():
             logits = answer_logits(model, inputs, keep)
             total = -labelled_logps(logits, keep, labels, average=False).sum()
             loss = total / (keep.sum() if num_items_in_batch is None else num_items_in_batch)
+            across = self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
+            if across and num_items_in_batch is not None:
+                # As the Trainer's: num_items_in_batch counts all processes' tokens, and DDP averages
+                # the N processes' gradients.
+                loss = loss * self.accelerator.num_processes
             return (loss, {"answer_logits": logits}) if return_outputs else loss
 
         def _get_train_sampler(self, train_dataset=None):
