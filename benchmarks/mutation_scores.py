@@ -24,6 +24,8 @@ TARGETS = {
     "dpo_loss (core/train.py)": [
         f"{PACKAGE}.core.train.x_dpo_loss__*",
         f"{PACKAGE}.core.train.x_sequence_logps__*",
+        f"{PACKAGE}.core.train.x_predicts_answer__*",
+        f"{PACKAGE}.core.train.x_labelled_logps__*",
         f"{PACKAGE}.core.train.x_averages_logps__*",
     ],  # fmt: skip
     "debiased_scores (core/evaluator.py)": [f"{PACKAGE}.core.evaluator.x_debiased_scores__*"],
@@ -31,8 +33,6 @@ TARGETS = {
 }
 # Mutants that no input can tell apart from the original, with the reason (see BENCHMARKS.md).
 _NP_FLOAT = "np.asarray of the scores gives float64 with or without dtype=float; np.quantile returns a float either way"
-_MASKED = "the clamped label index is read only at masked positions, which are multiplied by 0"
-_LAST_DIM = "the tensors are 2-D (batch, position): dim +1 is dim -1"
 _NP_REPLACE = "NumPy's choice tests `if replace:`, so replace=None draws without replacement as False does"
 _NO_FEEDBACK = "only kinds that take feedback read it: naive's rows never do, None or not"
 _LABEL_ACC = "ILR's oracle question reads only the proposal's acc (`oracle_score`); the evaluator reads no acc"
@@ -42,9 +42,6 @@ EQUIVALENT: dict[str, str] = {
     f"{PACKAGE}.core.refinement.x_naive_choice__mutmut_30": _NP_REPLACE,  # replace=None
     f"{PACKAGE}.core.refinement_step.x_run_step__mutmut_47": _NO_FEEDBACK,  # feedback = ""
     f"{PACKAGE}.core.refinement_step.x_ilr_rows__mutmut_28": _LABEL_ACC,  # current_acc of first(None)
-    f"{PACKAGE}.core.train.x_sequence_logps__mutmut_25": _MASKED,  # clamp(min=1)
-    f"{PACKAGE}.core.train.x_sequence_logps__mutmut_33": _LAST_DIM,  # sum(+1)
-    f"{PACKAGE}.core.train.x_sequence_logps__mutmut_39": _LAST_DIM,  # mask.sum(+1)
 }
 KILLED = {1, 3}
 THRESHOLD = 0.95

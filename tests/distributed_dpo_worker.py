@@ -1,7 +1,7 @@
 """One process of tests/test_distributed.py's DPO checks, run alone or under `torchrun` (gloo, CPU).
 
-`trainer OUT`: train_dpo on 21 pairs. Rank 0 saves the reference log-probs the trainer computed and
-the trained policy adapter; every rank saves which adapter was active in each forward that went
+`trainer OUT`: train_dpo on 21 pairs. Rank 0 saves the reference log-probs the trainer computed, the
+trained policy adapter and the log history; every rank saves which adapter was active in each forward that went
 through DistributedDataParallel (the Trainer's wrapper on several CPU processes).
 
 `fsdp2 OUT`: `reference_logps` on 11 pairs, through torch's FSDP2 (`fully_shard`, what accelerate's
@@ -64,11 +64,11 @@ def run_trainer(out: Path, rank: int) -> None:
     # six, on today's code and before; AdamW: 6e-8 after six).
     cfg = train.TrainConfig(output_dir=str(out / "dpo"), lr=1e-2, epochs=2, batch_size=8,
                             minibatch_size_per_device=2, optim="adamw", warmup_ratio=0)  # fmt: skip
-    train.train_dpo(model, tok, ds, cfg, beta=0.1)
+    history = train.train_dpo(model, tok, ds, cfg, beta=0.1)
     (out / f"active{rank}.json").write_text(json.dumps(active))
     if rank == 0:
         policy = {n: p.detach() for n, p in model.named_parameters() if "lora" in n and f".{train.POLICY}." in n}
-        torch.save({"reference": computed[0], "policy": policy}, out / "result.pt")
+        torch.save({"reference": computed[0], "policy": policy, "history": history}, out / "result.pt")
 
 
 def run_fsdp2(out: Path, rank: int, world: int) -> None:

@@ -118,10 +118,18 @@ def test_dpo_reference_runs_through_ddp_and_two_processes_train_the_weights_of_o
     reference log-probs are computed by the DDP-wrapped model (each rank 11 rows, in 2 batches of at
     most 8), gathered to the full column on every rank, equal to one process's; the trained adapters
     match, also through the last step of each epoch, whose 5 pairs leave the processes unequal
-    minibatches (2 + 1 pairs, 2 + 0), evened out with padding pairs of no weight."""
+    minibatches (2 + 1 pairs, 2 + 0), evened out with padding pairs of no weight. The logged DPO
+    diagnostics are means over the step's pairs on both processes: those one process logs."""
+    from iterative_label_refinement.core.train import DPO_METRICS
+
     one = _worker("trainer", tmp_path / "one", 1)
     two = _worker("trainer", tmp_path / "two", 2)
     assert one["reference"].shape == (21, 2) and torch.equal(one["reference"], two["reference"])
+    steps = [[h for h in run["history"] if "rewards/margins" in h] for run in (one, two)]
+    assert [h["step"] for h in steps[0]] == [h["step"] for h in steps[1]] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(*steps):
+        assert {k: b[k] for k in DPO_METRICS} == pytest.approx({k: a[k] for k in DPO_METRICS}, abs=1e-5)
+    assert len({h["rewards/margins"] for h in steps[0]}) == 6  # the policy moved: the margins are not all 0
     for rank in (0, 1):
         active = json.loads((tmp_path / "two" / f"active{rank}.json").read_text())
         # 2 reference forwards, then 2 epochs x 6 rows of policy forwards, all through DDP.

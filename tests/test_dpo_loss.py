@@ -17,6 +17,7 @@ from iterative_label_refinement.core.common import format_prompt
 from iterative_label_refinement.core.datasets import tokenize_dataset
 from iterative_label_refinement.core.models import load_model, load_tokenizer
 from iterative_label_refinement.core.train import (
+    PaddedRows,
     TrainConfig,
     _dpo_trainer_class,
     _pair_batch,
@@ -139,7 +140,8 @@ def test_the_trainer_loss_is_the_mean_formula_with_the_right_log_probs(tiny, tmp
     ).training_arguments()
     trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                    data_collator=lambda r: r, beta=beta, loss_type=loss_type,
-                                   pad_token_id=tok.pad_token_id, reference_batch_size=4)  # fmt: skip
+                                   pad_token_id=tok.pad_token_id, reference_batch_size=4,
+                                   dropped_for_length=0)  # fmt: skip
     trainer.reference_logps = torch.tensor([[-5.0 - i, -7.0 + i] for i in range(len(rows))])
     with torch.no_grad():
         loss = trainer.compute_loss(model, batch).item()
@@ -151,3 +153,53 @@ def test_the_trainer_loss_is_the_mean_formula_with_the_right_log_probs(tiny, tmp
         h = (c - r) - ((-5.0 - i) - (-7.0 + i))
         expected.append(by_hand(loss_type, h, beta)[0])
     assert loss == pytest.approx(sum(expected) / len(expected), rel=1e-4)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_logged_dpo_diagnostics_equal_their_definitions_by_hand(tiny, tmp_path, loss_type):
+    """Three pairs trained in two minibatches, [0, 1] and [2, a padding pair], then one log. Pair 0's
+    chosen answer wins, pair 1's answers are the same text (a tie: rewards equal, not a win), pair 2's
+    rejected answer wins; chosen and rejected differ in length (ipo's per-token means are not sums).
+    Each diagnostic is the mean over the 3 pairs (not the mean of the two minibatches' means), the
+    padding pair left out; `pairs/dropped_for_length` comes once, and a log with no pair since the
+    last one has no diagnostics."""
+    model, tok = tiny
+    beta = 0.2
+    rows = [ROWS[0], {"question": "2 times 3", "chosen": "2*3=6\n#### 6", "rejected": "2*3=6\n#### 6"}, ROWS[1]]
+    ds = Dataset.from_list([dict(r, row=i) for i, r in enumerate(tokenize_dataset(Dataset.from_list(rows), tok,
+                                                                                   preference=True))])  # fmt: skip
+    args = TrainConfig(output_dir=str(tmp_path), lr=1e-3, batch_size=4, minibatch_size_per_device=2)
+    trainer = _dpo_trainer_class()(model=model, args=args.training_arguments(), train_dataset=ds, beta=beta,
+                                   data_collator=lambda r: r, loss_type=loss_type, pad_token_id=tok.pad_token_id,
+                                   reference_batch_size=4, dropped_for_length=2)  # fmt: skip
+    policy = []  # (log pi(chosen), log pi(rejected)) by hand, per-token means for ipo
+    for row in rows:
+        (c, nc), (r, nr) = (logp_by_hand(model, tok, row["question"], row[s]) for s in ("chosen", "rejected"))
+        assert nc != nr or row is rows[1]
+        policy.append((c / nc, r / nr) if loss_type == "ipo" else (c, r))
+    (pc0, pr0), (pc1, pr1), (pc2, pr2) = policy
+    reference = [(pc0 - 1.0, pr0 + 0.5), (-20.0, -20.0), (pc2 + 2.0, pr2 - 1.0)]
+    trainer.reference_logps = torch.tensor(reference, dtype=torch.float32)
+    padded = PaddedRows(ds)
+    with torch.no_grad():
+        for minibatch in ([0, 1], [2, len(ds)]):
+            trainer.compute_loss(model, _pair_batch([padded[i] for i in minibatch], tok.pad_token_id))
+    trainer.log({"loss": 0.5})
+    trainer.log({"loss": 0.25})
+    first, second = trainer.state.log_history
+    ratio_c = [pc - rc for (pc, _), (rc, _) in zip(policy, reference)]
+    ratio_r = [pr - rr for (_, pr), (_, rr) in zip(policy, reference)]
+    assert ratio_c[0] == pytest.approx(1.0) and ratio_c[2] == pytest.approx(-2.0) and pc1 == pytest.approx(pr1)
+    expected = {
+        "rewards/chosen": beta * sum(ratio_c) / 3,
+        "rewards/rejected": beta * sum(ratio_r) / 3,
+        "rewards/accuracies": 1 / 3,  # pair 0 only: pair 1 is a tie, pair 2 is won by the rejected answer
+        "rewards/margins": beta * sum(c - r for c, r in zip(ratio_c, ratio_r)) / 3,
+        "logps/chosen": (pc0 + pc1 + pc2) / 3,
+        "logps/rejected": (pr0 + pr1 + pr2) / 3,
+        "kl": (sum(ratio_c) + sum(ratio_r)) / 6,  # over the 6 answers, chosen and rejected
+        "pairs/dropped_for_length": 2,
+    }
+    assert {k: first[k] for k in expected} == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    assert first["loss"] == 0.5 and first["rewards/accuracies"] == 1 / 3
+    assert second["loss"] == 0.25 and not second.keys() & expected.keys()

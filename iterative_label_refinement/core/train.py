@@ -11,6 +11,7 @@ computed through the model as the Trainer wrapped it.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +263,25 @@ def trainer_class():
                 self.model_accepts_loss_kwargs, self.loss_is_scaled_for_ga = False, True
             keep_curves(self, Path(log_dir or self.args.output_dir))
 
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """A causal LM's loss (SFT, the likelihood evaluator) as the model computes it, from the logits
+            of the labelled positions only (`answer_logits`): the cross-entropy summed over the labelled
+            tokens / `num_items_in_batch` (the step's labelled tokens on all processes) x N processes, or
+            their mean without it. A classifier's (one label per row) is the Trainer's."""
+            labels = inputs["labels"]
+            if labels.dim() == 1:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            keep = predicts_answer(labels)
+            logits = answer_logits(model, inputs, keep)
+            total = -labelled_logps(logits, keep, labels, average=False).sum()
+            loss = total / (keep.sum() if num_items_in_batch is None else num_items_in_batch)
+            across = self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
+            if across and num_items_in_batch is not None:
+                # As the Trainer's: num_items_in_batch counts all processes' tokens, and DDP averages
+                # the N processes' gradients.
+                loss = loss * self.accelerator.num_processes
+            return (loss, {"answer_logits": logits}) if return_outputs else loss
+
         def _get_train_sampler(self, train_dataset=None):
             ds = train_dataset if train_dataset is not None else self.train_dataset
             lengths = ds["length"] if "length" in ds.column_names else [1] * len(ds)
@@ -413,15 +433,35 @@ def save_trained(model: torch.nn.Module, tokenizer, path: str | Path) -> None:
 POLICY, REFERENCE = "default", "reference"  # PEFT saves the "default" adapter at the folder's root
 
 
+def predicts_answer(labels: torch.Tensor) -> torch.Tensor:
+    """The (batch, length) mask of the positions whose logits are needed: position t predicts token t + 1,
+    so t is kept where labels[:, t + 1] != -100 (never the last position, nor prompt or padding ones)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    return keep
+
+
+def labelled_logps(logits: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor, average: bool) -> torch.Tensor:
+    """Sum (or, with `average`, mean) of the log-probabilities of the labelled tokens, one value per sequence.
+
+    `logits` (n, vocab) are those of the n positions where `keep` (`predicts_answer(labels)`) is True, in
+    row-major order. The log-probability of target y at a position is logit_y - logsumexp(logits), in
+    float32: only the n answer positions are computed, and no (n, vocab) log-softmax is made or kept
+    for backward (log-sum-exp keeps its input, the n rows of logits, which the caller holds anyway).
+    """
+    logits = logits.float()
+    targets = labels[:, 1:][keep[:, :-1]]
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    rows = keep.nonzero()[:, 0]  # each kept position's sequence, in the same row-major order
+    total = torch.zeros(len(keep), dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+    return total / keep.sum(-1) if average else total
+
+
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool = False) -> torch.Tensor:
     """Sum (or, with `average`, mean) of the log-probabilities of the labelled tokens (labels != -100),
-    one value per sequence. The logits at position t predict the token at t + 1."""
-    logits = logits[:, :-1].float()
-    labels = labels[:, 1:]
-    mask = labels != -100
-    token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    total = (token_logps * mask).sum(-1)
-    return total / mask.sum(-1) if average else total
+    one value per sequence, from the (batch, length, vocab) logits of every position (`labelled_logps`)."""
+    keep = predicts_answer(labels)
+    return labelled_logps(logits[keep], keep, labels, average)
 
 
 def averages_logps(loss_type: str) -> bool:
@@ -498,40 +538,81 @@ def _pair_batch(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torc
     return batch
 
 
+def answer_logits(model, batch: dict[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+    """The (n, vocab) logits of the n positions `keep` marks (`predicts_answer`), in row-major order.
+
+    The model projects onto the vocabulary only those positions (`logits_to_keep`, a boolean mask);
+    a model whose forward takes no `logits_to_keep` (remote code) computes every position's, and
+    they are selected here."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if _takes_logits_to_keep(model):
+        return model(**inputs, logits_to_keep=keep).logits
+    return model(**inputs).logits[keep]
+
+
+def _takes_logits_to_keep(model) -> bool:
+    """Whether the causal LM under the wrappers (DDP, FSDP, PEFT) takes `logits_to_keep`."""
+    from accelerate.utils import extract_model_from_parallel
+
+    inner = extract_model_from_parallel(model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
 def _pair_logps(model, batch: dict[str, torch.Tensor], average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps = sequence_logps(logits, batch["labels"], average)
+    """The summed (or averaged) answer log-probs of the chosen and of the rejected sequences of a
+    `_pair_batch`, from the logits of the answer positions only."""
+    keep = predicts_answer(batch["labels"])
+    logps = labelled_logps(answer_logits(model, batch, keep), keep, batch["labels"], average)
     n = logps.shape[0] // 2
     return logps[:n], logps[n:]
+
+
+def pair_width(row: dict[str, Any]) -> int:
+    """The padded width a pair brings to a `_pair_batch`: its longer sequence, chosen or rejected."""
+    return max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"]))
+
+
+def reference_batches(widths: list[int], batch_size: int, world: int, rank: int) -> tuple[list[int], list[list[int]]]:
+    """The rows in the reference pass's order and rank `rank`'s batches of them (row indices).
+
+    The order sorts the rows widest first by `pair_width` (ties by row), so each batch holds pairs of
+    similar width and pads little (dataset order mixes short and long pairs). The order is the same on
+    every rank. Rank r of N takes the sorted positions r, r + N, r + 2N, ..., in batches of `batch_size`,
+    so position k x N + r of the all-gathered result is sorted position k x N + r. Every rank runs the
+    same number of forwards: positions past the end compute the narrowest row again, beside its peers.
+    """
+    order = sorted(range(len(widths)), key=lambda i: (-widths[i], i))
+    per_rank = -(-len(order) // world)
+    rows = [order[p] if p < len(order) else order[-1] for p in (k * world + rank for k in range(per_rank))]
+    return order, [rows[start : start + batch_size] for start in range(0, per_rank, batch_size)]
 
 
 @torch.no_grad()
 def reference_logps(wrapped, policy, ds: Dataset, pad_token_id: int, batch_size: int, average: bool,
                     device: torch.device) -> torch.Tensor:  # fmt: skip
-    """The frozen reference's log-probs of every pair, as a (len(ds), 2) tensor [chosen, rejected].
+    """The frozen reference's log-probs of every pair, as a (len(ds), 2) tensor [chosen, rejected], row i
+    holding pair i's.
 
     `wrapped` is the model as training runs it (DDP, FSDP or the bare model on one process) and
     `policy` the PEFT model inside it, whose active adapter is switched to the reference meanwhile:
     under FSDP the weights exist only as shards, gathered by the wrapper's forward, so the forward
-    must go through it. Rank r of N computes rows r, r + N, r + 2N, ... in batches of `batch_size`;
-    every rank runs the same number of forwards (the wrappers' forwards are collectives), the last
-    ones padded with row 0, and all-gathers the result, so every rank holds all rows. One process
-    computes the rows in order, in the batches of `batch_size` it always did.
+    must go through it. The pairs are computed sorted by width and split over the ranks as
+    `reference_batches` says (the wrappers' forwards are collectives, so every rank runs as many);
+    the ranks all-gather the result, so every rank holds all rows, and it is put back in row order.
     """
     import torch.distributed as dist
 
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
-    per_rank = -(-len(ds) // world)
-    rows = [k * world + rank for k in range(per_rank)]
-    rows = [i if i < len(ds) else 0 for i in rows]
+    order, batches = reference_batches([pair_width(r) for r in ds], batch_size, world, rank)
     was_training = wrapped.training
     policy.set_adapter(REFERENCE)
     wrapped.eval()
     local = []
     try:
-        for start in range(0, per_rank, batch_size):
-            batch = _pair_batch([ds[i] for i in rows[start : start + batch_size]], pad_token_id)
+        for rows in batches:
+            batch = _pair_batch([ds[i] for i in rows], pad_token_id)
             chosen, rejected = _pair_logps(wrapped, {k: v.to(device) for k, v in batch.items()}, average)
             local.append(torch.stack([chosen, rejected], dim=1).float())
     finally:
@@ -539,27 +620,61 @@ def reference_logps(wrapped, policy, ds: Dataset, pad_token_id: int, batch_size:
         wrapped.train(was_training)
     assert_reference_frozen(policy)
     local = torch.cat(local)
-    if world == 1:
-        return local.cpu()
-    gathered = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(gathered, local)
-    # gathered[r][k] is row k * world + r: interleave the ranks back into row order, drop the padding.
-    return torch.stack(gathered, dim=1).reshape(-1, 2)[: len(ds)].cpu()
+    if world > 1:
+        gathered = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(gathered, local)
+        # gathered[r][k] is sorted position k * world + r: interleave the ranks, drop the padding.
+        local = torch.stack(gathered, dim=1).reshape(-1, 2)
+    in_row_order = torch.empty(len(ds), 2)
+    in_row_order[order] = local[: len(ds)].cpu()
+    return in_row_order
+
+
+DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+               "logps/rejected", "kl")  # fmt: skip
+
+
+def dpo_metric_sums(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, chosen_rewards: torch.Tensor,
+                    rejected_rewards: torch.Tensor, beta: float) -> torch.Tensor:  # fmt: skip
+    """The sums over a batch's pairs of DPO's diagnostics (TRL's names, `DPO_METRICS` order), then the
+    number of pairs: divided by it, each is a mean over the pairs. For a pair (y_w chosen, y_l rejected):
+
+        rewards/chosen      r_w = beta (log pi(y_w) - log ref(y_w))      (`dpo_loss`'s implicit rewards)
+        rewards/rejected    r_l = beta (log pi(y_l) - log ref(y_l))
+        rewards/accuracies  1 if r_w > r_l, else 0 (a tie counts as wrong)
+        rewards/margins     r_w - r_l
+        logps/chosen        log pi(y_w)
+        logps/rejected      log pi(y_l)
+        kl                  ((log pi(y_w) - log ref(y_w)) + (log pi(y_l) - log ref(y_l))) / 2 = (r_w + r_l) / (2 beta)
+
+    `kl`, the implicit KL to the reference, is the policy-minus-reference log-ratio of the pair's chosen
+    and rejected answers alike (so its mean is over the 2 x pairs training answers), in nats, not
+    scaled by beta. It is the Monte Carlo estimate of KL(pi || ref) only for answers sampled from pi:
+    on the training labels it measures how far the policy moved on them. The log-probs are those the
+    loss uses (`averages_logps`): sums over the answer tokens, per-token means for ipo.
+    """
+    values = [chosen_rewards, rejected_rewards, (chosen_rewards > rejected_rewards).to(chosen_rewards.dtype),
+              chosen_rewards - rejected_rewards, chosen_logps.detach(), rejected_logps.detach(),
+              (chosen_rewards + rejected_rewards) / (2 * beta)]  # fmt: skip
+    sums = torch.stack([v.double().sum() for v in values])
+    return torch.cat([sums, sums.new_tensor([len(chosen_rewards)])])
 
 
 def _dpo_trainer_class():
     class DPOTrainer(trainer_class()):
-        """`Trainer` with the DPO loss, a mean over the pairs of each step (`loss_over_rows`); logs loss
-        and rewards/{chosen,rejected,accuracies,margins}."""
+        """`Trainer` with the DPO loss, a mean over the pairs of each step (`loss_over_rows`). Each log
+        also has DPO's diagnostics (`dpo_metric_sums`), means over every pair with a loss trained
+        since the previous log on all processes, and its first log `pairs/dropped_for_length`."""
 
         loss_over_rows = True
 
         def __init__(self, *args, beta: float, loss_type: str, pad_token_id: int, reference_batch_size: int,
-                     **kwargs):  # fmt: skip
+                     dropped_for_length: int, **kwargs):  # fmt: skip
             super().__init__(*args, **kwargs)
             self.beta, self.loss_type = beta, loss_type
             self.pad_token_id, self.reference_batch_size = pad_token_id, reference_batch_size
-            self._stored: dict[str, list[float]] = {}
+            self.dropped_for_length: int | None = dropped_for_length  # None once logged
+            self._metric_sums = torch.zeros(len(DPO_METRICS) + 1, dtype=torch.float64)  # since the last log
             self.reference_logps: torch.Tensor | None = None  # (rows, 2), filled once the model is prepared
 
         def _prepare_for_training(self, *args, **kwargs):
@@ -582,14 +697,8 @@ def _dpo_trainer_class():
                                                     self.beta, self.loss_type)  # fmt: skip
             real = self.rows_with_loss(inputs).to(losses.device)
             losses, chosen_r, rejected_r = losses[real], chosen_r[real], rejected_r[real]
-            if real.any():
-                for key, value in {
-                    "rewards/chosen": chosen_r.mean(),
-                    "rewards/rejected": rejected_r.mean(),
-                    "rewards/accuracies": (chosen_r > rejected_r).float().mean(),
-                    "rewards/margins": (chosen_r - rejected_r).mean(),
-                }.items():
-                    self._stored.setdefault(key, []).append(value.item())
+            sums = dpo_metric_sums(chosen[real], rejected[real], chosen_r, rejected_r, self.beta)
+            self._metric_sums = self._metric_sums.to(sums.device) + sums
             # In a training step, its part of the step's mean; a batch alone (no step): its own mean.
             loss = losses.mean() if num_items_in_batch is None else self.row_mean(losses, num_items_in_batch)
             return (loss, {"chosen_logps": chosen}) if return_outputs else loss
@@ -600,17 +709,24 @@ def _dpo_trainer_class():
             return (batch["labels"][: len(batch["row"])] != -100).any(-1)
 
         def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-            for key, values in self._stored.items():
-                logs[key] = sum(values) / len(values)
-            self._stored = {}
+            # Every process calls log at the same steps: the sums of all of them, each pair counted once.
+            sums = self.accelerator.reduce(self._metric_sums.to(self.args.device), "sum").cpu()
+            self._metric_sums = torch.zeros_like(sums)
+            if sums[-1] > 0:  # no pairs trained since the last log (the end-of-training log): no means
+                logs.update({key: (total / sums[-1]).item() for key, total in zip(DPO_METRICS, sums)})
+            if self.dropped_for_length is not None:
+                logs["pairs/dropped_for_length"], self.dropped_for_length = self.dropped_for_length, None
             super().log(logs, *args, **kwargs)
 
     return DPOTrainer
 
 
-def train_dpo(model, tokenizer, train_ds: Dataset, cfg: TrainConfig, beta: float = 0.1,
-              loss_type: str = "sigmoid") -> list[dict[str, float]]:  # fmt: skip
-    """DPO of the policy adapter against the frozen reference adapter; returns the log history."""
+def train_dpo(model, tokenizer, train_ds: Dataset, cfg: TrainConfig, beta: float = 0.1, loss_type: str = "sigmoid",
+              dropped_for_length: int = 0) -> list[dict[str, float]]:  # fmt: skip
+    """DPO of the policy adapter against the frozen reference adapter; returns the log history.
+
+    dropped_for_length: the pairs the caller dropped before, for answers longer than max_len
+    (`tokenize_dataset`), logged as `pairs/dropped_for_length`."""
     if len(train_ds) == 0:
         raise ConfigError("No preference pairs left to train DPO on (all filtered out or too long for max_len)")
     refuse_unsupported_dpo_launcher()
@@ -629,6 +745,7 @@ def train_dpo(model, tokenizer, train_ds: Dataset, cfg: TrainConfig, beta: float
         loss_type=loss_type,
         pad_token_id=tokenizer.pad_token_id,
         reference_batch_size=4 * cfg.minibatch_size_per_device,
+        dropped_for_length=dropped_for_length,
     )
     train_or_resume(trainer, cfg)
     assert_reference_frozen(model)

@@ -286,7 +286,8 @@ def _train_or_load(cfg: RunConfig, run_dir: Path, train_ds: Dataset):
 
         model = load_dpo_policy(cfg.model_size, cfg.dpo_path, dropout=cfg.train_with_dropout)
         tokenized = tokenize_dataset(train_ds, tokenizer, preference=True, max_len=cfg.max_len)
-        train_dpo(model, tokenizer, tokenized, train_cfg, beta=cfg.dpo_beta, loss_type=cfg.dpo_loss_type)
+        train_dpo(model, tokenizer, tokenized, train_cfg, beta=cfg.dpo_beta, loss_type=cfg.dpo_loss_type,
+                  dropped_for_length=len(train_ds) - len(tokenized))  # fmt: skip
     else:
         model = load_model(cfg.model_size, dropout=cfg.train_with_dropout, full_finetune=cfg.lora_rank == 0)
         model = add_lora(model, cfg.lora_rank, cfg.model.lora_target_modules)
