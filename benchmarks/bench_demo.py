@@ -24,7 +24,7 @@ import fire
 REPO = Path(__file__).resolve().parents[1]
 TARGET_S = 600
 # A progress line of a step that ran (a finished one says `done already`).
-REDONE = re.compile(r"^\[\d\d:\d\d:\d\d\] step \d+/\d+ \(\+\d+ s\) (train|refine): ")
+REDONE = re.compile(r"^\[\d\d:\d\d:\d\d\] step \d+/\d+ \(\+\d+ s(, ETA in \d+ s)?\) (train|refine): ")
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> float:
@@ -52,6 +52,7 @@ def main(demo: str = "small", keep: bool = False) -> None:
     assert "Test accuracy (%) by round" in first_log, "the first run printed no table"
     plots = list((clone / "demo_results" / demo).rglob("accuracy_*.png"))
     assert plots, "the first run wrote no plot"
+    assert list((clone / "demo_results" / demo).rglob("report.html")), "the first run wrote no report page"
     redone = [line for line in second_log.splitlines() if REDONE.search(line)]
     assert not redone, f"the second run redid steps: {redone}"
     print(f"DEMO={demo}, fresh clone, empty model cache ({work})")
