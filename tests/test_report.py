@@ -449,3 +449,29 @@ def test_report_page_shows_every_plot_with_the_numbers_it_draws(seeded):
     assert page.count('src="data:image/png;base64,') == 5
     for kind in ("accuracy", "labels", "dpo", "losses"):
         assert (seeded / f"{kind}_toy_arith_tiny-llama-strong.png").stat().st_size > 1000
+
+
+def test_a_series_keeps_its_color_in_every_panel_even_where_another_is_missing(monkeypatch):
+    """Label accuracy has every method, replacement precision not DPO: a color cycle restarted per
+    panel would draw ILR in DPO's color there (seen on the demo's page)."""
+    import matplotlib.axes
+
+    from iterative_label_refinement.experiments import report_page
+
+    drawn = []
+    original = matplotlib.axes.Axes.errorbar
+
+    def spy(self, x, y, yerr=None, **kwargs):
+        drawn.append((kwargs["label"], kwargs.get("color")))
+        return original(self, x, y, yerr=yerr, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    points = [(0, 0.2, 0.01), (1, 0.3, None)]
+    accuracy = {"dpo": points, "ilr": points, "naive": points}
+    precision = {"dpo": [], "ilr": points[1:], "naive": points[1:]}
+    report_page.round_panels("t", [("labels", 100, accuracy), ("precision", 100, precision)])
+    assert [name for name, _ in drawn] == ["dpo", "ilr", "naive", "ilr", "naive"]
+    colors = {}
+    for name, color in drawn:
+        assert color is not None and colors.setdefault(name, color) == color, (name, color, colors)
+    assert len(set(colors.values())) == 3

@@ -122,11 +122,14 @@ def round_panels(title: str, panels: list[tuple[str, float, dict[str, list[Point
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False, sharex=True)
     rounds = sorted({p[0] for _, _, series in panels for points in series.values() for p in points})
     rows = [["", "series"] + [f"r{r}" for r in rounds]]
+    # One color per series in every panel: a panel that lacks a series must not shift the others' colors.
+    names = sorted({name for _, _, series in panels for name in series})
+    color = {name: f"C{i % 10}" for i, name in enumerate(names)}
     for ax, (label, scale, series) in zip(axes[0], panels):
         for name, points in sorted(series.items()):
             ax.errorbar([p[0] for p in points], [scale * p[1] for p in points],
                         yerr=[scale * p[2] if p[2] is not None else 0.0 for p in points],
-                        marker="o", capsize=3, label=name)  # fmt: skip
+                        marker="o", capsize=3, label=name, color=color[name])  # fmt: skip
             at = {p[0]: p for p in points}
             digits = 1 if scale == 100 else 3
             rows.append([label, name] + [fmt(at[r][1], at[r][2], scale, digits) if r in at else "-" for r in rounds])
