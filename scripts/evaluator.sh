@@ -34,7 +34,7 @@ write_manifest  # once the ground-truth run passed its checks: a refused pipelin
 DATA=$(evaluator_data_name)
 refine "$DATA" experiments.generate_evaluator_data --save_path="$GT_DIR" --model_size="$EVALUATOR_MODEL" \
   --ds_name="$DS_NAME" --seed="$SEED" --temperature="$TEMPERATURE" --results_folder="$RESULTS_FOLDER"
-EVALUATOR=$(evaluator_path)
-refine "$EVALUATOR/results_summary.json" core.train_evaluator --ds_name="$DATA" --model_size="$EVALUATOR_MODEL" \
+EVALUATOR_DIR=$(evaluator_path)
+refine "$EVALUATOR_DIR/results_summary.json" core.train_evaluator --ds_name="$DATA" --model_size="$EVALUATOR_MODEL" \
   --seed="$SEED" --results_folder="$RESULTS_FOLDER" $EVALUATOR_FLAGS
-log "evaluator: $EVALUATOR"
+log "evaluator: $EVALUATOR_DIR"

@@ -30,6 +30,12 @@ SWEEP=${SWEEP:-default}
 RESULTS_FOLDER=${RESULTS_FOLDER:-${ILR_SAVE_PATH:-results}}
 EXTRA_FLAGS=${EXTRA_FLAGS:-}   # appended to every experiments.main call
 NUM_BEAMS=${NUM_BEAMS:-4}      # beam search of test evaluation and temperature-0 labels (the reference's 4)
+EVALUATOR=${EVALUATOR:-trained}  # the comparisons of ilr/dpo steps: `trained` (evaluator.sh's) or `judge` (core.judge)
+# Checked here, once: a refusal inside the command substitutions that build the steps' flags would not stop the script.
+case "$EVALUATOR" in
+  trained | judge) ;;
+  *) echo "EVALUATOR must be trained or judge, got '$EVALUATOR'" >&2; exit 2 ;;
+esac
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -162,11 +168,8 @@ feedback_flags() {
   local f="--seed=$SEED $(correct_flag)"
   if [ "${ORACLE:-0}" = 1 ]; then
     f="$f --use_oracle_feedback=True"
-  elif [ "${EVALUATOR:-trained}" = judge ]; then
+  elif [ "$EVALUATOR" = judge ]; then
     f="$f --feedback=judge"
-  elif [ "$EVALUATOR" != trained ]; then
-    echo "EVALUATOR must be trained or judge, got '$EVALUATOR'" >&2
-    return 2
   else
     f="$f --evaluator_path=$(evaluator_path)"
   fi

@@ -457,6 +457,8 @@ def test_license_and_citation():
     ("sft_ilr.sh", {"REFINER": "dpo"}, "REFINER must not be dpo: SFT+DPO is scripts/sft_dpo.sh"),
     ("sft_dpo.sh", {"BETA": "-1"}, "error: --beta must be a finite number > 0, got -1"),
     ("sft_dpo.sh", {"DS_NAME": "gsm9k"}, "error: Unknown dataset 'gsm9k'. Valid: ['gsm8k', 'bird', 'saferpaca', 'toy_arith']"),
+    ("sft_dpo.sh", {"EVALUATOR": "gpt"}, "EVALUATOR must be trained or judge, got 'gpt'"),
+    ("sft_ilr.sh", {"EVALUATOR": "gpt"}, "EVALUATOR must be trained or judge, got 'gpt'"),
 ])  # fmt: skip
 def test_a_pipeline_stops_at_the_first_refusal_with_its_line(tmp_path, script, env, message):
     full_env = {**os.environ, "DRY_RUN": "1", "RESULTS_FOLDER": str(tmp_path), "PYTHON": sys.executable,
