@@ -32,6 +32,29 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def install_vllm(monkeypatch):
+    """Put a stand-in `vllm` package where `core.generation` imports it (vLLM itself needs a GPU): the
+    test's own `LLM` and `SamplingParams` classes, and a `LoRARequest` that keeps its arguments."""
+    import sys
+    import types
+
+    class LoRARequest:
+        def __init__(self, *args):
+            self.args = args
+
+    def install(llm: type, sampling_params: type) -> None:
+        vllm = types.ModuleType("vllm")
+        vllm.LLM, vllm.SamplingParams = llm, sampling_params
+        request = types.ModuleType("vllm.lora.request")
+        request.LoRARequest = LoRARequest
+        monkeypatch.setitem(sys.modules, "vllm", vllm)
+        monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
+        monkeypatch.setitem(sys.modules, "vllm.lora.request", request)
+
+    return install
+
+
+@pytest.fixture
 def results_folder(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "results"
     monkeypatch.setenv("ILR_SAVE_PATH", str(folder))

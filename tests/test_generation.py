@@ -7,7 +7,6 @@ within sampling noise of it (total variation), at temperature 1 and below, with 
 
 from __future__ import annotations
 
-import sys
 import types
 from collections import Counter
 
@@ -119,7 +118,7 @@ def test_hf_settings_name_every_neutral_value():
     assert hf_sampling(1.0, top_k=7, top_p=0.9)["top_k"] == 7
 
 
-def test_vllm_backend_receives_the_same_settings(tiny, monkeypatch, tmp_path):
+def test_vllm_backend_receives_the_same_settings(tiny, install_vllm, tmp_path):
     """A stand-in vLLM records what `SamplingParams` and `generate` get (vLLM itself needs a GPU)."""
     _, tok = tiny
     seen: dict = {}
@@ -140,17 +139,7 @@ def test_vllm_backend_receives_the_same_settings(tiny, monkeypatch, tmp_path):
             out = types.SimpleNamespace(text="#### 5", token_ids=[7, 8])
             return [types.SimpleNamespace(outputs=[out] * seen["params"]["n"]) for _ in inputs]
 
-    class LoRARequest:
-        def __init__(self, *args):
-            self.args = args
-
-    vllm = types.ModuleType("vllm")
-    vllm.LLM, vllm.SamplingParams = LLM, SamplingParams
-    lora = types.ModuleType("vllm.lora.request")
-    lora.LoRARequest = LoRARequest
-    monkeypatch.setitem(sys.modules, "vllm", vllm)
-    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
-    monkeypatch.setitem(sys.modules, "vllm.lora.request", lora)
+    install_vllm(LLM, SamplingParams)
 
     (tmp_path / "adapter_config.json").write_text('{"r": 8}')
     model = VLLMModel("base", str(tmp_path))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import os
 import subprocess
-import sys
 import types
 import weakref
 from pathlib import Path
@@ -69,7 +68,7 @@ WATCHED: list[weakref.ref] = []
 
 
 @pytest.fixture
-def fake_vllm(monkeypatch):
+def fake_vllm(install_vllm):
     """A stand-in `vllm` package; `seen` gets each engine's arguments and what it found at its start: the
     free GPU memory, and whether an object of WATCHED was still alive."""
     seen: list[dict] = []
@@ -89,17 +88,7 @@ def fake_vllm(monkeypatch):
         def __init__(self, **kwargs):
             self.kwargs = kwargs
 
-    class LoRARequest:
-        def __init__(self, *args):
-            self.args = args
-
-    vllm = types.ModuleType("vllm")
-    vllm.LLM, vllm.SamplingParams = LLM, SamplingParams
-    request = types.ModuleType("vllm.lora.request")
-    request.LoRARequest = LoRARequest
-    monkeypatch.setitem(sys.modules, "vllm", vllm)
-    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
-    monkeypatch.setitem(sys.modules, "vllm.lora.request", request)
+    install_vllm(LLM, SamplingParams)
     return seen
 
 
