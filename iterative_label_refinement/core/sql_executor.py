@@ -162,12 +162,6 @@ def resolve_database(db_name: object, db_root_path: str | Path | None, db_urls: 
     return _sqlite_url(path)
 
 
-def check_database_root(db_root_path: str | Path | None, db_names: Iterable[str]) -> None:
-    """ConfigError unless every database of `db_names` resolves (for checks before a run starts)."""
-    for db_name in sorted(set(db_names)):
-        resolve_database(db_name, db_root_path)
-
-
 # ---------------------------------------------------------------------------------------------
 # One query, read-only, with a deadline
 # ---------------------------------------------------------------------------------------------
