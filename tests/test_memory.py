@@ -204,8 +204,8 @@ def test_the_70b_strong_model_shards_and_its_fix_counts_gpus():
     assert {s.parallel for s in steps if s.model == "meta-llama/Meta-Llama-3-70B"} == {"device_map"}
 
 
-def test_the_readme_table_is_the_planners():
-    readme = (REPO / "README.md").read_text()
+def test_the_scaling_docs_table_is_the_planners():
+    readme = (REPO / "docs" / "scaling.md").read_text()
     assert plan.BEGIN in readme and plan.END in readme
     shown = readme.split(plan.BEGIN + "\n", 1)[1].split("\n" + plan.END, 1)[0]
     assert shown == plan.gpu_table()
