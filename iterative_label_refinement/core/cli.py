@@ -230,6 +230,9 @@ def checked(fn: Callable) -> Callable:
 # ---------------------------------------------------------------------------------------------
 
 
+REQUIRED: Any = MISSING  # the default of a flag that has none: it must be given
+
+
 def flag(default: Any, help: str) -> Any:
     """A field of a flags dataclass: its default and its one-line help (`--help` shows it); its type
     and valid values are the field's annotation, as in a signature."""

@@ -19,13 +19,12 @@ from typing import Annotated
 
 from iterative_label_refinement.core.cli import FRACTION, POSITIVE, expand_flags
 from iterative_label_refinement.core.methods import Method
-from iterative_label_refinement.experiments.step_flags import FeedbackFlags, StepFlags
+from iterative_label_refinement.experiments.step_flags import FeedbackFlags, StepFlags, StepInputs
 
 
 @expand_flags
 def main(
-    ds_name: str,
-    weak_model_path: str,
+    inputs: StepInputs,
     strong_model_path: str,
     subsample: Annotated[float, FRACTION] = 1.0,
     beta: Annotated[float, POSITIVE] = 0.1,
@@ -38,6 +37,7 @@ def main(
     """Write the preference pairs of round `round_id` (flags as in the reference, plus `neutral_oracle_ties`).
 
     Args:
+        strong_model_path: the run of round `round_id` whose 6 samples per prompt are paired
         subsample: the most confident fraction of the pairs kept
         beta: the DPO beta of the round these pairs train (it names the label set)
         use_oracle_feedback: the ground truth says which answer is better
@@ -47,7 +47,7 @@ def main(
     # The neutral-ties variant writes its own label set ("nt"), so it never passes for a reference-rule run.
     method = Method("dpo", oracle=use_oracle_feedback, correct_start=step.start_with_correct_labels, beta=beta,
                     subsample=subsample, neutral_ties=neutral_oracle_ties)  # fmt: skip
-    return step.run(ds_name, weak_model_path, method, dict(strong_model_path=strong_model_path), source)
+    return step.run(inputs, method, dict(strong_model_path=strong_model_path), source)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,12 @@ from typing import Annotated
 
 from iterative_label_refinement.core.cli import FRACTION, expand_flags
 from iterative_label_refinement.core.methods import Method
-from iterative_label_refinement.experiments.step_flags import FeedbackFlags, StepFlags
+from iterative_label_refinement.experiments.step_flags import FeedbackFlags, StepFlags, StepInputs
 
 
 @expand_flags
 def main(
-    ds_name: str,
-    weak_model_path: str,
+    inputs: StepInputs,
     model1_path: str,
     model2_path: str,
     max_replace: Annotated[float, FRACTION] = 0.1,
@@ -38,13 +37,15 @@ def main(
     """Refine the current labels with the half models' proposals and the evaluator's verdicts.
 
     Args:
+        model1_path: the run trained on half 1 of the labels: it proposes answers for half 2
+        model2_path: the run trained on half 2 of the labels: it proposes answers for half 1
         max_replace: in (0, 1]; the (1 - max_replace) quantile of the disagreements' scores is the threshold, so
             about that fraction of them change, at most ceil(max_replace (m - 1)) of m
         use_oracle_feedback: every correct proposal replaces its label (the ground truth as feedback)
     """
     method = Method("ilr", oracle=use_oracle_feedback, correct_start=step.start_with_correct_labels,
                     max_replace=max_replace)  # fmt: skip
-    return step.run(ds_name, weak_model_path, method, dict(model1_path=model1_path, model2_path=model2_path), source)
+    return step.run(inputs, method, dict(model1_path=model1_path, model2_path=model2_path), source)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,12 @@ from typing import Annotated
 
 from iterative_label_refinement.core.cli import FRACTION, expand_flags
 from iterative_label_refinement.core.methods import Method
-from iterative_label_refinement.experiments.step_flags import StepFlags
+from iterative_label_refinement.experiments.step_flags import StepFlags, StepInputs
 
 
 @expand_flags
 def main(
-    ds_name: str,
-    weak_model_path: str,
+    inputs: StepInputs,
     model1_path: str,
     model2_path: str,
     max_replace: Annotated[float, FRACTION] = 0.1,
@@ -39,13 +38,15 @@ def main(
     questions every round as in the reference (flags as in the reference, plus `redraw_each_round`).
 
     Args:
+        model1_path: the run trained on half 1 of the labels: it proposes answers for half 2
+        model2_path: the run trained on half 2 of the labels: it proposes answers for half 1
         max_replace: the fraction of the labels replaced
         redraw_each_round: each round replaces other rows (Python's `random`, seed + round_id) instead of the
             reference's same questions every round; its label sets are named `naive<max_replace>rd`
     """
     method = Method("naive", correct_start=step.start_with_correct_labels, max_replace=max_replace,
                     redraw_each_round=redraw_each_round)  # fmt: skip
-    return step.run(ds_name, weak_model_path, method, dict(model1_path=model1_path, model2_path=model2_path))
+    return step.run(inputs, method, dict(model1_path=model1_path, model2_path=model2_path))
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ from typing import Annotated
 
 from iterative_label_refinement.core.cli import FRACTION, POSITIVE, expand_flags
 from iterative_label_refinement.core.methods import Method
-from iterative_label_refinement.experiments.step_flags import FeedbackFlags, StepFlags
+from iterative_label_refinement.experiments.step_flags import FeedbackFlags, StepFlags, StepInputs
 
 
 @expand_flags
 def main(
     kind: str,
-    ds_name: str,
-    weak_model_path: str,
+    inputs: StepInputs,
     model1_path: str | None = None,
     model2_path: str | None = None,
     strong_model_path: str | None = None,
@@ -44,10 +43,18 @@ def main(
     `experiments.ilr`, `naive` and `dpo`).
 
     Args:
+        kind: the method's kind (core.methods.KINDS), e.g. ilr, naive or dpo
+        model1_path: the run trained on half 1 of the labels (the kinds that judge the half models' proposals)
+        model2_path: the run trained on half 2 of the labels (the kinds that judge the half models' proposals)
+        strong_model_path: the run of round `round_id` whose samples dpo pairs
         max_replace: ilr replaces at most ceil(max_replace (m - 1)) of its m disagreeing labels, those whose
             proposal scores strictly above max(0.5, the (1 - max_replace) quantile of their scores), more than a
             max_replace fraction when m is small (1 of 2 at 0.1, 4 of 26 at 0.15); naive replaces exactly
             int(n * max_replace) of its n labels
+        beta: dpo's beta of the round its pairs train (it names the label set)
+        subsample: dpo keeps the most confident fraction of its pairs
+        use_oracle_feedback: the ground truth is the feedback
+        neutral_oracle_ties: dpo with oracle feedback: a pair of two right or two wrong answers scores 0.5, not 0
         redraw_each_round: naive only; each round replaces other rows instead of the reference's same questions
             every round (its label sets are named `naive<max_replace>rd`)
     """
@@ -55,7 +62,7 @@ def main(
                     max_replace=max_replace, beta=beta, subsample=subsample, neutral_ties=neutral_oracle_ties,
                     redraw_each_round=redraw_each_round)  # fmt: skip
     runs = dict(model1_path=model1_path, model2_path=model2_path, strong_model_path=strong_model_path)
-    return step.run(ds_name, weak_model_path, method, runs, source)
+    return step.run(inputs, method, runs, source)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The flags the refinement step CLIs share (experiments.ilr, naive, dpo, refine), each declared once.
 
 Each CLI declares the runs it judges and its method's parameters in its signature and takes these
-dataclasses as parameters, which `core.cli.expand_flags` spreads into its flags: `StepFlags`
-(every step), `FeedbackFlags` (every step that takes comparisons: where they come from).
+dataclasses as parameters, which `core.cli.expand_flags` spreads into its flags: `StepInputs`
+and `StepFlags` (every step), `FeedbackFlags` (every step that takes comparisons: where they come from).
 `StepFlags.run` is the one call of `core.refinement_step.run_step` they all make.
 """
 
@@ -11,10 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from iterative_label_refinement.core.cli import NON_NEGATIVE, POSITIVE, Valid, flag
+from iterative_label_refinement.core.cli import NON_NEGATIVE, POSITIVE, REQUIRED, Valid, flag
 from iterative_label_refinement.core.judge import judge_flags
 from iterative_label_refinement.core.methods import Method
 from iterative_label_refinement.core.refinement_step import FEEDBACK_SOURCES, run_step
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """The task and the weak run whose labels a step refines."""
+
+    ds_name: str = flag(REQUIRED, "the task (a registered dataset), the weak run's")
+    weak_model_path: str = flag(REQUIRED, "the weak run dir: the labels refined are its, the label set goes there")
 
 
 @dataclass(frozen=True)
@@ -51,11 +59,11 @@ class StepFlags:
     force: bool = flag(False, "redo a finished step")
     print_save_path: bool = flag(False, "print the label set's path (the last stdout line) and read nothing")
 
-    def run(self, ds_name: str, weak_model_path: str, method: Method, runs: dict[str, str | None],
+    def run(self, inputs: StepInputs, method: Method, runs: dict[str, str | None],
             source: FeedbackFlags | None = None) -> str:  # fmt: skip
         """Run `method`'s step on the given runs (those named None are not given) and return the label set's path."""
         given = {name: path for name, path in runs.items() if path is not None}
         more = source.step_kwargs() if source is not None else {}
-        return run_step(ds_name, weak_model_path, method, self.round_id, given, seed=self.seed,
+        return run_step(inputs.ds_name, inputs.weak_model_path, method, self.round_id, given, seed=self.seed,
                         save_results=self.save_results, force=self.force, print_save_path=self.print_save_path,
                         **more)  # fmt: skip
