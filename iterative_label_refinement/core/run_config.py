@@ -136,6 +136,15 @@ def _check_choices(f: MainFlags, dataset: DatasetConfig, dpo_round: bool) -> Non
         raise ConfigError(f"round_id={f.round_id} trains on refined labels: pass --weak_labels_path")
 
 
+def check_vllm(f: MainFlags, dpo_round: bool, do_test: bool) -> None:
+    """What a vLLM engine can serve: the run's LoRA rank, and greedy decoding where main decodes with beams."""
+    check_served_rank(f.lora_rank, f.dpo_path if dpo_round else None)
+    greedy = do_test or (f.generate_weak_labels and f.label_temp <= 0)  # these decode with num_beams
+    if greedy and f.num_beams > 1:
+        raise ConfigError(f"--num_beams={f.num_beams}: beam search runs on the 'hf' backend only; with "
+                          "--inference_backend=vllm pass --num_beams=1 (greedy)")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class MainFlags:
     """experiments.main's flags, each declared once: type and valid values, the reference's default,
@@ -251,34 +260,27 @@ class RunConfig(MainFlags):
         # The half-data runs only propose labels: they skip the test set unless asked.
         do_test = f.force_eval if f.force_eval is not None else f.half_data == 0
         if f.inference_backend == "vllm":
-            check_served_rank(f.lora_rank, f.dpo_path if dpo_round else None)
-            greedy = do_test or (f.generate_weak_labels and f.label_temp <= 0)  # these decode with num_beams
-            if greedy and f.num_beams > 1:
-                raise ConfigError(f"--num_beams={f.num_beams}: beam search runs on the 'hf' backend only; with "
-                                  "--inference_backend=vllm pass --num_beams=1 (greedy)")  # fmt: skip
-        weak_dir, labels_path, weak_config, weak_model_size = cls._weak_run(
-            f.weak_labels_path, method, f.round_id, f.weak_model_size, dry_run
-        )
+            check_vllm(f, dpo_round, do_test)
+        weak = cls._weak_run(f.weak_labels_path, method, f.round_id, f.weak_model_size, dry_run)
         # Last: it reads the model's config (a dry run only names the run; a DPO round trains the adapter at --dpo_path).
         if f.lora_rank and not dpo_round and not dry_run:
             check_lora_targets(f.model_size)
-        compute_weak_label_acc = f.compute_weak_label_acc
-        if compute_weak_label_acc is None:
-            compute_weak_label_acc = dataset.score_labels
         resolved = dict(ds_name=dataset.name, dataset=dataset, model=model, method=method, do_dpo=do_dpo, lr=lr,
                         optim=optim, max_len=max_len, num_samples=num_samples, minibatch_size_per_device=minibatch,
-                        eval_batch_size=eval_batch_size, report_to=report_to, do_test=do_test, weak_dir=weak_dir,
-                        labels_path=labels_path, weak_config=weak_config, weak_model_size=weak_model_size,
-                        compute_weak_label_acc=compute_weak_label_acc,
+                        eval_batch_size=eval_batch_size, report_to=report_to, do_test=do_test,
+                        **weak,
+                        compute_weak_label_acc=dataset.score_labels if f.compute_weak_label_acc is None
+                        else f.compute_weak_label_acc,
                         compute_test_acc=True if f.compute_test_acc is None else f.compute_test_acc)  # fmt: skip
         return cls(**{k.name: getattr(f, k.name) for k in fields(MainFlags)} | resolved)
 
     @staticmethod
-    def _weak_run(weak_labels_path, method, round_id, weak_model_size, dry_run):
-        """(weak dir, label set, weak run's config, weak model) of a run on labels; all None for a
-        ground-truth run. The weak model names the run, so a dry run must be told it when the dir is absent."""
+    def _weak_run(weak_labels_path, method, round_id, weak_model_size, dry_run) -> dict[str, Any]:
+        """The weak dir, label set, weak run's config and weak model of a run on labels, as the config's
+        fields; all None for a ground-truth run. The weak model names the run, so a dry run must be told
+        it when the dir is absent."""
         if not weak_labels_path:
-            return None, None, None, None
+            return dict(weak_dir=None, labels_path=None, weak_config=None, weak_model_size=None)
         weak_dir, labels_path = label_set_path(weak_labels_path, method, round_id)
         if (weak_dir / "experiment_config.json").exists():
             weak_config = read_json(weak_dir / "experiment_config.json")
@@ -286,12 +288,13 @@ class RunConfig(MainFlags):
                 raise ConfigError(
                     f"--weak_model_size={weak_model_size} but {weak_dir} was trained with {weak_config['model_size']}"
                 )
-            return weak_dir, labels_path, weak_config, weak_config["model_size"]
+            model_size = weak_config["model_size"]
+            return dict(weak_dir=weak_dir, labels_path=labels_path, weak_config=weak_config, weak_model_size=model_size)
         if not dry_run:
             raise ConfigError(f"weak_labels_path {weak_labels_path} is not a run dir (no experiment_config.json)")
         if not weak_model_size:
             raise ConfigError(f"{weak_dir} does not exist yet: pass --weak_model_size to print its run dir")
-        return weak_dir, labels_path, None, weak_model_size
+        return dict(weak_dir=weak_dir, labels_path=labels_path, weak_config=None, weak_model_size=weak_model_size)
 
     def name_config(self) -> dict[str, Any]:
         """The keys the run dir is named by: always NAME_KEYS, the others only when they differ from a
