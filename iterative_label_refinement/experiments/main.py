@@ -56,11 +56,10 @@ logger = get_logger(__name__)
 def main(flags: MainFlags, print_save_path: bool = False) -> dict[str, Any] | str:
     """Train, evaluate on test, and generate labels.
 
-    A ground-truth run (no --weak_labels_path) trains on half A of the train split and labels half B;
-    a run on labels trains on all of them (or on one half with --half_data=1|2, labelling the other).
-    Extensions over the reference: the flags below not in the reference's list (README), among them
-    `eval_on=heldout`, which scores on `n_test_docs` training-split prompts no run of `n_docs` trains on
-    or labels, instead of the test split: settings are tuned there, never on test.
+    A ground-truth run (no --weak_labels_path) trains on half A of the train split and labels half B; a run
+    on labels trains on all of them (or on one half with --half_data=1|2, labelling the other). The flags
+    beyond the reference's keep its behaviour at their defaults; `eval_on=heldout` scores on `n_test_docs`
+    training-split prompts no run of `n_docs` trains on or labels: settings are tuned there, never on test.
 
     Args:
         print_save_path: print the run dir and do nothing else (the pipelines ask where a run goes)
