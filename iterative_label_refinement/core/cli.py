@@ -7,7 +7,9 @@ unknown flag is refused with the closest valid one, and `--help`/`-h` anywhere s
 runs nothing.
 
 Every flag's type and valid values are declared once, in the CLI function's signature
-(`lr: Annotated[float | None, Valid(gt=0)] = None`), and every flag is checked against them before
+(`lr: Annotated[float | None, Valid(gt=0)] = None`) or, for a set of flags several CLIs share or
+too many for a signature, as the fields of a flags dataclass (`flag(default, help)`) that
+`expand_flags` spreads into the signature. Every flag is checked against its declaration before
 the function runs, so before anything is written: fire hands over whatever its parser made of the
 text (`--seed=1.5` a float, `--force=maybe` a string, `--lr=1e400` infinity). `flag_table` writes
 the declarations out as the table in docs/components.md.
@@ -26,7 +28,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -221,6 +223,86 @@ def checked(fn: Callable) -> Callable:
         parameters=[p.replace(annotation=shown.get(p.name, p.annotation)) for p in signature.parameters.values()]
     )
     return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags dataclasses: each flag a field with its type, default and one-line help
+# ---------------------------------------------------------------------------------------------
+
+
+REQUIRED: Any = MISSING  # the default of a flag that has none: it must be given
+
+
+def flag(default: Any, help: str) -> Any:
+    """A field of a flags dataclass: its default and its one-line help (`--help` shows it); its type
+    and valid values are the field's annotation, as in a signature."""
+    return field(default=default, metadata={"help": help})
+
+
+def alias(of: str, help: str) -> Any:
+    """A field that is another flag's second name (the reference's spelling): None unless given."""
+    return field(default=None, metadata={"help": help, "alias_of": of})
+
+
+def merge_aliases(flags: Any) -> Any:
+    """`flags` with each given alias's value on the flag it names, and each alias then equal to it.
+    Both given with different values: ConfigError (neither silently wins)."""
+    aliases = {f.name: f.metadata["alias_of"] for f in fields(flags) if "alias_of" in f.metadata}
+    merged = {target: getattr(flags, target) for target in aliases.values()}
+    for name, target in aliases.items():
+        value = getattr(flags, name)
+        if value is None:
+            continue
+        if merged[target] is not None and merged[target] != value:
+            raise ConfigError(f"--{name}={value} contradicts --{target}={merged[target]}: {name} is {target}'s alias")
+        merged[target] = value
+    return replace(flags, **merged, **{name: merged[target] for name, target in aliases.items()})
+
+
+def _is_flags(hint: Any) -> bool:
+    return isinstance(hint, type) and is_dataclass(hint)
+
+
+def expand_flags(fn: Callable) -> Callable:
+    """`fn` with each parameter annotated by a flags dataclass spread into that dataclass's fields, in
+    its place: the result takes them as flags (for fire, `checked` and `flag_table`, each with its
+    field's annotation and default) and calls `fn` with one instance per dataclass. Each field's help
+    joins the `Args:` section of the docstring (which, if `fn` has one, ends it), where fire's help
+    shows it beside the flag."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    own = inspect.signature(fn)
+    params, annotations, helps, groups = [], {}, [], {}
+    for p in own.parameters.values():
+        if not _is_flags(hints.get(p.name)):
+            params.append(p)
+            annotations[p.name] = hints.get(p.name, p.annotation)
+            continue
+        groups[p.name] = hints[p.name]
+        field_hints = typing.get_type_hints(hints[p.name], include_extras=True)
+        for f in fields(hints[p.name]):
+            default = inspect.Parameter.empty if f.default is MISSING else f.default
+            params.append(inspect.Parameter(f.name, p.kind, default=default, annotation=field_hints[f.name]))
+            annotations[f.name] = field_hints[f.name]
+            helps.append(f"    {f.name}: {f.metadata.get('help', '')}")
+    signature = own.replace(parameters=params)
+
+    def cli(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = bound.arguments
+        call = {name: values[name] for name in own.parameters if name not in groups}
+        for name, cls in groups.items():
+            call[name] = cls(**{f.name: values[f.name] for f in fields(cls)})
+        return fn(**call)
+
+    doc = inspect.cleandoc(fn.__doc__ or "")
+    if "\nArgs:\n" not in f"\n{doc}\n":
+        doc += "\n\nArgs:"
+    cli.__doc__ = doc + "\n" + "\n".join(helps)
+    cli.__name__, cli.__qualname__, cli.__module__ = fn.__name__, fn.__qualname__, fn.__module__
+    cli.__signature__ = signature  # type: ignore[attr-defined]
+    cli.__annotations__ = annotations
+    return cli
 
 
 def flag_table(fn: Callable, module: str) -> list[str]:

@@ -1,6 +1,8 @@
-"""One run of experiments.main as a value: every flag validated and resolved once, before any file.
+"""One run of experiments.main as a value: every flag declared once, validated and resolved once, before any file.
 
-`RunConfig.from_flags` turns the command line into a frozen config: defaults come from the model
+`MainFlags` declares experiments.main's flags (type, valid values, default, help); the CLI is made
+from it (`core.cli.expand_flags`). `RunConfig.resolve` turns them into a frozen config, a
+`MainFlags` with every None default filled in: defaults come from the model
 and dataset registries (their entries travel with the config, so no later layer looks a name up
 again), the method name is parsed once, and the weak run the labels come from is read. The run
 dir's name (`dirname`) and `experiment_config.json` (`to_json`) are written from it and nowhere
@@ -11,12 +13,25 @@ else; both are how finished runs are found again, so their keys and order never 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from iterative_label_refinement.core.cli import (
+    FRACTION,
+    INSIDE,
+    NON_NEGATIVE,
+    POSITIVE,
+    REPORT_TO,
+    Valid,
+    alias,
+    flag,
+    merge_aliases,
+)
 from iterative_label_refinement.core.common import (
     DPO_LOSS_TYPES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
     ConfigError,
     accumulation_steps,
     get_config_foldername,
@@ -27,6 +42,7 @@ from iterative_label_refinement.core.common import (
     validate_schedule,
 )
 from iterative_label_refinement.core.datasets import DatasetConfig, get_dataset_config
+from iterative_label_refinement.core.generation import BACKENDS, check_sampling
 from iterative_label_refinement.core.label_sets import check_trains, current_labels_path, is_label_set
 from iterative_label_refinement.core.methods import Method, parse_method
 from iterative_label_refinement.core.models import ModelConfig, check_lora_targets, get_model_config, weights_id
@@ -96,67 +112,115 @@ def check_served_rank(lora_rank: int, dpo_path: str | None) -> None:
         check_vllm_lora_rank(rank, f"--dpo_path={dpo_path} (a rank-{rank} adapter) with --inference_backend=vllm")
 
 
+def _check_choices(f: MainFlags, dataset: DatasetConfig, dpo_round: bool) -> None:
+    """The flags' values that --help's types do not cover, or that a call from Python passes unchecked."""
+    if f.half_data not in (0, 1, 2):
+        raise ConfigError(f"half_data must be 0, 1 or 2, got {f.half_data!r}")
+    if not isinstance(f.round_id, int) or f.round_id < 0:
+        raise ConfigError(f"round_id must be a non-negative integer, got {f.round_id!r}")
+    if f.dpo_loss_type not in DPO_LOSS_TYPES:
+        raise ConfigError(f"Unknown dpo_loss_type {f.dpo_loss_type!r}. Valid: {list(DPO_LOSS_TYPES)}")
+    check_sampling(f.top_k, f.top_p)
+    if f.eval_on not in EVAL_SPLITS:
+        raise ConfigError(f"Unknown eval_on {f.eval_on!r}. Valid: {list(EVAL_SPLITS)}")
+    if f.inference_backend not in BACKENDS:
+        raise ConfigError(f"Unknown inference_backend {f.inference_backend!r}. Valid: {list(BACKENDS)}")
+    if f.mode is not None and f.mode not in dataset.modes:
+        valid = " or ".join(f"{m} ({c})" for m, c in dataset.modes.items()) or f"unset: {dataset.name} has no modes"
+        raise ConfigError(f"--mode must be {valid}, got {f.mode!r}")
+    if dpo_round:
+        if not f.dpo_path:
+            raise ConfigError(f"DPO round {f.round_id} needs --dpo_path: the previous round's adapter dir")
+        refuse_unsupported_dpo_launcher()  # before anything is written (train_dpo checks again when called alone)
+    if f.round_id > 0 and not f.weak_labels_path:
+        raise ConfigError(f"round_id={f.round_id} trains on refined labels: pass --weak_labels_path")
+
+
+def check_vllm(f: MainFlags, dpo_round: bool, do_test: bool) -> None:
+    """What a vLLM engine can serve: the run's LoRA rank, and greedy decoding where main decodes with beams."""
+    check_served_rank(f.lora_rank, f.dpo_path if dpo_round else None)
+    greedy = do_test or (f.generate_weak_labels and f.label_temp <= 0)  # these decode with num_beams
+    if greedy and f.num_beams > 1:
+        raise ConfigError(f"--num_beams={f.num_beams}: beam search runs on the 'hf' backend only; with "
+                          "--inference_backend=vllm pass --num_beams=1 (greedy)")  # fmt: skip
+
+
 @dataclass(frozen=True)
-class RunConfig:
-    # what is trained, on what
+class MainFlags:
+    """experiments.main's flags, each declared once: type and valid values, the reference's default,
+    and one line of help (why the default, where it has a reason). None: resolved from the model's or
+    the task's registry entry (`RunConfig.resolve`)."""
+
+    seed: Annotated[int, NON_NEGATIVE] = flag(0, "seed of the data split, the half split and generation")
+    data_seed: Annotated[int, NON_NEGATIVE] = flag(0, "seed of the training data order and of training")
+    epochs: Annotated[float, POSITIVE] = flag(2, "training epochs (the paper's 2)")
+    batch_size: Annotated[int, POSITIVE] = flag(32, "examples per optimizer step, over all processes (the paper's 32)")
+    ds_name: str = flag("gsm8k", "the task: a registered dataset (core.datasets)")
+    n_docs: Annotated[int, POSITIVE] = flag(20000, "training-split rows a run uses (the paper's 20000)")
+    n_test_docs: Annotated[int, POSITIVE] = flag(10000, "test rows scored (all of a task's test split, at most)")
+    model_size: str = flag("google/gemma-2b", "the model: a registered name or a model folder")
+    lr: Annotated[float | None, POSITIVE] = flag(None, "learning rate (None: the model's SFT or DPO default)")
+    optim: Annotated[str | None, Valid(choices=tuple(OPTIMIZERS))] = flag(
+        None, "optimizer (None: the model's SFT or DPO default)")  # fmt: skip
+    force_retrain: bool = flag(False, "train again though a saved model or a finished run exists")
+    max_len: Annotated[int | None, POSITIVE] = flag(None, "max tokens of an answer (None: the task's)")
+    train_with_dropout: bool = flag(False, "keep the model's dropout on while training")
+    minibatch_size_per_device: Annotated[int | None, POSITIVE] = flag(
+        None, "examples per forward pass on one device (None: the model's; the reference had 1)")  # fmt: skip
+    results_folder: str | None = flag(None, "where run dirs go (None: $ILR_SAVE_PATH or ./results)")
+    lr_schedule: Annotated[str, Valid(choices=tuple(LR_SCHEDULES))] = flag(
+        "cosine_warmup", "learning-rate schedule (the paper's cosine with warmup)")  # fmt: skip
+    method: str | None = flag(None, "the refinement method the labels come from, e.g. ilr0.15 (None: ground truth)")
+    weak_labels_path: str | None = flag(None, "the weak run dir (or a label set) to train on (None: ground truth)")
+    sweep_subfolder: Annotated[str, INSIDE] = flag("default", "sub-folder of the results folder for this sweep")
+    num_samples: Annotated[int, POSITIVE] = flag(1, f"labels sampled per prompt (a DPO run draws {DPO_NUM_SAMPLES})")
+    use_wandb: bool = flag(False, "the reference's flag: --report_to=wandb")
+    report_to: Annotated[str, REPORT_TO] = flag("tensorboard", "where training logs also go (train_log.jsonl always)")
+    save_frequency: Annotated[float, Valid(ge=0, lt=1)] = flag(
+        0, "keep a checkpoint every this fraction of training (0: only resumable ones)")  # fmt: skip
+    half_data: Annotated[int, Valid(choices=(0, 1, 2))] = flag(
+        0, "train on one half of the labels and label the other (1 or 2; 0: all of them)")  # fmt: skip
+    round_id: Annotated[int, NON_NEGATIVE] = flag(0, "the refinement round the labels come from")
+    save_model: bool = flag(False, "keep the trained model (a DPO run always keeps its adapter)")
+    generate_weak_labels: bool = flag(True, "label the prompts of the other half (the next step's input)")
+    label_temp: Annotated[float, NON_NEGATIVE] = flag(0.0, "label sampling temperature (0: beam search)")
+    inference_on_train: bool = flag(False, "also answer the training prompts (train_results.jsonl)")
+    warmup_ratio: Annotated[float, Valid(ge=0, lt=1)] = flag(0.05, "share of steps warming up (the paper's 0.05)")
+    force_eval: bool | None = flag(None, "score the test set (None: unless the run trains on half the data)")
+    lora_rank: Annotated[int, NON_NEGATIVE] = flag(64, "LoRA rank, alpha 2r (the paper's 64; 0: full fine-tune)")
+    gpu_usage: Annotated[float, FRACTION] = flag(0.9, "at most this share of GPU memory for vLLM")
+    train_with_all_data: bool = flag(False, "a ground-truth run trains on all its rows, not half A")
+    compute_weak_label_acc: bool | None = flag(None, "score the labels (None: the task's default)")
+    compute_test_acc: bool | None = flag(None, "score the test answers (None: yes)")
+    do_dpo: bool = flag(False, "a DPO run (implied by a dpo method; round 0 is SFT that samples the pairs)")
+    dpo_path: str | None = flag(None, "the previous round's adapter a DPO round continues")
+    dpo_beta: Annotated[float, POSITIVE] = flag(0.1, "DPO's beta (the paper's 0.1)")
+    dpo_loss_type: Annotated[str, Valid(choices=DPO_LOSS_TYPES)] = flag("sigmoid", "DPO's loss (the paper's sigmoid)")
+    mode: Annotated[int | None, POSITIVE] = flag(None, "the task's subset to train on (its registered modes)")
+    saferpaca_mode: Annotated[int | None, POSITIVE] = alias("mode", "the reference's name of --mode")
+    weak_model_size: str | None = flag(None, "the weak run's model, when its run dir cannot be read (dry runs)")
+    eval_batch_size: Annotated[int | None, POSITIVE] = flag(None, "prompts per generation batch (None: the model's)")
+    num_beams: Annotated[int, POSITIVE] = flag(4, "beams of test answers and temperature-0 labels (the reference's 4)")
+    top_k: Annotated[int, NON_NEGATIVE] = flag(0, "label sampling keeps the k likeliest tokens (0: off)")
+    top_p: Annotated[float, FRACTION] = flag(1.0, "label sampling keeps this probability mass (1: off)")
+    inference_backend: Annotated[str, Valid(choices=BACKENDS)] = flag("hf", "what generates: hf, or a vLLM engine")
+    do_eval: bool | None = alias("force_eval", "another name of --force_eval")
+    eval_on: Annotated[str, Valid(choices=EVAL_SPLITS)] = flag(
+        "test", "score the test split, or heldout training prompts (for tuning settings)")  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(MainFlags):
+    """experiments.main's flags resolved: every None default filled in, aliases merged, and the
+    registry entries, the parsed method and the weak run the labels come from."""
+
+    method: Method | None = None  # the --method flag, parsed
     dataset: DatasetConfig
     model: ModelConfig
-    model_size: str  # the name the run was asked for (a registered name or a folder): it names the run dir
-    method: Method | None
-    seed: int
-    data_seed: int
-    n_docs: int
-    n_test_docs: int
-    half_data: int
-    round_id: int
-    train_with_all_data: bool
-    saferpaca_mode: int | None
-    # training
-    epochs: float
-    batch_size: int
-    minibatch_size_per_device: int
-    lr: float
-    optim: str
-    lr_schedule: str
-    warmup_ratio: float
-    lora_rank: int
-    train_with_dropout: bool
-    max_len: int
-    save_frequency: float
-    report_to: str
-    do_dpo: bool
-    dpo_path: str | None
-    dpo_beta: float
-    dpo_loss_type: str
-    # where the labels come from
-    weak_dir: Path | None
+    weak_dir: Path | None  # the weak run the labels come from, its label set and its record
     labels_path: Path | None
     weak_config: dict[str, Any] | None
-    weak_model_size: str | None
-    # evaluation and label generation
     do_test: bool
-    force_retrain: bool
-    save_model: bool
-    generate_weak_labels: bool
-    inference_on_train: bool
-    compute_weak_label_acc: bool
-    compute_test_acc: bool
-    num_samples: int
-    label_temp: float
-    eval_batch_size: int
-    num_beams: int
-    top_k: int
-    top_p: float
-    inference_backend: str
-    gpu_usage: float
-    eval_on: str
-    # where the run dir lives
-    results_folder: str | None
-    sweep_subfolder: str
-
-    @property
-    def ds_name(self) -> str:
-        return self.dataset.name
 
     @property
     def dpo_round(self) -> bool:
@@ -165,96 +229,58 @@ class RunConfig:
 
     @classmethod
     def from_flags(cls, *, dry_run: bool = False, **flags: Any) -> RunConfig:
+        """`resolve` of experiments.main's flags given by name."""
+        return cls.resolve(MainFlags(**flags), dry_run)
+
+    @classmethod
+    def resolve(cls, flags: MainFlags, dry_run: bool = False) -> RunConfig:
         """Validate and resolve experiments.main's flags. `dry_run` (--print_save_path) only names the
         run: the weak run dir may not exist yet when --weak_model_size names its model."""
-        f = dict(flags)
-        dataset = get_dataset_config(f["ds_name"])
-        model = get_model_config(f["model_size"])
-        method = parse_method(f["method"]) if f["method"] else None
-        do_dpo = bool(f["do_dpo"] or (method and method.is_dpo))
-        dpo_round = do_dpo and f["round_id"] >= 1
-        round_id = f["round_id"]
-        if f["half_data"] not in (0, 1, 2):
-            raise ConfigError(f"half_data must be 0, 1 or 2, got {f['half_data']!r}")
-        if not isinstance(round_id, int) or round_id < 0:
-            raise ConfigError(f"round_id must be a non-negative integer, got {round_id!r}")
-        from iterative_label_refinement.core.generation import BACKENDS, check_sampling
-
-        if f["dpo_loss_type"] not in DPO_LOSS_TYPES:
-            raise ConfigError(f"Unknown dpo_loss_type {f['dpo_loss_type']!r}. Valid: {list(DPO_LOSS_TYPES)}")
-        check_sampling(f["top_k"], f["top_p"])
-        if f["eval_on"] not in EVAL_SPLITS:
-            raise ConfigError(f"Unknown eval_on {f['eval_on']!r}. Valid: {list(EVAL_SPLITS)}")
-        if f["inference_backend"] not in BACKENDS:
-            raise ConfigError(f"Unknown inference_backend {f['inference_backend']!r}. Valid: {list(BACKENDS)}")
-        if dpo_round:
-            if not f["dpo_path"]:
-                raise ConfigError(f"DPO round {round_id} needs --dpo_path: the previous round's adapter dir")
-            refuse_unsupported_dpo_launcher()  # before anything is written (train_dpo checks again when called alone)
-        if round_id > 0 and not f["weak_labels_path"]:
-            raise ConfigError(f"round_id={round_id} trains on refined labels: pass --weak_labels_path")
-        lr = f["lr"] if f["lr"] is not None else (model.default_dpo_lr if dpo_round else model.default_lr)
-        optim = (
-            f["optim"] if f["optim"] is not None else (model.dpo_optimizer if dpo_round else model.default_optimizer)
-        )
+        f = merge_aliases(flags)
+        dataset, model = get_dataset_config(f.ds_name), get_model_config(f.model_size)
+        method = parse_method(f.method) if f.method else None
+        do_dpo = bool(f.do_dpo or (method and method.is_dpo))
+        dpo_round = do_dpo and f.round_id >= 1
+        _check_choices(f, dataset, dpo_round)
+        lr = f.lr if f.lr is not None else (model.default_dpo_lr if dpo_round else model.default_lr)
+        optim = f.optim if f.optim is not None else (model.dpo_optimizer if dpo_round else model.default_optimizer)
         validate_optimizer(optim)
-        validate_schedule(f["lr_schedule"], lr, f["warmup_ratio"])
-        max_len = f["max_len"] or dataset.max_len
-        force_eval = f["force_eval"] if f["force_eval"] is not None else f["do_eval"]
-        num_samples = DPO_NUM_SAMPLES if do_dpo and f["num_samples"] == 1 else f["num_samples"]
-        if num_samples > 1 and f["label_temp"] <= 0:
-            raise ConfigError(f"num_samples={num_samples} needs --label_temp > 0 (got {f['label_temp']})")
-        minibatch = f["minibatch_size_per_device"] or model.minibatch_size_per_device
-        eval_batch_size = f["eval_batch_size"] or model.eval_batch_size
-        check_sizes(n_docs=f["n_docs"], n_test_docs=f["n_test_docs"], epochs=f["epochs"], batch_size=f["batch_size"],
+        validate_schedule(f.lr_schedule, lr, f.warmup_ratio)
+        max_len = f.max_len or dataset.max_len
+        num_samples = DPO_NUM_SAMPLES if do_dpo and f.num_samples == 1 else f.num_samples
+        if num_samples > 1 and f.label_temp <= 0:
+            raise ConfigError(f"num_samples={num_samples} needs --label_temp > 0 (got {f.label_temp})")
+        minibatch = f.minibatch_size_per_device or model.minibatch_size_per_device
+        eval_batch_size = f.eval_batch_size or model.eval_batch_size
+        check_sizes(n_docs=f.n_docs, n_test_docs=f.n_test_docs, epochs=f.epochs, batch_size=f.batch_size,
                     max_len=max_len, minibatch_size_per_device=minibatch, eval_batch_size=eval_batch_size,
                     num_samples=num_samples)  # fmt: skip
-        report_to = report_target(f["report_to"], f["use_wandb"])
-        check_lora_rank(f["lora_rank"])
+        report_to = report_target(f.report_to, f.use_wandb)
+        check_lora_rank(f.lora_rank)
         # The half-data runs only propose labels: they skip the test set unless asked.
-        do_test = force_eval if force_eval is not None else f["half_data"] == 0
-        if f["inference_backend"] == "vllm":
-            check_served_rank(f["lora_rank"], f["dpo_path"] if dpo_round else None)
-            greedy = do_test or (f["generate_weak_labels"] and f["label_temp"] <= 0)  # these decode with num_beams
-            if greedy and f["num_beams"] > 1:
-                raise ConfigError(f"--num_beams={f['num_beams']}: beam search runs on the 'hf' backend only; with "
-                                  "--inference_backend=vllm pass --num_beams=1 (greedy)")  # fmt: skip
-        compute_weak_label_acc = f["compute_weak_label_acc"]
-        if compute_weak_label_acc is None:
-            compute_weak_label_acc = dataset.score_labels
-        compute_test_acc = True if f["compute_test_acc"] is None else f["compute_test_acc"]
-        weak_dir, labels_path, weak_config, weak_model_size = cls._weak_run(
-            f["weak_labels_path"], method, round_id, f["weak_model_size"], dry_run
-        )
+        do_test = f.force_eval if f.force_eval is not None else f.half_data == 0
+        if f.inference_backend == "vllm":
+            check_vllm(f, dpo_round, do_test)
+        weak = cls._weak_run(f.weak_labels_path, method, f.round_id, f.weak_model_size, dry_run)
         # Last: it reads the model's config (a dry run only names the run; a DPO round trains the adapter at --dpo_path).
-        if f["lora_rank"] and not dpo_round and not dry_run:
-            check_lora_targets(f["model_size"])
-        return cls(
-            dataset=dataset, model=model, model_size=f["model_size"], method=method, seed=f["seed"], data_seed=f["data_seed"],
-            n_docs=f["n_docs"], n_test_docs=f["n_test_docs"], half_data=f["half_data"], round_id=round_id,
-            train_with_all_data=f["train_with_all_data"], saferpaca_mode=f["saferpaca_mode"], epochs=f["epochs"],
-            batch_size=f["batch_size"], minibatch_size_per_device=minibatch, lr=lr, optim=optim,
-            lr_schedule=f["lr_schedule"], warmup_ratio=f["warmup_ratio"], lora_rank=f["lora_rank"],
-            train_with_dropout=f["train_with_dropout"], max_len=max_len, save_frequency=f["save_frequency"],
-            report_to=report_to, do_dpo=do_dpo, dpo_path=f["dpo_path"], dpo_beta=f["dpo_beta"],
-            dpo_loss_type=f["dpo_loss_type"], weak_dir=weak_dir, labels_path=labels_path, weak_config=weak_config,
-            weak_model_size=weak_model_size,
-            do_test=do_test,
-            force_retrain=f["force_retrain"], save_model=f["save_model"],
-            generate_weak_labels=f["generate_weak_labels"], inference_on_train=f["inference_on_train"],
-            compute_weak_label_acc=compute_weak_label_acc, compute_test_acc=compute_test_acc,
-            num_samples=num_samples, label_temp=f["label_temp"], eval_batch_size=eval_batch_size,
-            num_beams=f["num_beams"], top_k=f["top_k"], top_p=f["top_p"], inference_backend=f["inference_backend"],
-            gpu_usage=f["gpu_usage"], eval_on=f["eval_on"], results_folder=f["results_folder"],
-            sweep_subfolder=f["sweep_subfolder"],
-        )  # fmt: skip
+        if f.lora_rank and not dpo_round and not dry_run:
+            check_lora_targets(f.model_size)
+        resolved = dict(ds_name=dataset.name, dataset=dataset, model=model, method=method, do_dpo=do_dpo, lr=lr,
+                        optim=optim, max_len=max_len, num_samples=num_samples, minibatch_size_per_device=minibatch,
+                        eval_batch_size=eval_batch_size, report_to=report_to, do_test=do_test,
+                        **weak,
+                        compute_weak_label_acc=dataset.score_labels if f.compute_weak_label_acc is None
+                        else f.compute_weak_label_acc,
+                        compute_test_acc=True if f.compute_test_acc is None else f.compute_test_acc)  # fmt: skip
+        return cls(**{k.name: getattr(f, k.name) for k in fields(MainFlags)} | resolved)
 
     @staticmethod
-    def _weak_run(weak_labels_path, method, round_id, weak_model_size, dry_run):
-        """(weak dir, label set, weak run's config, weak model) of a run on labels; all None for a
-        ground-truth run. The weak model names the run, so a dry run must be told it when the dir is absent."""
+    def _weak_run(weak_labels_path, method, round_id, weak_model_size, dry_run) -> dict[str, Any]:
+        """The weak dir, label set, weak run's config and weak model of a run on labels, as the config's
+        fields; all None for a ground-truth run. The weak model names the run, so a dry run must be told
+        it when the dir is absent."""
         if not weak_labels_path:
-            return None, None, None, None
+            return dict(weak_dir=None, labels_path=None, weak_config=None, weak_model_size=None)
         weak_dir, labels_path = label_set_path(weak_labels_path, method, round_id)
         if (weak_dir / "experiment_config.json").exists():
             weak_config = read_json(weak_dir / "experiment_config.json")
@@ -262,12 +288,13 @@ class RunConfig:
                 raise ConfigError(
                     f"--weak_model_size={weak_model_size} but {weak_dir} was trained with {weak_config['model_size']}"
                 )
-            return weak_dir, labels_path, weak_config, weak_config["model_size"]
+            model_size = weak_config["model_size"]
+            return dict(weak_dir=weak_dir, labels_path=labels_path, weak_config=weak_config, weak_model_size=model_size)
         if not dry_run:
             raise ConfigError(f"weak_labels_path {weak_labels_path} is not a run dir (no experiment_config.json)")
         if not weak_model_size:
             raise ConfigError(f"{weak_dir} does not exist yet: pass --weak_model_size to print its run dir")
-        return weak_dir, labels_path, None, weak_model_size
+        return dict(weak_dir=weak_dir, labels_path=labels_path, weak_config=None, weak_model_size=weak_model_size)
 
     def name_config(self) -> dict[str, Any]:
         """The keys the run dir is named by: always NAME_KEYS, the others only when they differ from a
@@ -279,8 +306,8 @@ class RunConfig:
             config.update(do_dpo=True, dpo_beta=self.dpo_beta, dpo_loss_type=self.dpo_loss_type)
         if self.train_with_all_data:
             config["train_with_all_data"] = True
-        if self.saferpaca_mode:
-            config["saferpaca_mode"] = self.saferpaca_mode
+        if self.mode:  # under the reference's name, as the run dirs before --mode were named
+            config["saferpaca_mode"] = self.mode
         if self.save_frequency:
             config["save_frequency"] = self.save_frequency
         if self.weak_model_size:

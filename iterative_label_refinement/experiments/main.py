@@ -13,13 +13,10 @@ does nothing else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core.cli import FRACTION, INSIDE, NON_NEGATIVE, POSITIVE, REPORT_TO, Valid
+from iterative_label_refinement.core.cli import expand_flags
 from iterative_label_refinement.core.common import (
-    DPO_LOSS_TYPES,
-    LR_SCHEDULES,
-    OPTIMIZERS,
     ConfigError,
     clean_stale_tmp,
     get_logger,
@@ -30,10 +27,10 @@ from iterative_label_refinement.core.common import (
     write_json,
     write_jsonl,
 )
-from iterative_label_refinement.core.generation import BACKENDS, vllm_need
+from iterative_label_refinement.core.generation import vllm_need
 from iterative_label_refinement.core.locks import writing
 from iterative_label_refinement.core.models import weights_id
-from iterative_label_refinement.core.run_config import EVAL_SPLITS, RunConfig
+from iterative_label_refinement.core.run_config import MainFlags, RunConfig
 from iterative_label_refinement.core.run_data import RunData, gt_answers, load_run_data
 from iterative_label_refinement.core.saved_models import (
     DONE,
@@ -55,90 +52,25 @@ logger = get_logger(__name__)
 # ---------------------------------------------------------------------------------------------
 
 
-def main(
-    seed: Annotated[int, NON_NEGATIVE] = 0,
-    data_seed: Annotated[int, NON_NEGATIVE] = 0,
-    epochs: Annotated[float, POSITIVE] = 2,
-    batch_size: Annotated[int, POSITIVE] = 32,
-    ds_name: str = "gsm8k",
-    n_docs: Annotated[int, POSITIVE] = 20000,
-    n_test_docs: Annotated[int, POSITIVE] = 10000,
-    model_size: str = "google/gemma-2b",
-    lr: Annotated[float | None, POSITIVE] = None,
-    optim: Annotated[str | None, Valid(choices=tuple(OPTIMIZERS))] = None,
-    force_retrain: bool = False,
-    max_len: Annotated[int | None, POSITIVE] = None,
-    train_with_dropout: bool = False,
-    minibatch_size_per_device: Annotated[int | None, POSITIVE] = None,
-    results_folder: str | None = None,
-    lr_schedule: Annotated[str, Valid(choices=tuple(LR_SCHEDULES))] = "cosine_warmup",
-    method: str | None = None,
-    weak_labels_path: str | None = None,
-    sweep_subfolder: Annotated[str, INSIDE] = "default",
-    num_samples: Annotated[int, POSITIVE] = 1,
-    use_wandb: bool = False,
-    report_to: Annotated[str, REPORT_TO] = "tensorboard",
-    save_frequency: Annotated[float, Valid(ge=0, lt=1)] = 0,
-    half_data: Annotated[int, Valid(choices=(0, 1, 2))] = 0,
-    round_id: Annotated[int, NON_NEGATIVE] = 0,
-    save_model: bool = False,
-    generate_weak_labels: bool = True,
-    label_temp: Annotated[float, NON_NEGATIVE] = 0.0,
-    inference_on_train: bool = False,
-    warmup_ratio: Annotated[float, Valid(ge=0, lt=1)] = 0.05,
-    force_eval: bool | None = None,
-    lora_rank: Annotated[int, NON_NEGATIVE] = 64,
-    gpu_usage: Annotated[float, FRACTION] = 0.9,
-    train_with_all_data: bool = False,
-    compute_weak_label_acc: bool | None = None,
-    compute_test_acc: bool | None = None,
-    do_dpo: bool = False,
-    dpo_path: str | None = None,
-    dpo_beta: Annotated[float, POSITIVE] = 0.1,
-    dpo_loss_type: Annotated[str, Valid(choices=DPO_LOSS_TYPES)] = "sigmoid",
-    saferpaca_mode: Annotated[int | None, Valid(choices=(1, 2))] = None,
-    weak_model_size: str | None = None,
-    eval_batch_size: Annotated[int | None, POSITIVE] = None,
-    num_beams: Annotated[int, POSITIVE] = 4,
-    top_k: Annotated[int, NON_NEGATIVE] = 0,
-    top_p: Annotated[float, FRACTION] = 1.0,
-    inference_backend: Annotated[str, Valid(choices=BACKENDS)] = "hf",
-    do_eval: bool | None = None,
-    eval_on: Annotated[str, Valid(choices=EVAL_SPLITS)] = "test",
-    print_save_path: bool = False,
-) -> dict[str, Any] | str:
+@expand_flags
+def main(flags: MainFlags, print_save_path: bool = False) -> dict[str, Any] | str:
     """Train, evaluate on test, and generate labels.
 
-    A ground-truth run (no --weak_labels_path) trains on half A of the train split and labels half B;
-    a run on labels trains on all of them (or on one half with --half_data=1|2, labelling the other).
+    A ground-truth run (no --weak_labels_path) trains on half A of the train split and labels half B; a run
+    on labels trains on all of them (or on one half with --half_data=1|2, labelling the other). The flags
+    beyond the reference's keep its behaviour at their defaults; `eval_on=heldout` scores on `n_test_docs`
+    training-split prompts no run of `n_docs` trains on or labels: settings are tuned there, never on test.
 
-    Extensions over the reference: `minibatch_size_per_device` (default: the model's registered
-    value) may exceed 1; `eval_batch_size` (default: the model's), `num_beams` (the reference's 4-beam
-    search for test evaluation and temperature-0 labels; 1 is greedy) and
-    `inference_backend` (`hf` or `vllm`) control generation (`gpu_usage`, the reference's flag, caps vLLM's
-    share of GPU memory, chosen from what is free when the engine starts); `do_eval` is an alias of `force_eval`;
-    `weak_model_size` names the weak model when its run dir cannot be read (dry runs); `top_k` and
-    `top_p` truncate label sampling (off by default: samples come from the whole distribution);
-    `eval_on=heldout` scores on `n_test_docs` training-split prompts no run of `n_docs` trains on or
-    labels, instead of the test split: settings are tuned there, never on test.
+    Args:
+        print_save_path: print the run dir and do nothing else (the pipelines ask where a run goes)
     """
-    flags = dict(locals())
-    print_save_path = flags.pop("print_save_path")
-    cfg = RunConfig.from_flags(dry_run=print_save_path, **flags)
-    run_dir = cfg.run_dir()
-    weights = weights_id(cfg.model_size)
-    if not cfg.force_retrain:  # before the scripts' "done already" check, which asks for this path
-        check_same_weights(run_dir, weights)
+    cfg = RunConfig.resolve(flags, dry_run=print_save_path)
+    run_dir, weights = _plan(cfg, print_save_path)
     if print_save_path:
-        print(run_dir)
         return str(run_dir)
-    if cfg.dpo_round and not Path(cfg.dpo_path, "adapter_config.json").exists():
-        raise ConfigError(f"--dpo_path={cfg.dpo_path} holds no LoRA adapter (adapter_config.json)")
     if _finished(cfg, run_dir):
         return _skipped(run_dir)
-    data = load_run_data(cfg)  # errors in the inputs still leave nothing behind
-    if cfg.dataset.check_rows:  # inputs the metric needs, checked before hours of training
-        cfg.dataset.check_rows([data.test, data.label_targets])
+    data = _load(cfg)  # errors in the inputs still leave nothing behind
     if not is_main_process():  # the other processes of a DDP run only train; rank 0 owns the run dir
         seed_everything(cfg.seed)
         _train_or_load(cfg, run_dir, data.train)
@@ -159,6 +91,27 @@ def main(
     logger.info("Done: %s %s", run_dir, summary)
     print(run_dir)
     return {"save_path": str(run_dir), **summary}
+
+
+def _plan(cfg: RunConfig, print_save_path: bool) -> tuple[Path, str]:
+    """The run dir and the weights it trains, checked against what the dir holds; printed for --print_save_path."""
+    run_dir = cfg.run_dir()
+    weights = weights_id(cfg.model_size)
+    if not cfg.force_retrain:  # before the scripts' "done already" check, which asks for this path
+        check_same_weights(run_dir, weights)
+    if print_save_path:
+        print(run_dir)
+    elif cfg.dpo_round and not Path(cfg.dpo_path, "adapter_config.json").exists():
+        raise ConfigError(f"--dpo_path={cfg.dpo_path} holds no LoRA adapter (adapter_config.json)")
+    return run_dir, weights
+
+
+def _load(cfg: RunConfig) -> RunData:
+    """The run's rows, and the inputs the task's metric needs, checked before hours of training."""
+    data = load_run_data(cfg)
+    if cfg.dataset.check_rows:
+        cfg.dataset.check_rows([data.test, data.label_targets])
+    return data
 
 
 def _finished(cfg: RunConfig, run_dir: Path) -> bool:
@@ -262,8 +215,8 @@ def _train_or_load(cfg: RunConfig, run_dir: Path, train_ds: Dataset):
     training (its run dir has checkpoint-K dirs but no model) resumes from its last complete checkpoint;
     --force_retrain trains afresh."""
     from iterative_label_refinement.core.checkpoints import drop_training_state
-    from iterative_label_refinement.core.models import load_model, load_tokenizer
-    from iterative_label_refinement.core.train import TrainConfig, add_lora, save_trained, train_sft
+    from iterative_label_refinement.core.models import load_tokenizer
+    from iterative_label_refinement.core.train import save_trained
 
     tokenizer = load_tokenizer(cfg.model_size)
     saved = model_dir(run_dir, cfg.dpo_round)
@@ -272,6 +225,20 @@ def _train_or_load(cfg: RunConfig, run_dir: Path, train_ds: Dataset):
         if is_main_process():  # killed right after saving it, the run kept its checkpoints' training state
             drop_training_state(run_dir)
         return load_trained(cfg.model_size, saved), tokenizer
+    model = _train(cfg, run_dir, train_ds, tokenizer)
+    save_trained(model, tokenizer, saved)
+    if is_main_process():  # the final model is saved: its checkpoints keep their weights only
+        drop_training_state(run_dir)
+    return model, tokenizer
+
+
+def _train(cfg: RunConfig, run_dir: Path, train_ds: Dataset, tokenizer):
+    """The trained model: SFT of the base model with LoRA (or all its weights), or a DPO round of the
+    previous round's adapter; checkpoints go to the run dir, from which a killed run resumes."""
+    from iterative_label_refinement.core.datasets import tokenize_dataset
+    from iterative_label_refinement.core.models import load_model
+    from iterative_label_refinement.core.train import TrainConfig, add_lora, load_dpo_policy, train_dpo, train_sft
+
     train_cfg = TrainConfig(
         output_dir=str(run_dir), lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
         minibatch_size_per_device=cfg.minibatch_size_per_device, optim=cfg.optim, lr_schedule=cfg.lr_schedule,
@@ -279,24 +246,16 @@ def _train_or_load(cfg: RunConfig, run_dir: Path, train_ds: Dataset):
         report_to=cfg.report_to, gradient_checkpointing=cfg.model.gradient_checkpointing, run_name=run_dir.name,
         resume=not cfg.force_retrain,
     )  # fmt: skip
-    from iterative_label_refinement.core.datasets import tokenize_dataset
-
     if cfg.dpo_round:
-        from iterative_label_refinement.core.train import load_dpo_policy, train_dpo
-
         model = load_dpo_policy(cfg.model_size, cfg.dpo_path, dropout=cfg.train_with_dropout)
         tokenized = tokenize_dataset(train_ds, tokenizer, preference=True, max_len=cfg.max_len)
         train_dpo(model, tokenizer, tokenized, train_cfg, beta=cfg.dpo_beta, loss_type=cfg.dpo_loss_type,
                   dropped_for_length=len(train_ds) - len(tokenized))  # fmt: skip
-    else:
-        model = load_model(cfg.model_size, dropout=cfg.train_with_dropout, full_finetune=cfg.lora_rank == 0)
-        model = add_lora(model, cfg.lora_rank, cfg.model.lora_target_modules)
-        tokenized = tokenize_dataset(train_ds, tokenizer, max_len=cfg.max_len)
-        train_sft(model, tokenizer, tokenized, train_cfg)
-    save_trained(model, tokenizer, saved)
-    if is_main_process():  # the final model is saved: its checkpoints keep their weights only
-        drop_training_state(run_dir)
-    return model, tokenizer
+        return model
+    model = load_model(cfg.model_size, dropout=cfg.train_with_dropout, full_finetune=cfg.lora_rank == 0)
+    model = add_lora(model, cfg.lora_rank, cfg.model.lora_target_modules)
+    train_sft(model, tokenizer, tokenize_dataset(train_ds, tokenizer, max_len=cfg.max_len), train_cfg)
+    return model
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """naive ILR: replace a random `max_replace` fraction of labels by proposals, no feedback.
 
-    python -m iterative_label_refinement.experiments.naive --ds_name=gsm8k --weak_model_path=<weak run> \
-        --model1_path=<half 1 run> --model2_path=<half 2 run> --round_id=0
+    python -m iterative_label_refinement.experiments.naive --ds_name=gsm8k --weak_model_path=<weak run>
+                    --model1_path=<half 1 run> --model2_path=<half 2 run> --round_id=0
 
 Proposals are matched to labels by question (the reference paired them by sorted position).
 Which labels: as the reference, int(n * max_replace) positions of the rows sorted by question,
@@ -19,36 +19,34 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE
+from iterative_label_refinement.core.cli import FRACTION, expand_flags
 from iterative_label_refinement.core.methods import Method
-from iterative_label_refinement.core.refinement_step import run_step
+from iterative_label_refinement.experiments.step_flags import StepFlags, StepInputs
 
 
+@expand_flags
 def main(
-    ds_name: str,
-    weak_model_path: str,
+    inputs: StepInputs,
     model1_path: str,
     model2_path: str,
-    round_id: Annotated[int, NON_NEGATIVE] = 0,
-    save_results: bool = True,
     max_replace: Annotated[float, FRACTION] = 0.1,
-    seed: Annotated[int, NON_NEGATIVE] = 0,
-    start_with_correct_labels: bool = False,
-    force: bool = False,
-    print_save_path: bool = False,
     redraw_each_round: bool = False,
+    *,
+    step: StepFlags,
 ) -> str:
     """Replace int(n * max_replace) random labels of the n by the half models' proposals, the same
-    questions every round as in the reference (flags as in the reference, plus):
+    questions every round as in the reference (flags as in the reference, plus `redraw_each_round`).
 
-    redraw_each_round: each round replaces other rows (Python's `random`, seed + round_id) instead
-    of the reference's same questions every round; its label sets are named `naive<max_replace>rd`.
-    force: redo a finished step.
+    Args:
+        model1_path: the run trained on half 1 of the labels: it proposes answers for half 2
+        model2_path: the run trained on half 2 of the labels: it proposes answers for half 1
+        max_replace: the fraction of the labels replaced
+        redraw_each_round: each round replaces other rows (Python's `random`, seed + round_id) instead of the
+            reference's same questions every round; its label sets are named `naive<max_replace>rd`
     """
-    method = Method("naive", correct_start=start_with_correct_labels, max_replace=max_replace,
+    method = Method("naive", correct_start=step.start_with_correct_labels, max_replace=max_replace,
                     redraw_each_round=redraw_each_round)  # fmt: skip
-    return run_step(ds_name, weak_model_path, method, round_id, dict(model1_path=model1_path, model2_path=model2_path),
-                    seed=seed, save_results=save_results, force=force, print_save_path=print_save_path)  # fmt: skip
+    return step.run(inputs, method, dict(model1_path=model1_path, model2_path=model2_path))
 
 
 if __name__ == "__main__":
