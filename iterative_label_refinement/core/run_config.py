@@ -19,7 +19,6 @@ from iterative_label_refinement.core.common import (
     DPO_LOSS_TYPES,
     ConfigError,
     accumulation_steps,
-    get_config_foldername,
     get_save_path,
     read_json,
     refuse_unsupported_dpo_launcher,
@@ -28,6 +27,7 @@ from iterative_label_refinement.core.common import (
 )
 from iterative_label_refinement.core.datasets import DatasetConfig, get_dataset_config
 from iterative_label_refinement.core.label_sets import check_trains, current_labels_path, is_label_set
+from iterative_label_refinement.core.layout import get_config_foldername
 from iterative_label_refinement.core.methods import Method, parse_method
 from iterative_label_refinement.core.models import ModelConfig, check_lora_targets, get_model_config, weights_id
 
