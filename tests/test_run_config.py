@@ -463,8 +463,8 @@ def test_experiment_config_json_is_unchanged(key, tmp_path, monkeypatch):
 
 
 def test_eval_on_heldout_scores_training_prompts_no_run_of_that_size_sees(run_config):
-    from iterative_label_refinement.toy.task import arith_rows
     from iterative_label_refinement.core.run_data import load_run_data
+    from iterative_label_refinement.toy.task import arith_rows
 
     toy = dict(ds_name="toy_arith", model_size="tiny-random")
     plain = run_config(**toy, n_docs=300, n_test_docs=50, seed=1)
