@@ -232,8 +232,10 @@ def main(ds_name: str, fact: str) -> None:
 
 
 if __name__ == "__main__":
+    from iterative_label_refinement.core import datasets
     from iterative_label_refinement.core.cli import run_cli
     from iterative_label_refinement.plugins import load_plugins
 
     load_plugins()
-    run_cli(main)
+    # The plug-ins register into the imported module's registry, not into this `__main__` copy's.
+    run_cli(datasets.main)
