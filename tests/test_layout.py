@@ -20,7 +20,6 @@ RUN_NAME = "bs=32-dn=toy_arit-l=1e-06-ls=cosi_warm-ms=tiny-random-ri=2-sm=1-twd=
 def test_todays_names_written_out_by_hand():
     results = Path("/r")
     assert layout.get_config_foldername(RUN) == RUN_NAME
-    assert layout.run_dir(results, "sweep", RUN) == Path("/r/sweep") / RUN_NAME
     assert layout.refined_path("/r/w", "orailr0.15", 0) == Path("/r/w/orailr0.15_0_weak_labels")
     assert layout.current_labels_path("/r/w", "dpo0.10.15", 0) == Path("/r/w/weak_labels")
     assert layout.current_labels_path("/r/w", "dpo0.10.15", 3) == Path("/r/w/dpo0.10.15_2_weak_labels")
@@ -73,14 +72,15 @@ def test_label_set_names_round_trip():
     assert layout.parse_label_set(Path("/w/my_labels")) is None
 
 
-def test_evaluator_data_names_round_trip():
+def test_evaluator_data_names_round_trip(tmp_path):
+    """Data written under its formatted name is found again by that name (`train_evaluator --pair_data`)."""
     for ds, model, seed in (("gsm8k", "google/gemma-2b", 0), ("toy_arith", "tiny-random", 12),
                             ("saferpaca", "models/my-model-v2/", 3)):  # fmt: skip
-        name = layout.evaluator_data_name(ds, model, seed)
-        assert layout.parse_evaluator_data_name(name) == dict(ds_name=ds, model=model.rstrip("/").split("/")[-1],
-                                                              seed=seed)  # fmt: skip
-        assert layout.evaluator_data_dir(Path("/r"), ds, model, seed).name == name
-    assert layout.parse_evaluator_data_name("my-pairs") is None
+        made = layout.evaluator_data_dir(tmp_path, ds, model, seed)
+        assert made.name == layout.evaluator_data_name(ds, model, seed)
+        assert layout.find_evaluator_data(made.name, tmp_path) == made
+        assert layout.find_evaluator_data(str(made), tmp_path / "other") == made
+    assert layout.evaluator_data_name("saferpaca", "models/my-model-v2/", 3) == "d=saferpaca-ms=my-model-v2-s=3"
 
 
 def test_evaluators_are_found_where_they_are_written(tmp_path):

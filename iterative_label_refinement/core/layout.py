@@ -12,6 +12,9 @@ A run dir's name is its config's keys, sorted, each shortened to the first lette
 values shortened (the last path component; each `_`-part of a string cut to 4 characters; booleans
 0/1): `bs=32-dn=toy_arit-ms=tiny-random-ri=0-...`. The names on disk are the reference's: existing
 results folders are found again, so nothing here may change a name.
+
+`--weak_labels_path` (experiments.main) names either a weak run dir, in which `current_labels_path`
+finds the label set of the run's method and round, or a label set itself (`core.run_config`).
 """
 
 from __future__ import annotations
@@ -83,10 +86,6 @@ def sibling_with(run_dir: Path, key: str, value: Any) -> Path:
     return run_dir.with_name("-".join(chunks))
 
 
-def run_dir(results: Path, sweep_subfolder: str, config: dict[str, Any]) -> Path:
-    return results / sweep_subfolder / get_config_foldername(config)
-
-
 # ---------------------------------------------------------------------------------------------
 # Label sets, in the weak run's dir
 # ---------------------------------------------------------------------------------------------
@@ -144,18 +143,11 @@ def model_dir(run_dir: Path, dpo_round: bool) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 EVALUATOR_DATA, EVALUATORS = "evaluator-data", "evaluators"
-_DATA_NAME = re.compile(r"d=(?P<ds_name>.+)-ms=(?P<model>.+)-s=(?P<seed>\d+)")
 
 
 def evaluator_data_name(ds_name: str, model_name: str, seed: int) -> str:
     """`d=<task>-ms=<model, its last path component>-s=<seed>`."""
     return f"d={ds_name}-ms={model_name.rstrip('/').split('/')[-1]}-s={seed}"
-
-
-def parse_evaluator_data_name(name: str) -> dict[str, Any] | None:
-    """{ds_name, model, seed} of an evaluator-data name; None for a name made otherwise (the user's own)."""
-    match = _DATA_NAME.fullmatch(name)
-    return dict(match.groupdict(), seed=int(match["seed"])) if match else None
 
 
 def evaluator_data_dir(results: Path, ds_name: str, model_name: str, seed: int) -> Path:
