@@ -59,7 +59,7 @@ for lookup, name in ((get_dataset_config, "toy_arith"), (get_model_config, "tiny
     proc = run_python(code)
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 2 and proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
-    assert lines[0].startswith("Unknown dataset 'toy_arith'. Valid: []")
+    assert lines[0].startswith("Unknown dataset 'toy_arith': no task is registered yet.")
     assert lines[1].startswith("Unknown model 'tiny-random'.")
     assert all("iterative_label_refinement.plugins.load_plugins()" in line for line in lines)
 

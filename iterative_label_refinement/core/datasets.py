@@ -99,9 +99,11 @@ def preparable_datasets() -> list[str]:
 
 
 def get_dataset_config(ds_name: str) -> DatasetConfig:
+    if not _REGISTRY:
+        raise ConfigError(f"Unknown dataset {ds_name!r}: no task is registered yet. Tasks register when "
+                          f"{WHERE_TASKS_REGISTER} runs, which every entry point runs first")  # fmt: skip
     if ds_name not in _REGISTRY:
-        raise ConfigError(f"Unknown dataset {ds_name!r}. Valid: {dataset_names()} (tasks are registered by "
-                          f"{WHERE_TASKS_REGISTER}, which every entry point runs first)")  # fmt: skip
+        raise ConfigError(f"Unknown dataset {ds_name!r}. Valid: {dataset_names()}")
     return _REGISTRY[ds_name]
 
 
