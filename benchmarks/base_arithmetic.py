@@ -20,7 +20,10 @@ import torch
 from iterative_label_refinement.core.common import format_prompt
 from iterative_label_refinement.core.generation import _generate_hf, hf_sampling
 from iterative_label_refinement.core.models import load_model, load_tokenizer
+from iterative_label_refinement.plugins import load_plugins
 from iterative_label_refinement.toy.arithmetic import sample_problem
+
+load_plugins()  # the toy world's task and tiny models
 
 
 def solved_share(model, tokenizer, prompts: list[str], results: list[int]) -> float:

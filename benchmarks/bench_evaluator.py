@@ -22,6 +22,9 @@ import torch
 from iterative_label_refinement.core.datasets import load_dataset
 from iterative_label_refinement.core.evaluator import debiased_scores, load_evaluator, save_evaluator
 from iterative_label_refinement.core.models import load_model, load_tokenizer
+from iterative_label_refinement.plugins import load_plugins
+
+load_plugins()  # the toy world's task and tiny models
 
 
 def toy_pairs(n_pairs: int) -> tuple[list[str], list[str], list[str]]:

@@ -17,6 +17,9 @@ from iterative_label_refinement.core.datasets import load_dataset, tokenize_data
 from iterative_label_refinement.core.generation import generate_answers
 from iterative_label_refinement.core.models import load_model, load_tokenizer
 from iterative_label_refinement.core.train import TrainConfig, add_lora, train_sft
+from iterative_label_refinement.plugins import load_plugins
+
+load_plugins()  # the toy world's task and tiny models
 
 
 def bench_generation(model_name: str, n_prompts: int, batch_size: int) -> None:

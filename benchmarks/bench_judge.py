@@ -19,6 +19,9 @@ import fire
 from iterative_label_refinement.core.evaluator import JudgeEvaluator, debiased_scores
 from iterative_label_refinement.core.judge import JudgeEndpoint
 from iterative_label_refinement.core.models import MODELS_DICT
+from iterative_label_refinement.plugins import load_plugins
+
+load_plugins()  # the toy world's task and tiny models
 
 
 def main(n_pairs: int = 16, threads: int = 2) -> None:

@@ -25,6 +25,9 @@ from iterative_label_refinement.core.datasets import tokenize_dataset
 from iterative_label_refinement.core.models import load_model, load_tokenizer
 from iterative_label_refinement.core.train import TrainConfig, add_lora, train_sft
 from iterative_label_refinement.core.train import collate as sft_collate
+from iterative_label_refinement.plugins import load_plugins
+
+load_plugins()  # the toy world's task and tiny models
 
 
 def read_rows(path: Path, n: int) -> Dataset:

@@ -17,6 +17,12 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
 
+# The tasks and the toy world's models (after the settings above: libraries read them on import). Tests
+# import core modules directly, below the entry points that load them.
+from iterative_label_refinement.plugins import load_plugins  # noqa: E402
+
+load_plugins()
+
 
 def shared_data_path() -> Path:
     return Path(os.environ.get("ILR_TEST_DATA", REPO.parent / "shared" / "data"))

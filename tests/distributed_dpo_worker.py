@@ -23,6 +23,9 @@ from datasets import Dataset
 from iterative_label_refinement.core import train
 from iterative_label_refinement.core.datasets import tokenize_dataset
 from iterative_label_refinement.core.models import load_model, load_tokenizer
+from iterative_label_refinement.plugins import load_plugins
+
+load_plugins()  # the tiny models
 
 ROWS = [{"question": f"{a} plus {b}", "chosen": f"#### {a + b}", "rejected": f"{a}+{b}={a + b + 7}\n#### {a + b + 7}"}
         for a, b in [(10, 12), (31, 40), (25, 25), (60, 11), (18, 19), (44, 45), (70, 2), (13, 80), (5, 6),

@@ -9,6 +9,9 @@ from __future__ import annotations
 import sys
 
 from iterative_label_refinement.core import train_evaluator
+from iterative_label_refinement.plugins import load_plugins
+
+load_plugins()  # the tiny models
 
 if __name__ == "__main__":
     data, out = sys.argv[1], sys.argv[2]

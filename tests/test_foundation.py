@@ -8,14 +8,9 @@ import sys
 
 import pytest
 
-from iterative_label_refinement.core.common import ConfigError, get_config_foldername
-from iterative_label_refinement.core.datasets import (
-    DATASET_EVAL_FUNC,
-    DATASET_MAX_LEN,
-    VALID_DATASETS,
-    load_dataset,
-    tokenize_dataset,
-)
+from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.datasets import dataset_names, get_dataset_config, load_dataset, tokenize_dataset
+from iterative_label_refinement.core.layout import get_config_foldername
 from iterative_label_refinement.core.models import MODELS_DICT, get_model_config, load_model, load_tokenizer
 from iterative_label_refinement.experiments import prepare_data
 
@@ -100,9 +95,8 @@ def test_preference_tokenisation():
 
 
 def test_dataset_registry_and_deterministic_loading():
-    assert {"gsm8k", "bird", "saferpaca", "toy_arith"} <= set(VALID_DATASETS)
-    assert DATASET_MAX_LEN["gsm8k"] == 256 and DATASET_MAX_LEN["saferpaca"] == 512
-    assert set(DATASET_EVAL_FUNC) >= set(VALID_DATASETS)
+    assert {"gsm8k", "bird", "saferpaca", "toy_arith"} <= set(dataset_names())
+    assert get_dataset_config("gsm8k").max_len == 256 and get_dataset_config("saferpaca").max_len == 512
     a = load_dataset("toy_arith", seed=3, split_sizes={"train": 50, "test": 10})
     b = load_dataset("toy_arith", seed=3, split_sizes={"train": 50, "test": 10})
     c = load_dataset("toy_arith", seed=4, split_sizes={"train": 50, "test": 10})
@@ -110,7 +104,8 @@ def test_dataset_registry_and_deterministic_loading():
     assert set(a["train"]["question"]) == set(c["train"]["question"])  # same first 50, other order
     assert len(a["test"]) == 10 and not set(a["train"]["question"]) & set(a["test"]["question"])
     assert all(r["answer"].split("\n")[-1].startswith("#### ") for r in a["train"])
-    assert DATASET_EVAL_FUNC["toy_arith"](a["test"]["answer"], a["test"]["answer"], list(a["test"])) == [1.0] * 10
+    metric = get_dataset_config("toy_arith").metric
+    assert metric(a["test"]["answer"], a["test"]["answer"], list(a["test"])) == [1.0] * 10
 
 
 def test_unknown_dataset_and_missing_data(tmp_path, monkeypatch):

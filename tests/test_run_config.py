@@ -463,8 +463,8 @@ def test_experiment_config_json_is_unchanged(key, tmp_path, monkeypatch):
 
 
 def test_eval_on_heldout_scores_training_prompts_no_run_of_that_size_sees(run_config):
-    from iterative_label_refinement.core.datasets import _arith_rows
     from iterative_label_refinement.core.run_data import load_run_data
+    from iterative_label_refinement.toy.task import arith_rows
 
     toy = dict(ds_name="toy_arith", model_size="tiny-random")
     plain = run_config(**toy, n_docs=300, n_test_docs=50, seed=1)
@@ -473,7 +473,7 @@ def test_eval_on_heldout_scores_training_prompts_no_run_of_that_size_sees(run_co
         heldout.dirname().replace("-eo=heldout-", "-") == plain.dirname() != heldout.dirname()
     )  # plain keeps its name
     data, plain_data = load_run_data(heldout), load_run_data(plain)
-    train = _arith_rows()["train"]
+    train = arith_rows()["train"]
     expected = {r["question"] for r in train[300:350]}  # the 50 rows after the first 300
     assert {r["question"] for r in data.test} == expected and len(data.test) == 50
     seen = {r["question"] for r in train[:300]}

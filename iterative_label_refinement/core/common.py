@@ -1,4 +1,4 @@
-"""Small helpers shared by every part of the project: paths, naming, seeding, logging, files."""
+"""Small helpers shared by every part of the project: settings, seeding, logging, files (path names: `core.layout`)."""
 
 from __future__ import annotations
 
@@ -144,31 +144,6 @@ def validate_schedule(lr_schedule: str, lr: float, warmup_ratio: float) -> None:
         raise ConfigError(f"--lr must be a positive number (an lr of 0 trains nothing), got {lr!r}")
     if isinstance(warmup_ratio, bool) or not isinstance(warmup_ratio, (int, float)) or not 0 <= warmup_ratio <= 1:
         raise ConfigError(f"--warmup_ratio must be in [0, 1] (a fraction of the optimizer steps), got {warmup_ratio!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Run-dir naming: a config's sorted, shortened keys and values
-# ---------------------------------------------------------------------------------------------
-
-
-def _short_key(key: str) -> str:
-    return "".join(word[0] for word in key.split("_") if word)
-
-
-def _short_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, str):
-        value = value.rstrip("/").split("/")[-1]
-        if "_" in value:
-            value = "_".join(part[:4] for part in value.split("_"))
-        return value
-    return str(value)
-
-
-def get_config_foldername(config: dict[str, Any]) -> str:
-    """The deterministic run-dir name of a config: sorted keys, shortened keys and values."""
-    return "-".join(f"{_short_key(k)}={_short_value(config[k])}" for k in sorted(config))
 
 
 # ---------------------------------------------------------------------------------------------

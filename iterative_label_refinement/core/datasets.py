@@ -1,29 +1,21 @@
-"""The task registry: where each task's data comes from, its length budget, and its metric.
+"""The task registry: where each task's data comes from, its length budget, its metric, its subsets.
 
 Task data is a `DatasetDict` (`train`, `test`) with `question` and `answer` columns, read from
-`$ILR_DATA_PATH/<name>` (default `data/<name>`, built by `experiments.prepare_data`). The offline
-synthetic task is generated from a seed instead, so tests and the demo need no preparation.
+`$ILR_DATA_PATH/<name>` (default `data/<name>`, built by `experiments.prepare_data`), or generated
+in code (the toy world's task, so tests and the demo need no preparation). Each task registers
+itself beside its loader and metric (`iterative_label_refinement.tasks.<name>`, `toy.task`) when
+`iterative_label_refinement.plugins.load_plugins` runs: core names no task.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core.common import ConfigError, format_prompt, get_data_path, get_logger, load_env
+from iterative_label_refinement.core.common import ConfigError, format_prompt, get_data_path, get_logger
 from iterative_label_refinement.core.label_sets import first
-from iterative_label_refinement.core.raw_data import (
-    BIRD_HINT,
-    GSM8K_HINT,
-    SAFERPACA_HINT,
-    prepare_bird,
-    prepare_gsm8k,
-    prepare_saferpaca,
-)
-from iterative_label_refinement.toy import arithmetic
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -56,8 +48,15 @@ class DatasetConfig:
     answer_marker: str | None = None
     # Whether labels are scored by default: a metric that calls a paid judge scores only test answers.
     score_labels: bool = True
-    # `--saferpaca_mode` values: mode -> the `category` a run keeps (general-only or safety-only runs).
+    # A run's subset (`--saferpaca_mode`): mode -> the value of `subset_column` that the rows a run
+    # trains on have (SaferPaca: 1 -> "general", 2 -> "safety"; the generic subset mechanism).
     modes: dict[int, str] = field(default_factory=dict)
+    subset_column: str = ""
+    # The modes whose ground-truth runs give the evaluator's pairs, balanced between them
+    # (`experiments.generate_evaluator_data`; SaferPaca: a general-only and a safety-only run). The
+    # run it is given is the first mode's; the others are its siblings named with their mode.
+    # Empty: the pairs come from the one run it is given.
+    evaluator_modes: tuple[int, ...] = ()
     # Checks the rows a run will score before training (e.g. every BIRD database can be opened):
     # a missing input found after hours of training costs the run.
     check_rows: Callable[[Sequence[Dataset]], None] | None = None
@@ -73,28 +72,38 @@ class DatasetConfig:
 
 
 _REGISTRY: dict[str, DatasetConfig] = {}
-VALID_DATASETS: list[str] = []
-DATASET_MAX_LEN: dict[str, int] = {}
-DATASET_EVAL_FUNC: dict[str, Metric] = {}
+# Core registers no task: each registers itself (`iterative_label_refinement.tasks`, the toy world)
+# when `load_plugins` runs, which every entry point does first.
+WHERE_TASKS_REGISTER = "iterative_label_refinement.plugins.load_plugins()"
 
 
 def register_dataset(config: DatasetConfig) -> DatasetConfig:
+    """Add a task (or replace the one of that name); its modes must name a subset column and back its evaluator modes."""
+    if config.modes and not config.subset_column:
+        raise ConfigError(f"task {config.name!r} has modes {config.modes} but no subset_column to select them on")
+    unknown = [m for m in config.evaluator_modes if m not in config.modes]
+    if unknown:
+        raise ConfigError(f"task {config.name!r}: evaluator_modes {unknown} are not among its modes {config.modes}")
     _REGISTRY[config.name] = config
-    if config.name not in VALID_DATASETS:
-        VALID_DATASETS.append(config.name)
-    DATASET_MAX_LEN[config.name] = config.max_len
-    DATASET_EVAL_FUNC[config.name] = config.metric
     return config
+
+
+def dataset_names() -> list[str]:
+    """The registered tasks, in the order they registered."""
+    return list(_REGISTRY)
 
 
 def preparable_datasets() -> list[str]:
     """The tasks `experiments.prepare_data` builds from raw files."""
-    return [name for name in VALID_DATASETS if _REGISTRY[name].preparer is not None]
+    return [name for name, cfg in _REGISTRY.items() if cfg.preparer is not None]
 
 
 def get_dataset_config(ds_name: str) -> DatasetConfig:
+    if not _REGISTRY:
+        raise ConfigError(f"Unknown dataset {ds_name!r}: no task is registered yet. Tasks register when "
+                          f"{WHERE_TASKS_REGISTER} runs, which every entry point runs first")  # fmt: skip
     if ds_name not in _REGISTRY:
-        raise ConfigError(f"Unknown dataset {ds_name!r}. Valid: {VALID_DATASETS}")
+        raise ConfigError(f"Unknown dataset {ds_name!r}. Valid: {dataset_names()}")
     return _REGISTRY[ds_name]
 
 
@@ -209,151 +218,6 @@ def tokenize_dataset(ds: Dataset, tokenizer, preference: bool = False, max_len: 
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Registered tasks
-# ---------------------------------------------------------------------------------------------
-
-
-def _gsm8k_metric(predictions, references, rows=None):
-    from iterative_label_refinement.metrics.eval_gsm8k import gsm8k_eval_func, normalize_numbers
-
-    normalize = normalize_numbers()
-    return [gsm8k_eval_func(p, r, normalize) for p, r in zip(predictions, references)]
-
-
-def bird_root() -> str | None:
-    """$ILR_BIRD_PATH; may be unset only when $ILR_BIRD_DB_URLS names every database."""
-    load_env()
-    root = os.environ.get("ILR_BIRD_PATH")
-    if not root and not os.environ.get("ILR_BIRD_DB_URLS"):
-        raise ConfigError(
-            "BIRD scoring executes SQL: set ILR_BIRD_PATH to the folder holding <db>/<db>.sqlite "
-            "(or ILR_BIRD_DB_URLS to a JSON file of SQLAlchemy URLs)"
-        )
-    return root
-
-
-def _bird_metric(predictions, references, rows):
-    from iterative_label_refinement.metrics.eval_bird import bird_eval_func
-
-    return bird_eval_func(list(predictions), list(references), [r["db_name"] for r in rows], bird_root(), 30.0)
-
-
-def _saferpaca_metric(predictions, references, rows):
-    from iterative_label_refinement.metrics.eval_saferpaca import saferpaca_eval_func
-
-    return saferpaca_eval_func(list(predictions), list(references), [r["question"] for r in rows])
-
-
-def _same_final_answer(current, proposals, rows=None):
-    from iterative_label_refinement.metrics.eval_gsm8k import normalize_numbers, same_final_answer
-
-    normalize = normalize_numbers()
-    return [same_final_answer(a, b, normalize) for a, b in zip(current, proposals)]
-
-
-def _same_execution_result(current, proposals, rows):
-    """BIRD: two queries agree when they return the same set of rows (the metric's own executor)."""
-    from iterative_label_refinement.metrics.eval_bird import same_execution_result
-
-    return same_execution_result(list(current), list(proposals), [r["db_name"] for r in rows], bird_root())
-
-
-def _similar_embedding(current, proposals, rows=None):
-    """SaferPaca: cosine similarity of the two answers above the median of this batch."""
-    import numpy as np
-
-    from iterative_label_refinement.core.embedder import get_embedder
-
-    if not len(current):
-        return []
-    sims = get_embedder().similarity(list(current), list(proposals))
-    return list(sims > np.median(sims))
-
-
-def _arith_loader(split: str) -> Dataset:
-    from datasets import Dataset
-
-    rows = _arith_rows()
-    if split not in rows:
-        raise ConfigError(f"toy_arith has splits {list(rows)}, not {split!r}")
-    return Dataset.from_list(rows[split])
-
-
-_ARITH_CACHE: dict[str, list[dict[str, str]]] = {}
-
-
-def _arith_rows() -> dict[str, list[dict[str, str]]]:
-    if not _ARITH_CACHE:
-        _ARITH_CACHE.update(arithmetic.make_task(n_train=4000, n_test=1000, seed=1234))
-    return _ARITH_CACHE
-
-
-def _check_bird_databases(splits: Sequence[Dataset]) -> None:
-    """Scoring executes SQL on every database the rows name: each must open before training starts."""
-    from iterative_label_refinement.metrics.eval_bird import check_bird_databases
-
-    check_bird_databases([name for ds in splits for name in ds["db_name"]], bird_root())
-
-
-register_dataset(
-    DatasetConfig(
-        name="gsm8k",
-        loader=prepared_loader("gsm8k"),
-        max_len=256,
-        metric=_gsm8k_metric,
-        agreement=_same_final_answer,
-        answer_marker="####",
-        preparer=prepare_gsm8k,
-        hub_source=("openai/gsm8k", "main"),
-        prepare_hint=GSM8K_HINT,
-        judge_template="gsm8k.txt",
-    )
-)
-register_dataset(
-    DatasetConfig(
-        name="bird",
-        loader=prepared_loader("bird"),
-        max_len=256,
-        metric=_bird_metric,
-        agreement=_same_execution_result,
-        extra_columns=("db_name", "db_schema"),
-        check_rows=_check_bird_databases,
-        preparer=prepare_bird,
-        prepare_hint=BIRD_HINT,
-        judge_template="bird.txt",
-    )
-)
-register_dataset(
-    DatasetConfig(
-        name="saferpaca",
-        loader=prepared_loader("saferpaca"),
-        max_len=512,
-        metric=_saferpaca_metric,
-        agreement=_similar_embedding,
-        extra_columns=("category",),
-        score_labels=False,
-        modes={1: "general", 2: "safety"},
-        preparer=prepare_saferpaca,
-        prepare_hint=SAFERPACA_HINT,
-        judge_template="saferpaca.txt",
-        # Open-ended answers: every sample is drawn at 1.0, as in the reference's SaferPaca scripts.
-        weak_label_temp=1.0,
-        proposal_temp=1.0,
-        dpo_sample_temp=1.0,
-    )
-)
-register_dataset(
-    DatasetConfig(
-        name="toy_arith",
-        loader=_arith_loader,
-        max_len=96,
-        metric=_gsm8k_metric,
-        agreement=_same_final_answer,
-        judge_template="toy_arith.txt",
-    )
-)
-
 # What the pipelines in scripts/ read from a task's entry instead of spelling it again.
 SCRIPT_FACTS = ("weak_label_temp", "proposal_temp", "dpo_sample_temp")
 
@@ -370,6 +234,10 @@ def main(ds_name: str, fact: str) -> None:
 
 
 if __name__ == "__main__":
+    from iterative_label_refinement.core import datasets
     from iterative_label_refinement.core.cli import run_cli
+    from iterative_label_refinement.plugins import load_plugins
 
-    run_cli(main)
+    load_plugins()
+    # The plug-ins register into the imported module's registry, not into this `__main__` copy's.
+    run_cli(datasets.main)

@@ -1,17 +1,22 @@
-"""Where label sets live on disk, how they are read safely, and which round a run dir belongs to.
+"""How label sets are read and written safely, which run they train, and which round a run dir belongs to.
 
 Label sets are `datasets` saved with `save_to_disk` (question, answer, gt_answer, and acc where known): `<weak run>/weak_labels` after round 0,
-`<weak run>/<method>_<round>_weak_labels` after each refinement (ILR, naive, DPO preferences).
+`<weak run>/<method>_<round>_weak_labels` after each refinement (ILR, naive, DPO preferences); `core.layout` names them.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iterative_label_refinement.core.common import ConfigError, get_logger, read_json, save_to_disk_atomic
+from iterative_label_refinement.core.layout import (
+    current_labels_path,
+    parse_label_set,
+    refined_path,  # noqa: F401  (named by `core.layout`; the steps find it here, beside the reading of label sets)
+    run_dir_round,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -30,21 +35,6 @@ def is_label_set(path: Path) -> bool:
     return (path / "dataset_info.json").exists() or (path / "state.json").exists()
 
 
-def refined_path(weak_dir: str | Path, method: Method | str, round_id: int) -> Path:
-    """The label set a refinement step of `round_id` writes (and round `round_id + 1` trains on);
-    `method` is a Method or its name (`str(method)` is the name either way)."""
-    return Path(weak_dir) / f"{method}_{round_id}_weak_labels"
-
-
-def current_labels_path(weak_dir: str | Path, method: Method | str | None, round_id: int) -> Path:
-    """The labels a round starts from: `weak_labels` in round 0, else the previous round's output."""
-    if round_id == 0:
-        return Path(weak_dir) / "weak_labels"
-    if not method:
-        raise ConfigError(f"round_id={round_id} on labels needs a method to find <method>_{round_id - 1}_weak_labels")
-    return refined_path(weak_dir, method, round_id - 1)
-
-
 def trained_by(path: Path) -> tuple[str | None, int] | None:
     """(method, round) of the runs a label set is for, as its record (`core.provenance`) or else its
     name says: `weak_labels` is round 0's of any method (None), `<method>_<r>_weak_labels` round
@@ -54,10 +44,7 @@ def trained_by(path: Path) -> tuple[str | None, int] | None:
     record = read_record(path)
     if record is not None and "method" in record and "round_id" in record:
         return record["method"], record["round_id"] + 1
-    if path.name == "weak_labels":
-        return None, 0
-    match = re.fullmatch(r"(.+)_(\d+)_weak_labels", path.name)
-    return (match.group(1), int(match.group(2)) + 1) if match else None
+    return parse_label_set(path)
 
 
 def check_trains(path: Path, method: Method | str | None, round_id: int) -> None:
@@ -122,10 +109,10 @@ def run_round(path: str | Path) -> int:
                 f"{config_file} has no integer round_id (got {round_id!r}): not a run of experiments.main"
             )
         return round_id
-    match = re.search(r"(?:^|-)ri=(\d+)(?:-|$)", Path(path).name)
-    if not match:
+    round_id = run_dir_round(Path(path).name)
+    if round_id is None:
         raise ConfigError(f"{path} is not a run dir of experiments.main (its name has no 'ri=<round>')")
-    return int(match.group(1))
+    return round_id
 
 
 def check_round(round_id: int, **paths: str | Path) -> None:

@@ -1,8 +1,8 @@
 """The model registry and the one loader every model goes through.
 
 A registered name is a Hugging Face hub id (loaded with `from_pretrained`), a hub id with a packaged
-offline copy (`core.packaged_models`, used when the hub is unreachable), or an offline tiny model,
-built once into the cache directory; all load through the same `from_pretrained` code. Any local
+offline copy (`core.packaged_models`, used when the hub is unreachable), or an offline tiny model
+(registered by the toy world, `toy.tiny_models`, a plug-in: `iterative_label_refinement.plugins`), built once into the cache directory; all load through the same `from_pretrained` code. Any local
 model directory is a model name too, and is always loaded from that directory. Settings of more
 models (or new settings for these) come from a JSON file named by $ILR_MODELS_FILE.
 """
@@ -172,7 +172,9 @@ def get_model_config(model_name: str) -> ModelConfig:
         return MODELS_DICT[model_name]
     raise ConfigError(
         f"Unknown model {model_name!r}. Valid: {sorted(set(MODELS_DICT) | set(user))} or a local model "
-        "directory containing config.json (more models can be registered in $ILR_MODELS_FILE, see docs/models.md)."
+        "directory containing config.json (more models can be registered in $ILR_MODELS_FILE, see docs/models.md; "
+        "the toy world's tiny models register when iterative_label_refinement.plugins.load_plugins() runs, "
+        "which every entry point runs first)."
     )
 
 
@@ -535,7 +537,3 @@ def load_model(
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
-
-
-# Register the offline tiny models (import at the end: they call `register_model`).
-from iterative_label_refinement.toy import tiny_models as _tiny_models  # noqa: E402, F401

@@ -96,5 +96,7 @@ def main(*model_names: str) -> None:
 
 if __name__ == "__main__":
     from iterative_label_refinement.core.cli import run_cli
+    from iterative_label_refinement.plugins import load_plugins
 
+    load_plugins()  # a plug-in may register a packaged model too
     run_cli(main)

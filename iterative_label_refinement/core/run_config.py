@@ -34,7 +34,6 @@ from iterative_label_refinement.core.common import (
     OPTIMIZERS,
     ConfigError,
     accumulation_steps,
-    get_config_foldername,
     get_save_path,
     read_json,
     refuse_unsupported_dpo_launcher,
@@ -44,6 +43,7 @@ from iterative_label_refinement.core.common import (
 from iterative_label_refinement.core.datasets import DatasetConfig, get_dataset_config
 from iterative_label_refinement.core.generation import BACKENDS, check_sampling
 from iterative_label_refinement.core.label_sets import check_trains, current_labels_path, is_label_set
+from iterative_label_refinement.core.layout import get_config_foldername
 from iterative_label_refinement.core.methods import Method, parse_method
 from iterative_label_refinement.core.models import ModelConfig, check_lora_targets, get_model_config, weights_id
 

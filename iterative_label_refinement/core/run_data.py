@@ -28,8 +28,9 @@ logger = get_logger(__name__)
 
 def filter_rows(ds: Dataset, dataset: DatasetConfig, method: Method | None, round_id: int,
                 saferpaca_mode: int | None, preference: bool) -> Dataset:  # fmt: skip
-    """The rows a run trains on: the task mode's category, correct-only round-0 demonstrations for a
-    `cor` method, oracle-correct chosen answers for an oracle DPO round, and the task's answer marker.
+    """The rows a run trains on: the task mode's subset (rows whose `subset_column` holds the mode's
+    value), correct-only round-0 demonstrations for a `cor` method, oracle-correct chosen answers for
+    an oracle DPO round, and the task's answer marker.
 
     ConfigError when no row is left, saying how many rows each filter dropped (before training's
     max_len filter, which needs the tokenizer)."""
@@ -45,10 +46,10 @@ def filter_rows(ds: Dataset, dataset: DatasetConfig, method: Method | None, roun
         if saferpaca_mode not in dataset.modes:
             valid = " or ".join(f"{m} ({c})" for m, c in dataset.modes.items()) or f"unset: {dataset.name} has no modes"
             raise ConfigError(f"saferpaca_mode must be {valid}, got {saferpaca_mode!r}")
-        if "category" in ds.column_names:
-            keep = dataset.modes[saferpaca_mode]
-            ds = apply(ds, lambda r: r["category"] == keep,
-                       f"they are not in category {keep!r} (saferpaca_mode={saferpaca_mode})")  # fmt: skip
+        column, keep = dataset.subset_column, dataset.modes[saferpaca_mode]
+        if column in ds.column_names:
+            ds = apply(ds, lambda r: r[column] == keep,
+                       f"they are not in {column} {keep!r} (saferpaca_mode={saferpaca_mode})")  # fmt: skip
     if method and preference and method.is_dpo and method.oracle:
         ds = apply(ds, lambda r: first(r["acc"]) == 1, f"their chosen answer is wrong (oracle {method})")
     if method and not preference and method.correct_start and round_id == 0 and "acc" in ds.column_names:

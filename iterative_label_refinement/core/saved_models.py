@@ -8,13 +8,13 @@ import shutil
 from pathlib import Path
 
 from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.layout import (
+    ADAPTER,
+    model_dir,  # noqa: F401  (named by `core.layout`; the steps find it here, beside loading the model)
+)
 
 # A run dir's commit point, written after every output (`experiments.main`): done when it is there.
 DONE = "done.json"
-
-
-def model_dir(run_dir: Path, dpo_round: bool) -> Path:
-    return run_dir / "train_adapter" if dpo_round else run_dir
 
 
 def recorded_weights(record: dict) -> str | None:
@@ -67,7 +67,7 @@ def delete_saved_model(path: Path) -> None:
     for pattern in ("adapter_model.*", "adapter_config.json", "model*.safetensors", "model.safetensors.index.json"):
         for p in path.glob(pattern):
             p.unlink()
-    if path.name == "train_adapter":
+    if path.name == ADAPTER:
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -1,7 +1,7 @@
 """Train the comparison evaluator on pair data from `experiments.generate_evaluator_data`.
 
     python -m iterative_label_refinement.core.train_evaluator --model_size=google/gemma-2b \
-        --ds_name=$ILR_SAVE_PATH/evaluator-data/d=gsm8k-ms=gemma-2b-s=0
+        --pair_data=$ILR_SAVE_PATH/evaluator-data/d=gsm8k-ms=gemma-2b-s=0
 
 `classifier` (default, the paper's): a 2-label sequence classifier on the base model, full fine-tune
 or LoRA (`lora_rank`) merged at the end, label 1 = `<accept>`. `likelihood` (toy scale, where no
@@ -31,9 +31,9 @@ from iterative_label_refinement.core.common import (
     OPTIMIZERS,
     REJECT,
     ConfigError,
-    get_config_foldername,
     get_logger,
     get_save_path,
+    is_main_process,
     read_json,
     seed_everything,
     write_json,
@@ -46,6 +46,7 @@ from iterative_label_refinement.core.evaluator import (
     load_evaluator,
     save_evaluator,
 )
+from iterative_label_refinement.core.layout import evaluator_dir, find_evaluator_data
 
 logger = get_logger(__name__)
 
@@ -90,16 +91,9 @@ def fit_scale(logp_gaps: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluator_data_path(ds_name: str, results_folder: str | None = None) -> Path:
-    """`ds_name` is a path to evaluator data, or its name under `<ILR_SAVE_PATH>/evaluator-data`."""
-    if "/" in ds_name or Path(ds_name, "dataset_dict.json").exists():
-        return Path(ds_name)
-    return get_save_path(results_folder) / "evaluator-data" / ds_name
-
-
-def load_evaluator_data(path: Path, ds_name: str) -> DatasetDict:
+def load_evaluator_data(path: Path, pair_data: str) -> DatasetDict:
     if not (path / "dataset_dict.json").exists():
-        raise ConfigError(f"No evaluator data at --ds_name={ds_name} ({path}); build it with "
+        raise ConfigError(f"No evaluator data {pair_data!r} (at {path}); build it with "
                           "python -m iterative_label_refinement.experiments.generate_evaluator_data")  # fmt: skip
     dd = load_from_disk(str(path))
     for split in ("train", "test"):
@@ -225,7 +219,7 @@ def summarize(evaluator, test: Dataset, batch_size: int) -> dict[str, Any]:
 
 
 def main(
-    ds_name: str,
+    pair_data: str | None = None,
     model_size: str = "google/gemma-2b",
     seed: Annotated[int, NON_NEGATIVE] = 0,
     epochs: Annotated[float, POSITIVE] = 5,
@@ -244,19 +238,91 @@ def main(
     report_to: Annotated[str, REPORT_TO] = "tensorboard",
     results_folder: str | None = None,
     print_save_path: bool = False,
+    ds_name: str | None = None,
 ) -> dict[str, Any] | str:
-    """Train (or find) the evaluator on the pair data `ds_name` (a path or a name under evaluator-data).
+    """Train (or find) the evaluator on the pair data `pair_data` (a path, or a name under evaluator-data).
 
+    ds_name: the reference's name for `pair_data` (it names the pair data, not a task).
     lr: default the model's registered `evaluator_lr` (gemma-2b 1e-6). head_lr: a separate learning
     rate for the classifier head (default: lr). lora_rank=0: full fine-tune; >0: LoRA, merged when saved;
     default the model's registered `evaluator_lora_rank` (Mistral-7B 64, so that it fits one 80 GB GPU; others 0).
     evaluator_kind: "classifier" (the paper's) or "likelihood" (a toy-scale stand-in).
     """
-    from iterative_label_refinement.core.common import is_main_process
-    from iterative_label_refinement.core.models import check_lora_targets, get_model_config, load_tokenizer, weights_id
-    from iterative_label_refinement.core.run_config import check_lora_rank, report_target
+    from iterative_label_refinement.core.models import check_lora_targets, weights_id
     from iterative_label_refinement.core.saved_models import check_same_weights
-    from iterative_label_refinement.core.train import TrainConfig, collate
+
+    data = _pair_data_flag(pair_data, ds_name)
+    config, run = _settings(model_size, seed, epochs, batch_size, lr, head_lr, lr_schedule, warmup_ratio, optim,
+                            lora_rank, minibatch_size_per_device, eval_batch_size, evaluator_kind, use_wandb,
+                            report_to)  # fmt: skip
+    data_path = find_evaluator_data(data, get_save_path(results_folder))
+    out = evaluator_dir(get_save_path(results_folder), data_path, config)
+    weights = weights_id(model_size)
+    if not force_retrain:
+        check_same_weights(out, weights)
+    if print_save_path:
+        print(out)
+        return str(out)
+    if config["lora_rank"]:  # reads the model's config: not for a --print_save_path query
+        check_lora_targets(model_size, "classifier" if evaluator_kind == "classifier" else "causal_lm")
+    dd = load_evaluator_data(data_path, data)
+    from iterative_label_refinement.core.locks import writing
+    from iterative_label_refinement.core.provenance import artifact_identity, reuse
+
+    # What makes the evaluator (core.provenance): its weights (not the name they were given by), settings and data.
+    record = dict(artifact="evaluator", model_weights=weights, data=artifact_identity(data_path),
+                  settings={k: v for k, v in config.items() if k != "model_size"})  # fmt: skip
+    done = (out / "config.json").exists() and (out / "experiment_config.json").exists()
+    if done and not force_retrain:
+        reuse(out, record, "--force_retrain=True")  # an evaluator made otherwise is refused, never reused
+        if (out / "results_summary.json").exists():
+            logger.info("Evaluator exists, not retraining: %s", out)
+            print(out)
+            return _found(out)
+
+    # One writer: the main process holds the evaluator dir's lock while it trains and writes.
+    with writing(out) if is_main_process() else contextlib.nullcontext():
+        if (out / "results_summary.json").exists() and not force_retrain:  # made while this one started
+            return _found(out)
+        logger.info("Evaluator dir: %s", out)  # at the start too, not only when training ends
+        seed_everything(seed)
+        summary: dict[str, Any] = {}
+        if not done or force_retrain:
+            (out / "results_summary.json").unlink(missing_ok=True)  # not done again until it commits
+            summary = _train_and_save(out, dd, data_path, config, run, record)
+        if not is_main_process():
+            return {"save_path": str(out)}
+        # Reload from the dir alone: what `ilr` and `dpo` will do.
+        summary.update(summarize(load_evaluator(out), dd["test"], run["eval_batch_size"]))
+        write_json(out / "results_summary.json", summary)
+        logger.info("Evaluator %s: held-out pair accuracy %.3f", out, summary["pair_accuracy"])
+        print(out)
+        return {"save_path": str(out), **summary}
+
+
+def _found(out: Path) -> dict[str, Any]:
+    return {"save_path": str(out), "skipped": True, **read_json(out / "results_summary.json")}
+
+
+def _pair_data_flag(pair_data: str | None, ds_name: str | None) -> str:
+    """`--pair_data`, or the reference's `--ds_name` for it; exactly one."""
+    if pair_data and ds_name and pair_data != ds_name:
+        raise ConfigError(f"--pair_data={pair_data} and --ds_name={ds_name} name the same input (--ds_name is the "
+                          "reference's name for it): give one")  # fmt: skip
+    if not (pair_data or ds_name):
+        raise ConfigError("--pair_data is required: the evaluator data's folder, or its name under "
+                          "<results>/evaluator-data (--ds_name is accepted too, the reference's name for it)")  # fmt: skip
+    return pair_data or ds_name
+
+
+def _settings(model_size: str, seed: int, epochs: float, batch_size: int, lr: float | None, head_lr: float | None,
+              lr_schedule: str, warmup_ratio: float, optim: str, lora_rank: int | None,
+              minibatch_size_per_device: int | None, eval_batch_size: int | None, evaluator_kind: str,
+              use_wandb: bool, report_to: str) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """(the settings that name the evaluator's dir, how it runs), the model's registered defaults
+    filled in. The dir's name keeps the reference's keys: head_lr and a non-default kind only when given."""
+    from iterative_label_refinement.core.models import get_model_config
+    from iterative_label_refinement.core.run_config import check_lora_rank, report_target
 
     model_cfg = get_model_config(model_size)
     check_evaluator_kind(evaluator_kind)
@@ -264,96 +330,62 @@ def main(
         raise ConfigError("--head_lr applies to the classifier evaluator only")
     if head_lr and optim != "adamw":
         raise ConfigError(f"--head_lr uses AdamW; got --optim={optim}")
-    report_to = report_target(report_to, use_wandb)
-    lr = lr or model_cfg.evaluator_lr
+    run = dict(report_to=report_target(report_to, use_wandb), evaluator_kind=evaluator_kind, head_lr=head_lr,
+               minibatch_size_per_device=minibatch_size_per_device or model_cfg.minibatch_size_per_device,
+               eval_batch_size=eval_batch_size or model_cfg.eval_batch_size,
+               gradient_checkpointing=model_cfg.gradient_checkpointing)  # fmt: skip
     lora_rank = model_cfg.evaluator_lora_rank if lora_rank is None else lora_rank
     check_lora_rank(lora_rank)
-    minibatch_size_per_device = minibatch_size_per_device or model_cfg.minibatch_size_per_device
-    eval_batch_size = eval_batch_size or model_cfg.eval_batch_size
-    data_path = evaluator_data_path(ds_name, results_folder)
-
-    config = dict(model_size=model_size, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
-                  lr_schedule=lr_schedule, warmup_ratio=warmup_ratio, optim=optim, lora_rank=lora_rank)  # fmt: skip
+    config = dict(model_size=model_size, seed=seed, epochs=epochs, batch_size=batch_size,
+                  lr=lr or model_cfg.evaluator_lr, lr_schedule=lr_schedule, warmup_ratio=warmup_ratio, optim=optim,
+                  lora_rank=lora_rank)  # fmt: skip
     if head_lr:
         config["head_lr"] = head_lr
     if evaluator_kind != "classifier":
         config["evaluator_kind"] = evaluator_kind
-    out = get_save_path(results_folder) / "evaluators" / data_path.name / get_config_foldername(config)
-    weights = weights_id(model_size)
-    if not force_retrain:
-        check_same_weights(out, weights)
-    if print_save_path:
-        print(out)
-        return str(out)
-    if lora_rank:  # reads the model's config: not for a --print_save_path query
-        check_lora_targets(model_size, "classifier" if evaluator_kind == "classifier" else "causal_lm")
-    dd = load_evaluator_data(data_path, ds_name)
-    from iterative_label_refinement.core.provenance import RECORD, artifact_identity, reuse
+    return config, run
 
-    # What makes the evaluator (core.provenance): its weights (not the name they were given by), settings and data.
-    settings = {k: v for k, v in config.items() if k != "model_size"}
-    record = dict(artifact="evaluator", model_weights=weights, settings=settings, data=artifact_identity(data_path))
-    done = (out / "config.json").exists() and (out / "experiment_config.json").exists()
-    if done and not force_retrain:
-        reuse(out, record, "--force_retrain=True")  # an evaluator made otherwise is refused, never reused
-    if done and (out / "results_summary.json").exists() and not force_retrain:
-        logger.info("Evaluator exists, not retraining: %s", out)
-        print(out)
-        return {"save_path": str(out), "skipped": True, **read_json(out / "results_summary.json")}
 
-    from iterative_label_refinement.core.locks import writing
+def _train_and_save(out: Path, dd: DatasetDict, data_path: Path, config: dict[str, Any], run: dict[str, Any],
+                    record: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Train the evaluator, save it (main process) with its config and record; the training summary."""
+    from iterative_label_refinement.core.models import load_tokenizer
+    from iterative_label_refinement.core.provenance import RECORD
+    from iterative_label_refinement.core.train import TrainConfig, collate
 
-    # One writer: the main process holds the evaluator dir's lock while it trains and writes.
-    with writing(out) if is_main_process() else contextlib.nullcontext():
-        if (out / "results_summary.json").exists() and not force_retrain:  # made while this one started
-            return {"save_path": str(out), "skipped": True, **read_json(out / "results_summary.json")}
-        logger.info("Evaluator dir: %s", out)  # at the start too, not only when training ends
-        seed_everything(seed)
-        summary: dict[str, Any] = {}
-        if not done or force_retrain:
-            (out / "results_summary.json").unlink(missing_ok=True)  # not done again until it commits
-            tokenizer = load_tokenizer(model_size)
-            model = _model(model_size, evaluator_kind, lora_rank, tokenizer.pad_token_id)
-            rows_of = _classifier_rows if evaluator_kind == "classifier" else _likelihood_rows
-            train_ds, eval_ds = (rows_of(dd[s], tokenizer) for s in ("train", "test"))
-            collator = lambda rows: collate(rows, tokenizer.pad_token_id)  # noqa: E731
-            checkpoints = out / "checkpoints"
-            args = TrainConfig(
-                output_dir=str(checkpoints), lr=lr, epochs=epochs, batch_size=batch_size,
-                minibatch_size_per_device=minibatch_size_per_device, optim=optim, lr_schedule=lr_schedule,
-                warmup_ratio=warmup_ratio, seed=seed, report_to=report_to,
-                gradient_checkpointing=model_cfg.gradient_checkpointing, run_name=out.name,
-            ).training_arguments(eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
-                                 metric_for_best_model="eval_loss", greater_is_better=False,
-                                 per_device_eval_batch_size=eval_batch_size)  # fmt: skip
-            start = time.time()
-            summary.update(
-                train(model, train_ds, eval_ds, collator, args, head_lr, evaluator_kind == "classifier", log_dir=out)
-            )
-            summary["train_seconds"] = round(time.time() - start, 1)
-            summary["stopped_early"] = summary["epochs_run"] < epochs - 1e-6
-            if lora_rank:
-                model = model.merge_and_unload()
-            full_config = dict(config, model_weights=weights, evaluator_kind=evaluator_kind,
-                               head_lr=head_lr, data_path=str(data_path),
-                               minibatch_size_per_device=minibatch_size_per_device, eval_batch_size=eval_batch_size,
-                               evaluator_data=read_json(data_path / "experiment_config.json")
-                               if (data_path / "experiment_config.json").exists() else None)  # fmt: skip
-            if evaluator_kind == "likelihood":
-                full_config["likelihood_scale"] = _likelihood_scale(model, tokenizer, dd["train"], eval_batch_size)
-            if is_main_process():
-                save_evaluator(model, tokenizer, out, full_config)
-                write_json(out / RECORD, record)  # before results_summary.json, the evaluator's commit point
-                shutil.rmtree(checkpoints, ignore_errors=True)
-            del model
-        if not is_main_process():
-            return {"save_path": str(out)}
-        # Reload from the dir alone: what `ilr` and `dpo` will do.
-        summary.update(summarize(load_evaluator(out), dd["test"], eval_batch_size))
-        write_json(out / "results_summary.json", summary)
-        logger.info("Evaluator %s: held-out pair accuracy %.3f", out, summary["pair_accuracy"])
-        print(out)
-        return {"save_path": str(out), **summary}
+    model_size, kind, lora_rank = config["model_size"], run["evaluator_kind"], config["lora_rank"]
+    tokenizer = load_tokenizer(model_size)
+    model = _model(model_size, kind, lora_rank, tokenizer.pad_token_id)
+    rows_of = _classifier_rows if kind == "classifier" else _likelihood_rows
+    train_ds, eval_ds = (rows_of(dd[s], tokenizer) for s in ("train", "test"))
+    collator = lambda rows: collate(rows, tokenizer.pad_token_id)  # noqa: E731
+    checkpoints = out / "checkpoints"
+    args = TrainConfig(
+        output_dir=str(checkpoints), lr=config["lr"], epochs=config["epochs"], batch_size=config["batch_size"],
+        minibatch_size_per_device=run["minibatch_size_per_device"], optim=config["optim"],
+        lr_schedule=config["lr_schedule"], warmup_ratio=config["warmup_ratio"], seed=config["seed"],
+        report_to=run["report_to"], gradient_checkpointing=run["gradient_checkpointing"], run_name=out.name,
+    ).training_arguments(eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+                         metric_for_best_model="eval_loss", greater_is_better=False,
+                         per_device_eval_batch_size=run["eval_batch_size"])  # fmt: skip
+    start = time.time()
+    summary = train(model, train_ds, eval_ds, collator, args, run["head_lr"], kind == "classifier", log_dir=out)
+    summary["train_seconds"] = round(time.time() - start, 1)
+    summary["stopped_early"] = summary["epochs_run"] < config["epochs"] - 1e-6
+    if lora_rank:
+        model = model.merge_and_unload()
+    data_config = data_path / "experiment_config.json"
+    full_config = dict(config, model_weights=record["model_weights"], evaluator_kind=kind, head_lr=run["head_lr"],
+                       data_path=str(data_path), minibatch_size_per_device=run["minibatch_size_per_device"],
+                       eval_batch_size=run["eval_batch_size"],
+                       evaluator_data=read_json(data_config) if data_config.exists() else None)  # fmt: skip
+    if kind == "likelihood":
+        full_config["likelihood_scale"] = _likelihood_scale(model, tokenizer, dd["train"], run["eval_batch_size"])
+    if is_main_process():
+        save_evaluator(model, tokenizer, out, full_config)
+        write_json(out / RECORD, record)  # before results_summary.json, the evaluator's commit point
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return summary
 
 
 def _likelihood_scale(model, tokenizer, train: Dataset, batch_size: int, max_pairs: int = 2000) -> float:
@@ -366,5 +398,7 @@ def _likelihood_scale(model, tokenizer, train: Dataset, batch_size: int, max_pai
 
 if __name__ == "__main__":
     from iterative_label_refinement.core.cli import run_cli
+    from iterative_label_refinement.plugins import load_plugins
 
+    load_plugins()
     run_cli(main)

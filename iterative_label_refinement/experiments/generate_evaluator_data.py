@@ -15,7 +15,7 @@ SaferPaca: pairs come from a general-only (`sm=1`) and a safety-only (`sm=2`) ru
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from datasets import Dataset, DatasetDict
 
@@ -31,6 +31,10 @@ from iterative_label_refinement.core.common import (
     write_json,
 )
 from iterative_label_refinement.core.evaluator_pairs import balance, build_pairs, pairs_to_rows, split_by_question
+from iterative_label_refinement.core.layout import evaluator_data_dir, name_value, sibling_with
+
+if TYPE_CHECKING:
+    from iterative_label_refinement.core.datasets import DatasetConfig
 
 logger = get_logger(__name__)
 
@@ -116,7 +120,7 @@ def checkpoint_answers(checkpoint: Path, rows: Dataset, run: dict[str, Any], sam
 
 def _generate(checkpoint: Path, questions: list[str], run: dict[str, Any], sampling: dict[str, float],
               seed: int) -> list[str]:  # fmt: skip
-    from iterative_label_refinement.core.datasets import DATASET_MAX_LEN
+    from iterative_label_refinement.core.datasets import get_dataset_config
     from iterative_label_refinement.core.generation import generate_answers
     from iterative_label_refinement.core.models import get_model_config, load_tokenizer
     from iterative_label_refinement.core.saved_models import load_trained
@@ -125,7 +129,7 @@ def _generate(checkpoint: Path, questions: list[str], run: dict[str, Any], sampl
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()  # a LoRA checkpoint is only read: merged, it generates faster
     gens = generate_answers(model, load_tokenizer(run["model_size"]), questions,
-                            max_new_tokens=run.get("max_len") or DATASET_MAX_LEN[run["ds_name"]],
+                            max_new_tokens=run.get("max_len") or get_dataset_config(run["ds_name"]).max_len,
                             batch_size=get_model_config(run["model_size"]).eval_batch_size, **sampling,
                             seed=seed, desc=checkpoint.name)  # fmt: skip
     return [texts[0] for texts in gens.texts]
@@ -154,18 +158,33 @@ def _run_settings(run_dir: Path | None, **flags: Any) -> dict[str, Any]:
     return run
 
 
-def safety_run_dir(general_dir: Path, safety_save_path: str | None) -> Path:
-    if safety_save_path:
-        return Path(safety_save_path)
-    parts = general_dir.name.split("-")
-    if "sm=1" not in parts:
-        raise ConfigError(f"SaferPaca evaluator data needs a general-only run (sm=1 in its name), got {general_dir}; "
-                          "or pass --safety_save_path")  # fmt: skip
-    return general_dir.with_name("-".join("sm=2" if p == "sm=1" else p for p in parts))
-
-
-def data_name(run: dict[str, Any]) -> str:
-    return f"d={run['ds_name']}-ms={run['model_size'].rstrip('/').split('/')[-1]}-s={run['seed']}"
+def source_runs(run_dir: Path | None, run: dict[str, Any], dataset: DatasetConfig,
+                other_save_path: str | None) -> dict[str, tuple[Path, dict[str, Any]]]:  # fmt: skip
+    """The ground-truth runs whose checkpoints answer: {source: (run dir, its settings)}. One run
+    (source ""), or, for a task with `evaluator_modes`, one run per mode, each answering the questions
+    of its subset (source: the subset, SaferPaca's `general` and `safety`). `run_dir` is the first
+    mode's; another mode's is its sibling named with that mode (`sm=1` -> `sm=2`), or, for a task of two
+    modes, `other_save_path` (`--safety_save_path`)."""
+    if run_dir is None or not run_dir.is_dir():
+        raise ConfigError(f"--save_path={run_dir} is not a directory: pass the ground-truth run dir with checkpoint-N")
+    if not dataset.evaluator_modes:
+        return {"": (run_dir, run)}
+    first, *others = dataset.evaluator_modes
+    if other_save_path and len(others) != 1:
+        raise ConfigError(f"--safety_save_path names the run of {dataset.name}'s second evaluator mode, but it has "
+                          f"{len(others) + 1} modes {dataset.evaluator_modes}: name the runs by their modes")  # fmt: skip
+    name = dataset.modes[first]
+    if not other_save_path and name_value(run_dir, "saferpaca_mode") != str(first):
+        raise ConfigError(f"{dataset.name} evaluator data needs a {name}-only run (sm={first} in its name), got "
+                          f"{run_dir}; or pass --safety_save_path")  # fmt: skip
+    runs = {name: (run_dir, dict(run, saferpaca_mode=first))}
+    for mode in others:
+        other = Path(other_save_path) if other_save_path else sibling_with(run_dir, "saferpaca_mode", mode)
+        if not other.is_dir():
+            raise ConfigError(f"{dataset.name} {dataset.modes[mode]}-only run {other} does not exist: train it with "
+                              f"--saferpaca_mode={mode}")  # fmt: skip
+        runs[dataset.modes[mode]] = (other, dict(run, saferpaca_mode=mode))
+    return runs
 
 
 def main(
@@ -207,25 +226,19 @@ def main(
     get_model_config(run["model_size"])
     check_sampling(top_k, top_p)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    out = get_save_path(results_folder) / "evaluator-data" / data_name(run)
+    out = evaluator_data_dir(get_save_path(results_folder), run["ds_name"], run["model_size"], run["seed"])
     if print_save_path:
         print(out)
         return str(out)
-    if run_dir is None or not run_dir.is_dir():
-        raise ConfigError(
-            f"--save_path={save_path} is not a directory: pass the ground-truth run dir with checkpoint-N"
-        )
-    runs = {"": (run_dir, run)}
-    if dataset.modes:  # a general-only and a safety-only run, each answering the questions of its mode
-        safety_dir = safety_run_dir(run_dir, safety_save_path)
-        if not safety_dir.is_dir():
-            raise ConfigError(
-                f"SaferPaca safety-only run {safety_dir} does not exist: train it with --saferpaca_mode=2"
-            )
-        runs = {"general": (run_dir, dict(run, saferpaca_mode=1)),
-                "safety": (safety_dir, dict(run, saferpaca_mode=2))}  # fmt: skip
+    runs = source_runs(run_dir, run, dataset, safety_save_path)
     for directory, _ in runs.values():
         find_checkpoints(directory)  # fail before any generation
+    return write_pairs(out, runs, run, sampling, do_eval, force_regenerate)
+
+
+def write_pairs(out: Path, runs: dict[str, tuple[Path, dict[str, Any]]], run: dict[str, Any],
+                sampling: dict[str, float], do_eval: bool, force_regenerate: bool) -> dict[str, Any]:  # fmt: skip
+    """Answer with every checkpoint of `runs`, make the pairs and save them at `out` (or reuse them)."""
     from iterative_label_refinement.core.locks import writing
     from iterative_label_refinement.core.models import weights_id
     from iterative_label_refinement.core.provenance import RECORD, reuse, run_identity

@@ -27,7 +27,18 @@ from typing import Annotated, Any
 
 from iterative_label_refinement.core.cli import INSIDE
 from iterative_label_refinement.core.common import ConfigError, get_logger, get_save_path, read_json, write_json
-from iterative_label_refinement.core.label_sets import current_labels_path, first, is_label_set, label_accuracy
+from iterative_label_refinement.core.label_sets import first, is_label_set, label_accuracy
+from iterative_label_refinement.core.layout import (
+    REPORT_CSV,
+    REPORT_PAGE,
+    REPORT_PROVENANCE,
+    WEAK_LABELS,
+    beside,
+    current_labels_path,
+    evaluator_dirs,
+    refined_path,
+    report_plot,
+)
 from iterative_label_refinement.core.methods import Method, parse_method
 from iterative_label_refinement.core.saved_models import recorded_weights
 from iterative_label_refinement.experiments import report_page
@@ -179,10 +190,10 @@ def labels_path(run_dir: Path, config: dict[str, Any]) -> Path | None:
     path = Path(given)
     if path.exists():
         return path
-    beside = run_dir.parent / path.parent.name / path.name
-    if beside.exists():
-        return beside
-    logger.warning("%s: its labels %s are not found (nor at %s)", run_dir, given, beside)
+    moved = beside(run_dir, path)
+    if moved.exists():
+        return moved
+    logger.warning("%s: its labels %s are not found (nor at %s)", run_dir, given, moved)
     return path
 
 
@@ -309,7 +320,7 @@ def collect(results_folder: Path) -> tuple[list[Cell], list[Cell], list[tuple[st
         dataset, strong, seed = config["ds_name"], _short(config["model_size"]), config.get("seed")
         if not config.get("weak_model"):
             summary = read_json(run_dir / "results_summary.json")
-            if (run_dir / "weak_labels").exists():
+            if (run_dir / WEAK_LABELS).exists():
                 weak.append(Cell(dataset, strong, "-", "weak model", 0, seed, run_settings(config),
                                  summary.get("accuracy"), summary.get("label_accuracy"), None, str(run_dir),
                                  run_dir.name))  # fmt: skip
@@ -356,7 +367,7 @@ def feedback_lines(cells: list[Cell]) -> list[str]:
     for c in cells:
         method = _method(c.method)
         if c.round_id >= 1 and method is not None and method.takes_feedback and c.weak_dir:
-            label_set = Path(c.run_dir).parent / c.weak_dir / f"{method}_{c.round_id - 1}_weak_labels"
+            label_set = refined_path(Path(c.run_dir).parent / c.weak_dir, method, c.round_id - 1)
             sources[c.method].add(describe_feedback(read_record(label_set)))
     return [f"{name}: {'; '.join(sorted(found))}" for name, found in sorted(sources.items())]
 
@@ -496,7 +507,7 @@ def page_figures(dataset: str, strong: str, summaries: dict[Row, dict[int, Summa
     }  # fmt: skip
     for kind, figure in made.items():
         if figure is not None:
-            (out / f"{kind}_{dataset}_{strong}.png").write_bytes(figure.png)
+            report_plot(out, kind, dataset, strong).write_bytes(figure.png)
             figures.append(figure)
     return figures
 
@@ -600,22 +611,22 @@ def main(results_folder: str | None = None, out_dir: str | None = None,
         feedback = feedback_lines(group)
         if feedback:
             text += ["\nFeedback source of each method's label sets (their provenance.json):", *feedback]
-        png = out / f"accuracy_{dataset}_{strong}.png"
+        png = report_plot(out, "accuracy", dataset, strong)
         plot(summaries, baselines, f"{dataset}: {strong} supervised by {weak_name}", png)
         sections.append((f"{dataset}: strong {strong}, weak {weak_name}", "\n".join(text[first + 1 :]),
                          page_figures(dataset, strong, summaries, png, out)))  # fmt: skip
         text.append(f"\nplot: {png}")
         for row, by_round in sorted(summaries.items()):
             csv_rows += [_csv_row(dataset, strong, weak_name, row, r, s) for r, s in sorted(by_round.items())]
-    csv_path = out / "report.csv"
+    csv_path = out / REPORT_CSV
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         writer.writerows(csv_rows)
-    provenance = out / "report_provenance.json"
+    provenance = out / REPORT_PROVENANCE
     write_json(provenance, {"manifests": manifests, "skipped": [{"path": p, "why": w} for p, w in skipped]})
-    evaluators = [report_page.evaluator_figure(p) for p in report_page.find_evaluators(get_save_path(results_folder))]
-    page = out / "report.html"
+    evaluators = [report_page.evaluator_figure(p) for p in evaluator_dirs(get_save_path(results_folder))]
+    page = out / REPORT_PAGE
     report_page.write_page(page, f"Report: {root}", sections, evaluators, manifests)
     text += [f"csv: {csv_path}", f"provenance: {provenance}", f"page: {page}"]
     print("\n".join(text))

@@ -184,11 +184,6 @@ def loss_curves(title: str, curves: dict[str, dict[int, list[list[tuple[int, flo
     return Figure(title, _png(fig), rows)
 
 
-def find_evaluators(root: Path) -> list[Path]:
-    """Trained evaluators under `root` (`evaluators/<data>/<name>`, with their results_summary.json)."""
-    return sorted(p.parent for p in root.rglob("evaluators/*/*/results_summary.json"))
-
-
 def evaluator_figure(path: Path) -> Figure:
     """An evaluator's training loss (per step) and evaluation loss (per epoch) against epoch, titled
     with its held-out pair accuracy."""
