@@ -197,18 +197,19 @@ def _greedy_rows(step: refinement_step.StepInputs) -> list[dict]:
     return refined_rows(labels, proposals, [v > 0.5 for v in scores], scores)
 
 
-def test_a_kind_added_in_the_three_places_the_readme_names_runs_through_refine(world, tmp_path, monkeypatch):
-    """README "Extending": the kind in methods.KINDS, its rows in refinement_step.STEPS, then refine runs it."""
+def test_a_kind_added_by_one_declaration_runs_through_refine(world, tmp_path):
+    """README "Layout and extending": one `register_kind(MethodKind(...))`, then refine runs it."""
     with pytest.raises(ConfigError, match="Unknown method kind 'greedy'"):
         refine.main("greedy", "toy_arith", world["weak"], model1_path=world["h1"], model2_path=world["h2"],
                     max_replace=1, use_oracle_feedback=True)  # fmt: skip
-    monkeypatch.setattr(methods, "KINDS", (*methods.KINDS, "greedy"))
-    with pytest.raises(ConfigError, match="no refinement step is registered for method kind 'greedy'"):
-        refine.main("greedy", "toy_arith", world["weak"], model1_path=world["h1"], model2_path=world["h2"],
-                    max_replace=1, use_oracle_feedback=True)  # fmt: skip
-    monkeypatch.setitem(
-        refinement_step.STEPS, "greedy", refinement_step.StepKind(_greedy_rows, refinement_step.HALF_RUNS)
-    )
+    methods.register_kind(methods.MethodKind("greedy", _greedy_rows))
+    try:
+        _run_greedy(world, tmp_path)
+    finally:
+        methods._KINDS.pop("greedy")
+
+
+def _run_greedy(world, tmp_path):
     assert parse_method("cororagreedy1") == methods.Method("greedy", oracle=True, correct_start=True, max_replace=1)
     weak = _fresh_weak(world, tmp_path)
     path = refine.main("greedy", "toy_arith", weak, model1_path=world["h1"], model2_path=world["h2"], max_replace=1,

@@ -4,12 +4,13 @@ A step names its output from the method and round, refuses model runs of another
 nothing when its label set exists, reads the current labels (ilr, naive) and the answers to judge
 (the half models' proposals, or the round model's samples for dpo), asks the feedback (evaluator or
 oracle) about them, decides with the pure functions of `core.refinement`, and saves the rows.
-Each kind of method contributes only how its rows are decided and which runs it judges (`STEPS`).
+Each kind of method contributes only its declaration (`core.methods.MethodKind`): how its rows
+are decided and which runs it judges. The paper's kinds are declared at the end of this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ from iterative_label_refinement.core.label_sets import (
     save_label_set,
 )
 from iterative_label_refinement.core.locks import writing
-from iterative_label_refinement.core.methods import Method
+from iterative_label_refinement.core.methods import Method, MethodKind, register_kind
 from iterative_label_refinement.core.provenance import (
     artifact_identity,
     evaluator_identity,
@@ -91,7 +92,7 @@ class Feedback:
 @dataclass(frozen=True)
 class StepInputs:
     """What a method decides on: the current labels (None for dpo, which draws on samples only),
-    the answers to judge (one label set per run), the feedback (None for naive)."""
+    the answers to judge (one label set per run, and the runs), the feedback (None for naive)."""
 
     method: Method
     round_id: int
@@ -100,6 +101,7 @@ class StepInputs:
     labels: Dataset | None
     candidates: list[Dataset]
     feedback: Feedback | None
+    runs: dict[str, str]  # flag -> the run dir whose answers `candidates` holds, in the same order
 
 
 def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, candidate_runs: dict[str, str], *,
@@ -117,10 +119,7 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
     export_comparisons: with `human`, write the comparisons the step asks to that folder (and return
     it) instead of a label set.
     """
-    kind = STEPS.get(method.kind)
-    if kind is None:
-        raise ConfigError(f"no refinement step is registered for method kind {method.kind!r} "
-                          f"(core.refinement_step.STEPS has {sorted(STEPS)})")  # fmt: skip
+    kind = method.spec
     if sorted(candidate_runs) != sorted(kind.judges):
         given = ", ".join(f"--{flag}" for flag in sorted(candidate_runs)) or "none"
         raise ConfigError(f"a {method.kind} step judges the runs of {', '.join(f'--{f}' for f in kind.judges)}; "
@@ -194,7 +193,7 @@ def _feedback_source(ds_name: str, feedback: str, judge: JudgeEndpoint | None, v
     return None
 
 
-def _export(kind: StepKind, step: StepInputs, folder: str) -> Path:
+def _export(kind: MethodKind, step: StepInputs, folder: str) -> Path:
     """Run the step to its question and write the comparisons it asks (none: empty files)."""
     try:
         kind.rows(step)
@@ -235,7 +234,7 @@ def _inputs(dataset: DatasetConfig, weak_model_path: str, method: Method, round_
     if method.oracle:
         for ds, path in zip(candidates, paths):
             check_known_acc(ds, path, "--use_oracle_feedback")
-    return StepInputs(method, round_id, seed, dataset, labels, candidates, feedback)
+    return StepInputs(method, round_id, seed, dataset, labels, candidates, feedback, candidate_runs)
 
 
 def step_record(method: Method, round_id: int, seed: int, ds_name: str, weak_model_path: str,
@@ -262,25 +261,32 @@ def _accuracy(acc: list[Any]) -> str:
 
 def ilr_rows(step: StepInputs) -> list[dict[str, Any]]:
     """Disagreeing proposals the feedback prefers replace the labels (`ilr_decide`)."""
+    return _preferred_rows(step, match_proposals(list(step.labels["question"]), step.candidates), "ILR")
+
+
+def _preferred_rows(step: StepInputs, proposals: list[dict[str, Any]], name: str,
+                    eligible: list[bool] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """ILR's rule: each proposal that disagrees with its label (and is `eligible`, all by default) is
+    compared with it, and those the feedback prefers above the threshold replace it (`ilr_decide`)."""
     labels, max_replace = step.labels, step.method.max_replace
     questions = list(labels["question"])
-    proposals = match_proposals(questions, step.candidates)
     current = [first(a) for a in labels["answer"]]
     proposed = [first(p["answer"]) for p in proposals]
     agree = step.dataset.agreement(current, proposed, list(labels))
+    skipped = [a or (eligible is not None and not eligible[i]) for i, a in enumerate(agree)]
     current_acc = [first(a) for a in labels["acc"]]
-    compared = [i for i, a in enumerate(agree) if not a]
+    compared = [i for i, s in enumerate(skipped) if not s]
     values = step.feedback.scores([questions[i] for i in compared], [current[i] for i in compared],
                                   [proposed[i] for i in compared], [current_acc[i] for i in compared],
                                   [first(proposals[i].get("acc")) for i in compared])  # fmt: skip
-    scores = [-1.0] * len(labels)  # an agreeing row is not compared
+    scores = [-1.0] * len(labels)  # a row not compared has no score
     for i, v in zip(compared, values):
         scores[i] = v
-    decision = ilr_decide(agree, scores, max_replace, oracle=step.method.oracle)
+    decision = ilr_decide(skipped, scores, max_replace, oracle=step.method.oracle)
     rows = refined_rows(labels, proposals, decision.replace, scores)
     logger.info(
-        "ILR round %d: %d rows, %d agreed, %d compared, %d replaced (threshold %.3f); label accuracy %s -> %s",
-        step.round_id, len(rows), sum(agree), len(compared), sum(decision.replace), decision.threshold,
+        "%s round %d: %d rows, %d agreed, %d compared, %d replaced (threshold %.3f); label accuracy %s -> %s",
+        name, step.round_id, len(rows), sum(agree), len(compared), sum(decision.replace), decision.threshold,
         _accuracy(list(labels["acc"])), _accuracy([r["acc"] for r in rows]),
     )  # fmt: skip
     return rows
@@ -318,17 +324,8 @@ def dpo_rows(step: StepInputs) -> list[dict[str, Any]]:
     return prefs
 
 
-@dataclass(frozen=True)
-class StepKind:
-    """How a kind of method decides its rows, and the flags naming the runs whose answers it judges."""
-
-    rows: Callable[[StepInputs], list[dict[str, Any]]]
-    judges: tuple[str, ...]
-
-
-HALF_RUNS = ("model1_path", "model2_path")  # cross-fitted proposals: each half model labelled the other half
-STEPS: dict[str, StepKind] = {
-    "ilr": StepKind(ilr_rows, HALF_RUNS),
-    "naive": StepKind(naive_rows, HALF_RUNS),
-    "dpo": StepKind(dpo_rows, ("strong_model_path",)),  # the round model's own samples
-}
+# The paper's kinds. dpo judges the round model's own samples.
+register_kind(MethodKind("ilr", ilr_rows, cli="ilr"))
+register_kind(MethodKind("naive", naive_rows, flags=("redraw_each_round",), takes_feedback=False, cli="naive"))
+register_kind(MethodKind("dpo", dpo_rows, numbers=("beta", "subsample"), flags=("neutral_ties",),
+                         judges=("strong_model_path",), pipeline="sft_dpo", cli="dpo"))  # fmt: skip
