@@ -53,6 +53,7 @@ from iterative_label_refinement.core.refinement import (
     preference_rows,
     refined_rows,
 )
+from iterative_label_refinement.core.run_data import half_split
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -329,3 +330,42 @@ register_kind(MethodKind("ilr", ilr_rows, cli="ilr"))
 register_kind(MethodKind("naive", naive_rows, flags=("redraw_each_round",), takes_feedback=False, cli="naive"))
 register_kind(MethodKind("dpo", dpo_rows, numbers=("beta", "subsample"), flags=("neutral_ties",),
                          judges=("strong_model_path",), pipeline="sft_dpo", cli="dpo"))  # fmt: skip
+
+
+def ilragree_rows(step: StepInputs) -> list[dict[str, Any]]:
+    """ILR where a disagreeing label is compared only when both half models, which each labelled
+    every prompt, answered its prompt alike (the task's `agreement`): the cross-fitted proposal, from
+    the model that did not train on the prompt, and the answer of the model that did."""
+    questions = list(step.labels["question"])
+    answers, trained = [], []
+    for (flag, run), proposals in zip(step.runs.items(), step.candidates):
+        by_question = {row["question"]: row for row in proposals}
+        missing = [q for q in questions if q not in by_question]
+        if missing:
+            raise ConfigError(f"--{flag}={run} has no answer to {len(missing)} of the {len(questions)} prompts (e.g. "
+                              f"{missing[0]!r}): an {step.method.kind} step compares both half models on every "
+                              f"prompt, so its half runs label them all (--method={step.method})")  # fmt: skip
+        answers.append([by_question[q] for q in questions])
+        trained.append(_trained_on(run))
+    if any((q in trained[0]) == (q in trained[1]) for q in questions):
+        raise ConfigError(f"the half runs {', '.join(step.runs.values())} did not split this round's labels "
+                          "between them: each prompt must be trained on by exactly one")  # fmt: skip
+    cross, trained_answer = zip(*[(answers[1][i], answers[0][i]) if q in trained[0] else (answers[0][i], answers[1][i])
+                                  for i, q in enumerate(questions)])  # fmt: skip
+    alike = step.dataset.agreement([first(a["answer"]) for a in trained_answer], [first(c["answer"]) for c in cross],
+                                   list(step.labels))  # fmt: skip
+    return _preferred_rows(step, list(cross), "ILR (both halves agree)", alike)
+
+
+def _trained_on(run: str) -> set[str]:
+    """The prompts a half run trained on: its half of the label set its record names (`half_split`)."""
+    record = read_record(run, "experiment_config.json") or {}
+    if not record.get("half_data") or not record.get("weak_labels_path"):
+        raise ConfigError(f"{run} is not a half-data run on labels (its experiment_config.json names no half_data "
+                          "and weak_labels_path)")  # fmt: skip
+    labels = load_label_set(record["weak_labels_path"])
+    return set(half_split(labels, record["seed"], record["half_data"])[0]["question"])
+
+
+# A variant: both half models must agree before a label is compared (docs/toy_world.md).
+register_kind(MethodKind("ilragree", ilragree_rows, half_runs_label_all=True))
