@@ -36,7 +36,7 @@ from iterative_label_refinement.core.label_sets import (
     save_label_set,
 )
 from iterative_label_refinement.core.locks import writing
-from iterative_label_refinement.core.methods import Method, MethodKind, register_kind
+from iterative_label_refinement.core.methods import HALF_RUNS, Method, MethodKind, parse_method, register_kind
 from iterative_label_refinement.core.provenance import (
     artifact_identity,
     evaluator_identity,
@@ -132,6 +132,7 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
         print(out_path)
         return str(out_path)
     check_round(round_id, **candidate_runs)
+    _check_half_runs(method, candidate_runs)
     weak_config = read_record(weak_model_path, "experiment_config.json")
     if weak_config and weak_config.get("ds_name", ds_name) != ds_name:  # another task's rule would decide
         raise ConfigError(f"--ds_name={ds_name}, but the weak run {weak_model_path} is of {weak_config['ds_name']}")
@@ -152,6 +153,21 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
             return str(out_path)
         logger.info("Writing %s", out_path)  # at the start too: a long step says where it writes
         return save_label_set(kind.rows(step), out_path, seed, record, save_results)
+
+
+def _check_half_runs(method: Method, candidate_runs: dict[str, str]) -> None:
+    """Half runs made for a kind whose half models label every prompt hold other answers than those of
+    the other kinds (the other half only): a step reading the one sort as the other would decide on
+    wrong proposals. Round 0's half runs of both sorts share a run dir; records say what each was made for."""
+    for flag, run in candidate_runs.items():
+        made_for = (read_record(run, "experiment_config.json") or {}).get("method")
+        if flag not in HALF_RUNS or not made_for:
+            continue
+        if parse_method(made_for).spec.half_runs_label_all != method.spec.half_runs_label_all:
+            raise ConfigError(f"--{flag}={run} was trained for {made_for}, whose half models label "
+                              f"{'every prompt' if not method.spec.half_runs_label_all else 'the other half only'}"
+                              f": a {method.kind} step cannot read its answers (round 0's half runs share a run dir "
+                              "across methods: use another RESULTS_FOLDER or SWEEP)")  # fmt: skip
 
 
 def _check_feedback(method: Method, feedback: str, evaluator_path: str | None, judge: JudgeEndpoint | None,
