@@ -62,22 +62,16 @@ if [ "$DEMO" = full ]; then default_pipelines+=,orailr,oradpo; fi
 if [ "$EVALUATOR" = judge ]; then default_pipelines=ilr,dpo; fi  # the others ask no judge
 PIPELINES=${PIPELINES:-$default_pipelines}
 IFS=, read -r -a pipelines <<<"$PIPELINES"
-pipeline_steps() {
-  case "$1" in
-    ilr | naive | orailr) sft_ilr_steps ;;
-    dpo | oradpo) sft_dpo_steps ;;
-    *) echo "PIPELINES must be a comma-separated list of ilr, naive, dpo, orailr, oradpo; got '$PIPELINES'" >&2
-       return 2 ;;
-  esac
-}
-# Progress is numbered across every sub-pipeline of every seed: they add to these. An unknown
-# pipeline stops here, before anything runs (an assignment, so that `set -e` sees the refusal).
+# What each pipeline runs ([cor][ora]<kind>: SCRIPTS, ENVS, STEPS; experiments.query pipelines) and
+# the evaluator's steps. Progress is numbered across every sub-pipeline of every seed: they add to
+# these. An unknown pipeline stops here, before anything runs.
+ask pipelines "${pipelines[@]}" --rounds="$ROUNDS"
 per_seed=0
-if [ "$EVALUATOR" != judge ]; then per_seed=$(evaluator_steps); fi
-for name in "${pipelines[@]}"; do
-  steps=$(pipeline_steps "$name")
-  per_seed=$((per_seed + steps))
-done
+if [ "$EVALUATOR" != judge ]; then
+  ask evaluator --ds_name="$DS_NAME"
+  per_seed=$EVALUATOR_STEPS
+fi
+for steps in "${STEPS[@]}"; do per_seed=$((per_seed + steps)); done
 export PROGRESS_START PROGRESS_TOTAL=$((${#seeds[@]} * per_seed))
 log "demo ($DEMO), seeds $SEEDS: $PROGRESS_TOTAL steps, results in $RESULTS_FOLDER"
 # The tiny bases are installed once from their shipped weights (seconds); a base without shipped
@@ -120,15 +114,10 @@ pipeline() {
 for SEED in "${seeds[@]}"; do
   export SEED
   log "seed $SEED"
-  if [ "$EVALUATOR" != judge ]; then pipeline "$(evaluator_steps)" bash "$HERE/evaluator.sh"; fi
-  for name in "${pipelines[@]}"; do
-    case "$name" in
-      ilr) pipeline "$(sft_ilr_steps)" bash "$HERE/sft_ilr.sh" ;;
-      naive) pipeline "$(sft_ilr_steps)" env REFINER=naive bash "$HERE/sft_ilr.sh" ;;
-      orailr) pipeline "$(sft_ilr_steps)" env ORACLE=1 bash "$HERE/sft_ilr.sh" ;;
-      dpo) pipeline "$(sft_dpo_steps)" bash "$HERE/sft_dpo.sh" ;;
-      oradpo) pipeline "$(sft_dpo_steps)" env ORACLE=1 bash "$HERE/sft_dpo.sh" ;;
-    esac
+  if [ "$EVALUATOR" != judge ]; then pipeline "$EVALUATOR_STEPS" bash "$HERE/evaluator.sh"; fi
+  for i in "${!pipelines[@]}"; do
+    # shellcheck disable=SC2086
+    pipeline "${STEPS[$i]}" env ${ENVS[$i]} bash "$HERE/${SCRIPTS[$i]}"
   done
 done
 log "demo ($DEMO) finished in $(($(date +%s) - PROGRESS_START)) s; the report (its table, then the plot):"

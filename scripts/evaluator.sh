@@ -17,19 +17,19 @@ GT_FLAGS=${GT_FLAGS:-}                # extra flags of the ground-truth run(s)
 EVALUATOR_FLAGS=${EVALUATOR_FLAGS:-}  # extra flags of core.train_evaluator (epochs, lr, evaluator_kind, ...)
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-set_total "$(evaluator_steps)"
+# The task's ground-truth runs (GT_RUNS: the extra flags of each, one per mode of its registry entry)
+# and EVALUATOR_STEPS (experiments.query evaluator).
+ask evaluator --ds_name="$DS_NAME"
+set_total "$EVALUATOR_STEPS"
 log "evaluator for $DS_NAME on $EVALUATOR_MODEL"
 plan_memory evaluator
 gt="--model_size=$EVALUATOR_MODEL --epochs=$GT_EPOCHS --save_frequency=$SAVE_FREQUENCY --generate_weak_labels=False \
 $GT_FLAGS"
-if [ "$DS_NAME" = saferpaca ]; then
-  train $gt --saferpaca_mode=1
-  GT_DIR=$RUN_DIR
-  train $gt --saferpaca_mode=2
-else
-  train $gt
-  GT_DIR=$RUN_DIR
-fi
+GT_DIR=
+for gt_run in "${GT_RUNS[@]}"; do
+  train $gt $gt_run
+  GT_DIR=${GT_DIR:-$RUN_DIR}  # the evaluator data starts from the first one (and finds the others)
+done
 write_manifest  # once the ground-truth run passed its checks: a refused pipeline records nothing
 DATA=$(evaluator_data_name)
 refine "$DATA" experiments.generate_evaluator_data --save_path="$GT_DIR" --model_size="$EVALUATOR_MODEL" \

@@ -59,13 +59,14 @@ progress() {
   log "step $STEP/$TOTAL_STEPS (+$elapsed s$eta) $*"
 }
 
-# The number of train/refine steps of each pipeline: its progress total, and demo.sh's sum. They
-# follow the pipelines' loops (a test counts the steps of their dry runs against them).
-evaluator_steps() {  # ground-truth run(s) (SaferPaca: general-only and safety-only), data, evaluator
-  if [ "$DS_NAME" = saferpaca ]; then echo 4; else echo 3; fi
+# ask QUESTION FLAGS...: set the variables of the project's answer (experiments.query): what a
+# pipeline runs, its method and step count, where a run goes and whether it is done. The scripts
+# match no method or dataset name and parse no path: Python knows them. A refusal stops the script.
+ask() {
+  local answer
+  answer=$("$PYTHON" -m iterative_label_refinement.experiments.query "$@" --format=shell) || exit $?
+  eval "$answer"
 }
-sft_ilr_steps() { echo $((2 + 4 * ROUNDS)); }  # weak, SFT; per round: two halves, refinement, full
-sft_dpo_steps() { echo $((2 + 2 * ROUNDS)); }  # weak, SFT; per round: preference pairs, DPO
 
 # py MODULE FLAGS...: run `python -m iterative_label_refinement.MODULE`, or only print it in a dry run.
 py() {
@@ -110,19 +111,15 @@ common_flags() {
        "$EXTRA_FLAGS"
 }
 
-# train FLAGS...: one experiments.main run. Sets RUN_DIR to the run dir (printed by the project).
-# Skipped when the run's commit point is there (experiments.main writes it last, after every
-# output); otherwise main runs: it finishes a run dir from before commit points by its outputs,
-# and resumes a killed run from its checkpoints.
+# train FLAGS...: one experiments.main run. Sets RUN_DIR to the run dir and MODEL_DIR to where its
+# model is saved (a DPO round's adapter; experiments.query run). Skipped when main would find it
+# finished (its commit point and outputs); otherwise main runs: it resumes a killed run from its checkpoints.
 train() {
   # shellcheck disable=SC2046
-  RUN_DIR=$(query experiments.main $(common_flags) "$@")
-  if [ "$DRY_RUN" != 1 ]; then
-    DONE_FILE=${DONE_FILE:-$("$PYTHON" -c 'from iterative_label_refinement.core.saved_models import DONE; print(DONE)')}
-    if [ -e "$RUN_DIR/$DONE_FILE" ]; then
-      progress "done already: $RUN_DIR"
-      return 0
-    fi
+  ask run $(common_flags) "$@"
+  if [ "$RUN_DONE" = 1 ] && [ "$DRY_RUN" != 1 ]; then
+    progress "done already: $RUN_DIR"
+    return 0
   fi
   progress "train: $RUN_DIR"
   # shellcheck disable=SC2046
@@ -144,17 +141,9 @@ refine() {
   py "$@"
 }
 
-# method_of LABEL_SET ROUND: the method of a refined label set, which the refinement CLIs name
-# <method>_<round>_weak_labels (the path comes from the CLI's --print_save_path; the strong runs
-# take the same method as --method, so the scripts never spell one).
-method_of() {
-  local name
-  name=$(basename "$1")
-  if [ "${name%_"$2"_weak_labels}" = "$name" ]; then
-    echo "method_of: $1 is not a round-$2 label set (<method>_$2_weak_labels)" >&2
-    return 1
-  fi
-  echo "${name%_"$2"_weak_labels}"
+# is_set VALUE: True when a 0/1 setting (ORACLE, CORRECT) is 1, else False (a Python flag's value).
+is_set() {
+  if [ "${1:-0}" = 1 ]; then echo True; else echo False; fi
 }
 
 correct_flag() {

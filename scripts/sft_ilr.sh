@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SFT+ILR (and naive ILR with REFINER=naive). Every setting can be overridden from the environment;
+# SFT+ILR (naive ILR with REFINER=naive; any kind declared in core.methods for sft_ilr). Every setting can be overridden from the environment;
 # the defaults are the paper's GSM8K settings. Rerunning skips every finished step.
 #
 #   for r in 0..ROUNDS-1: two half-data strong models on round r's labels (cross-fitting), then
@@ -10,7 +10,7 @@ DS_NAME=${DS_NAME:-gsm8k}
 WEAK_MODEL=${WEAK_MODEL:-google/gemma-2b}
 STRONG_MODEL=${STRONG_MODEL:-mistralai/Mistral-7B-v0.1}
 EVALUATOR_MODEL=${EVALUATOR_MODEL:-google/gemma-2b}
-REFINER=${REFINER:-ilr}               # ilr | naive | a kind added to core.methods
+REFINER=${REFINER:-ilr}               # ilr | naive | any kind of core.methods that sft_ilr runs
 ROUNDS=${ROUNDS:-6}
 EPOCHS=${EPOCHS:-2}
 WEAK_EPOCHS=${WEAK_EPOCHS:-2}
@@ -28,29 +28,28 @@ STRONG_FLAGS=${STRONG_FLAGS:-}        # extra flags of every strong model's run
 WEAK_LABEL_TEMP=${WEAK_LABEL_TEMP:-$(dataset_fact weak_label_temp)}  # the weak model's labels
 PROPOSAL_TEMP=${PROPOSAL_TEMP:-$(dataset_fact proposal_temp)}        # the half models' proposals
 
-case "$REFINER" in
-  ilr | naive) refiner=("experiments.$REFINER") ;;  # the paper's CLIs, with the reference's flags
-  dpo) echo "REFINER must not be dpo: SFT+DPO is scripts/sft_dpo.sh" >&2; exit 2 ;;
-  *) refiner=(experiments.refine "--kind=$REFINER") ;;  # a kind added to core.methods (refine checks it)
-esac
-set_total "$(sft_ilr_steps)"
+# REFINER's step with these settings (experiments.query refiner): METHOD (the strong runs' --method;
+# the name depends on the settings only), REFINER_COMMAND (the module running the step), TAKES_FEEDBACK
+# (naive replaces labels at random; other kinds ask the evaluator or the oracle), STEPS; or REFUSAL.
+REFUSAL=
+ask refiner --kind="$REFINER" --pipeline=sft_ilr --rounds="$ROUNDS" --max_replace="$MAX_REPLACE" \
+  --oracle="$(is_set "$ORACLE")" --correct_start="$(is_set "$CORRECT")"
+if [ -n "$REFUSAL" ]; then echo "$REFUSAL" >&2; exit 2; fi
+set_total "$STEPS"
 log "SFT+$REFINER on $DS_NAME: weak $WEAK_MODEL, strong $STRONG_MODEL, $ROUNDS rounds"
 plan_memory sft_ilr
 
-# refiner_flags ROUND MODEL1 MODEL2: the flags of round ROUND's refinement step. Naive ILR takes no
-# feedback: it replaces labels at random; every other kind asks the evaluator (or the oracle).
+# refiner_flags ROUND MODEL1 MODEL2: the flags of round ROUND's refinement step.
 refiner_flags() {
   local f="--ds_name=$DS_NAME --weak_model_path=$WEAK_DIR --model1_path=$2 --model2_path=$3 --round_id=$1 \
 --max_replace=$MAX_REPLACE"
-  if [ "$REFINER" = naive ]; then echo "$f --seed=$SEED $(correct_flag)"; else echo "$f $(feedback_flags)"; fi
+  if [ "$TAKES_FEEDBACK" = 1 ]; then echo "$f $(feedback_flags)"; else echo "$f --seed=$SEED $(correct_flag)"; fi
 }
 
 weak_run
-# The method (the strong runs' --method) is the one the refinement CLI names its label sets by. The
-# name depends on the flags only, so round 0's is asked before its half models exist (the weak run
-# stands in for them).
-ROUND0_LABELS=$(query "${refiner[@]}" $(refiner_flags 0 "$WEAK_DIR" "$WEAK_DIR"))  # an assignment: a refusal stops here
-METHOD=$(method_of "$ROUND0_LABELS" 0)
+# Round 0's step is asked with all its flags before anything trains on the method (the weak run
+# stands in for its half models): a refusal stops the pipeline here.
+query "${REFINER_COMMAND[@]}" $(refiner_flags 0 "$WEAK_DIR" "$WEAK_DIR") >/dev/null
 log "method $METHOD"
 write_manifest  # once the weak run and the method passed their checks: a refused pipeline records nothing
 on_labels="--model_size=$STRONG_MODEL --epochs=$EPOCHS --weak_labels_path=$WEAK_DIR --weak_model_size=$WEAK_MODEL \
@@ -72,9 +71,11 @@ for ((r = 0; r < ROUNDS; r++)); do
     fi
   done
   for pid in "${half_runs[@]}"; do wait "$pid"; done
-  H1=$(query experiments.main $(common_flags) $on_labels --round_id=$r --half_data=1 --label_temp="$PROPOSAL_TEMP")
-  H2=$(query experiments.main $(common_flags) $on_labels --round_id=$r --half_data=2 --label_temp="$PROPOSAL_TEMP")
-  step=("${refiner[@]}" $(refiner_flags $r "$H1" "$H2"))
+  ask run $(common_flags) $on_labels --round_id=$r --half_data=1 --label_temp="$PROPOSAL_TEMP"
+  H1=$RUN_DIR
+  ask run $(common_flags) $on_labels --round_id=$r --half_data=2 --label_temp="$PROPOSAL_TEMP"
+  H2=$RUN_DIR
+  step=("${REFINER_COMMAND[@]}" $(refiner_flags $r "$H1" "$H2"))
   LABELS=$(query "${step[@]}")  # where the step writes round r's refined labels
   refine "$LABELS" "${step[@]}"
   train $on_labels --round_id=$((r + 1)) --generate_weak_labels=False

@@ -68,14 +68,15 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holders_lock_
 
 STEP = """import sys, time
 from pathlib import Path
-from iterative_label_refinement.core import refinement_step
-rows = refinement_step.STEPS["ilr"].rows
+import dataclasses
+from iterative_label_refinement.core import methods
+ilr = methods.method_kind("ilr")
 def slow(step):
     Path(sys.argv[1]).touch()
     while not Path(sys.argv[2]).exists():
         time.sleep(0.05)
-    return rows(step)
-refinement_step.STEPS["ilr"] = refinement_step.StepKind(slow, refinement_step.HALF_RUNS)
+    return ilr.rows(step)
+methods._KINDS["ilr"] = dataclasses.replace(ilr, rows=slow)
 from iterative_label_refinement.core.cli import run_cli
 from iterative_label_refinement.experiments.ilr import main
 run_cli(main, sys.argv[3:])

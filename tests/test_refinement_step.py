@@ -20,7 +20,7 @@ import pytest
 from datasets import Dataset, load_from_disk
 
 from iterative_label_refinement.core import evaluator, methods, refinement_step
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.common import ConfigError, write_json
 from iterative_label_refinement.core.label_sets import first
 from iterative_label_refinement.core.methods import parse_method
 from iterative_label_refinement.core.refinement import match_proposals, refined_rows
@@ -197,18 +197,19 @@ def _greedy_rows(step: refinement_step.StepInputs) -> list[dict]:
     return refined_rows(labels, proposals, [v > 0.5 for v in scores], scores)
 
 
-def test_a_kind_added_in_the_three_places_the_readme_names_runs_through_refine(world, tmp_path, monkeypatch):
-    """README "Extending": the kind in methods.KINDS, its rows in refinement_step.STEPS, then refine runs it."""
+def test_a_kind_added_by_one_declaration_runs_through_refine(world, tmp_path):
+    """README "Layout and extending": one `register_kind(MethodKind(...))`, then refine runs it."""
     with pytest.raises(ConfigError, match="Unknown method kind 'greedy'"):
         refine.main("greedy", "toy_arith", world["weak"], model1_path=world["h1"], model2_path=world["h2"],
                     max_replace=1, use_oracle_feedback=True)  # fmt: skip
-    monkeypatch.setattr(methods, "KINDS", (*methods.KINDS, "greedy"))
-    with pytest.raises(ConfigError, match="no refinement step is registered for method kind 'greedy'"):
-        refine.main("greedy", "toy_arith", world["weak"], model1_path=world["h1"], model2_path=world["h2"],
-                    max_replace=1, use_oracle_feedback=True)  # fmt: skip
-    monkeypatch.setitem(
-        refinement_step.STEPS, "greedy", refinement_step.StepKind(_greedy_rows, refinement_step.HALF_RUNS)
-    )
+    methods.register_kind(methods.MethodKind("greedy", _greedy_rows))
+    try:
+        _run_greedy(world, tmp_path)
+    finally:
+        methods._KINDS.pop("greedy")
+
+
+def _run_greedy(world, tmp_path):
     assert parse_method("cororagreedy1") == methods.Method("greedy", oracle=True, correct_start=True, max_replace=1)
     weak = _fresh_weak(world, tmp_path)
     path = refine.main("greedy", "toy_arith", weak, model1_path=world["h1"], model2_path=world["h2"], max_replace=1,
@@ -226,6 +227,29 @@ def test_a_kind_added_in_the_three_places_the_readme_names_runs_through_refine(w
         same = labels[q]["answer"].split("####")[1] == proposals[q]["answer"].split("####")[1]
         agreeing_replaced += same and chosen is proposals[q]
     assert agreeing_replaced > 0  # rows ILR would not have compared: the new kind's rows ran, not ilr's
+
+
+def test_a_step_refuses_half_runs_made_for_the_other_sort_of_kind(world, tmp_path):
+    """Round 0's half runs of ilr and of a kind whose half models label every prompt share a run dir: a step
+    refuses half runs of the other sort (their records name the method they were made for)."""
+    methods.register_kind(methods.MethodKind("everyprompt", refinement_step.ilr_rows, half_runs_label_all=True))
+    try:
+        runs = {}
+        for half in ("h1", "h2"):
+            runs[half] = tmp_path / Path(world[half]).name
+            shutil.copytree(world[half], runs[half])
+            write_json(runs[half] / "experiment_config.json", {"round_id": 0, "method": "everyprompt0.5"})
+        with pytest.raises(ConfigError, match=r"--model1_path=.* was trained for everyprompt0.5, whose half models "
+                                              "label every prompt: a ilr step cannot read"):  # fmt: skip
+            ilr.main("toy_arith", world["weak"], str(runs["h1"]), str(runs["h2"]), max_replace=0.5,
+                     use_oracle_feedback=True)  # fmt: skip
+        for run in runs.values():
+            write_json(run / "experiment_config.json", {"round_id": 0, "method": "ilr0.5"})
+        with pytest.raises(ConfigError, match="was trained for ilr0.5, whose half models label the other half only"):
+            refine.main("everyprompt", "toy_arith", world["weak"], model1_path=str(runs["h1"]),
+                        model2_path=str(runs["h2"]), max_replace=0.5, use_oracle_feedback=True)  # fmt: skip
+    finally:
+        methods._KINDS.pop("everyprompt")
 
 
 def _tagged_half_runs(world, root: Path, round_id: int) -> tuple[str, str]:

@@ -484,3 +484,14 @@ def test_eval_on_heldout_scores_training_prompts_no_run_of_that_size_sees(run_co
         load_run_data(run_config(**toy, n_docs=3990, n_test_docs=11, eval_on="heldout"))
     with pytest.raises(ConfigError, match=r"Unknown eval_on 'validation'. Valid: \['test', 'heldout'\]"):
         run_config(**toy, eval_on="validation")
+
+
+def test_a_half_run_labelling_every_prompt_is_a_run_of_its_own(tmp_path):
+    """Round 0 trains every method on `weak` labels, so ilr's and ilragree's half runs had one name;
+    ilragree's half runs label every prompt (its declaration says so), ilr's only the other half."""
+    ilr = dirname(tmp_path, GRID["half1_ilr"])
+    agree = dirname(tmp_path, dict(GRID["half1_ilr"], method="ilragree0.15"))
+    assert ilr == DIRNAMES["half1_ilr"] and "hla=" not in ilr
+    assert agree == ilr.replace("-hd=1-", "-hd=1-hla=1-")  # the one key, sorted in after half_data
+    full = dirname(tmp_path, dict(GRID["half1_ilr"], method="ilragree0.15", half_data=0))
+    assert full == dirname(tmp_path, dict(GRID["half1_ilr"], half_data=0))  # a full run labels nothing else

@@ -4,12 +4,13 @@ A step names its output from the method and round, refuses model runs of another
 nothing when its label set exists, reads the current labels (ilr, naive) and the answers to judge
 (the half models' proposals, or the round model's samples for dpo), asks the feedback (evaluator or
 oracle) about them, decides with the pure functions of `core.refinement`, and saves the rows.
-Each kind of method contributes only how its rows are decided and which runs it judges (`STEPS`).
+Each kind of method contributes only its declaration (`core.methods.MethodKind`): how its rows
+are decided and which runs it judges. The paper's kinds are declared at the end of this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ from iterative_label_refinement.core.label_sets import (
     save_label_set,
 )
 from iterative_label_refinement.core.locks import writing
-from iterative_label_refinement.core.methods import Method
+from iterative_label_refinement.core.methods import HALF_RUNS, Method, MethodKind, parse_method, register_kind
 from iterative_label_refinement.core.provenance import (
     artifact_identity,
     evaluator_identity,
@@ -52,6 +53,7 @@ from iterative_label_refinement.core.refinement import (
     preference_rows,
     refined_rows,
 )
+from iterative_label_refinement.core.run_data import half_split
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -91,7 +93,7 @@ class Feedback:
 @dataclass(frozen=True)
 class StepInputs:
     """What a method decides on: the current labels (None for dpo, which draws on samples only),
-    the answers to judge (one label set per run), the feedback (None for naive)."""
+    the answers to judge (one label set per run, and the runs), the feedback (None for naive)."""
 
     method: Method
     round_id: int
@@ -100,6 +102,7 @@ class StepInputs:
     labels: Dataset | None
     candidates: list[Dataset]
     feedback: Feedback | None
+    runs: dict[str, str]  # flag -> the run dir whose answers `candidates` holds, in the same order
 
 
 def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, candidate_runs: dict[str, str], *,
@@ -117,10 +120,7 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
     export_comparisons: with `human`, write the comparisons the step asks to that folder (and return
     it) instead of a label set.
     """
-    kind = STEPS.get(method.kind)
-    if kind is None:
-        raise ConfigError(f"no refinement step is registered for method kind {method.kind!r} "
-                          f"(core.refinement_step.STEPS has {sorted(STEPS)})")  # fmt: skip
+    kind = method.spec
     if sorted(candidate_runs) != sorted(kind.judges):
         given = ", ".join(f"--{flag}" for flag in sorted(candidate_runs)) or "none"
         raise ConfigError(f"a {method.kind} step judges the runs of {', '.join(f'--{f}' for f in kind.judges)}; "
@@ -132,6 +132,7 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
         print(out_path)
         return str(out_path)
     check_round(round_id, **candidate_runs)
+    _check_half_runs(method, candidate_runs)
     weak_config = read_record(weak_model_path, "experiment_config.json")
     if weak_config and weak_config.get("ds_name", ds_name) != ds_name:  # another task's rule would decide
         raise ConfigError(f"--ds_name={ds_name}, but the weak run {weak_model_path} is of {weak_config['ds_name']}")
@@ -152,6 +153,21 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
             return str(out_path)
         logger.info("Writing %s", out_path)  # at the start too: a long step says where it writes
         return save_label_set(kind.rows(step), out_path, seed, record, save_results)
+
+
+def _check_half_runs(method: Method, candidate_runs: dict[str, str]) -> None:
+    """Half runs made for a kind whose half models label every prompt hold other answers than those of
+    the other kinds (the other half only): a step reading the one sort as the other would decide on
+    wrong proposals. Round 0's half runs of both sorts share a run dir; records say what each was made for."""
+    for flag, run in candidate_runs.items():
+        made_for = (read_record(run, "experiment_config.json") or {}).get("method")
+        if flag not in HALF_RUNS or not made_for:
+            continue
+        if parse_method(made_for).spec.half_runs_label_all != method.spec.half_runs_label_all:
+            raise ConfigError(f"--{flag}={run} was trained for {made_for}, whose half models label "
+                              f"{'every prompt' if not method.spec.half_runs_label_all else 'the other half only'}"
+                              f": a {method.kind} step cannot read its answers (round 0's half runs share a run dir "
+                              "across methods: use another RESULTS_FOLDER or SWEEP)")  # fmt: skip
 
 
 def _check_feedback(method: Method, feedback: str, evaluator_path: str | None, judge: JudgeEndpoint | None,
@@ -194,7 +210,7 @@ def _feedback_source(ds_name: str, feedback: str, judge: JudgeEndpoint | None, v
     return None
 
 
-def _export(kind: StepKind, step: StepInputs, folder: str) -> Path:
+def _export(kind: MethodKind, step: StepInputs, folder: str) -> Path:
     """Run the step to its question and write the comparisons it asks (none: empty files)."""
     try:
         kind.rows(step)
@@ -235,7 +251,7 @@ def _inputs(dataset: DatasetConfig, weak_model_path: str, method: Method, round_
     if method.oracle:
         for ds, path in zip(candidates, paths):
             check_known_acc(ds, path, "--use_oracle_feedback")
-    return StepInputs(method, round_id, seed, dataset, labels, candidates, feedback)
+    return StepInputs(method, round_id, seed, dataset, labels, candidates, feedback, candidate_runs)
 
 
 def step_record(method: Method, round_id: int, seed: int, ds_name: str, weak_model_path: str,
@@ -262,25 +278,32 @@ def _accuracy(acc: list[Any]) -> str:
 
 def ilr_rows(step: StepInputs) -> list[dict[str, Any]]:
     """Disagreeing proposals the feedback prefers replace the labels (`ilr_decide`)."""
+    return _preferred_rows(step, match_proposals(list(step.labels["question"]), step.candidates), "ILR")
+
+
+def _preferred_rows(step: StepInputs, proposals: list[dict[str, Any]], name: str,
+                    eligible: list[bool] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """ILR's rule: each proposal that disagrees with its label (and is `eligible`, all by default) is
+    compared with it, and those the feedback prefers above the threshold replace it (`ilr_decide`)."""
     labels, max_replace = step.labels, step.method.max_replace
     questions = list(labels["question"])
-    proposals = match_proposals(questions, step.candidates)
     current = [first(a) for a in labels["answer"]]
     proposed = [first(p["answer"]) for p in proposals]
     agree = step.dataset.agreement(current, proposed, list(labels))
+    skipped = [a or (eligible is not None and not eligible[i]) for i, a in enumerate(agree)]
     current_acc = [first(a) for a in labels["acc"]]
-    compared = [i for i, a in enumerate(agree) if not a]
+    compared = [i for i, s in enumerate(skipped) if not s]
     values = step.feedback.scores([questions[i] for i in compared], [current[i] for i in compared],
                                   [proposed[i] for i in compared], [current_acc[i] for i in compared],
                                   [first(proposals[i].get("acc")) for i in compared])  # fmt: skip
-    scores = [-1.0] * len(labels)  # an agreeing row is not compared
+    scores = [-1.0] * len(labels)  # a row not compared has no score
     for i, v in zip(compared, values):
         scores[i] = v
-    decision = ilr_decide(agree, scores, max_replace, oracle=step.method.oracle)
+    decision = ilr_decide(skipped, scores, max_replace, oracle=step.method.oracle)
     rows = refined_rows(labels, proposals, decision.replace, scores)
     logger.info(
-        "ILR round %d: %d rows, %d agreed, %d compared, %d replaced (threshold %.3f); label accuracy %s -> %s",
-        step.round_id, len(rows), sum(agree), len(compared), sum(decision.replace), decision.threshold,
+        "%s round %d: %d rows, %d agreed, %d compared, %d replaced (threshold %.3f); label accuracy %s -> %s",
+        name, step.round_id, len(rows), sum(agree), len(compared), sum(decision.replace), decision.threshold,
         _accuracy(list(labels["acc"])), _accuracy([r["acc"] for r in rows]),
     )  # fmt: skip
     return rows
@@ -318,17 +341,47 @@ def dpo_rows(step: StepInputs) -> list[dict[str, Any]]:
     return prefs
 
 
-@dataclass(frozen=True)
-class StepKind:
-    """How a kind of method decides its rows, and the flags naming the runs whose answers it judges."""
+# The paper's kinds. dpo judges the round model's own samples.
+register_kind(MethodKind("ilr", ilr_rows, cli="ilr"))
+register_kind(MethodKind("naive", naive_rows, flags=("redraw_each_round",), takes_feedback=False, cli="naive"))
+register_kind(MethodKind("dpo", dpo_rows, numbers=("beta", "subsample"), flags=("neutral_ties",),
+                         judges=("strong_model_path",), pipeline="sft_dpo", cli="dpo"))  # fmt: skip
 
-    rows: Callable[[StepInputs], list[dict[str, Any]]]
-    judges: tuple[str, ...]
+
+def ilragree_rows(step: StepInputs) -> list[dict[str, Any]]:
+    """ILR where a disagreeing label is compared only when both half models, which each labelled
+    every prompt, answered its prompt alike (the task's `agreement`): the cross-fitted proposal, from
+    the model that did not train on the prompt, and the answer of the model that did."""
+    questions = list(step.labels["question"])
+    answers, trained = [], []
+    for (flag, run), proposals in zip(step.runs.items(), step.candidates):
+        by_question = {row["question"]: row for row in proposals}
+        missing = [q for q in questions if q not in by_question]
+        if missing:
+            raise ConfigError(f"--{flag}={run} has no answer to {len(missing)} of the {len(questions)} prompts (e.g. "
+                              f"{missing[0]!r}): an {step.method.kind} step compares both half models on every "
+                              f"prompt, so its half runs label them all (--method={step.method})")  # fmt: skip
+        answers.append([by_question[q] for q in questions])
+        trained.append(_trained_on(run))
+    if any((q in trained[0]) == (q in trained[1]) for q in questions):
+        raise ConfigError(f"the half runs {', '.join(step.runs.values())} did not split this round's labels "
+                          "between them: each prompt must be trained on by exactly one")  # fmt: skip
+    cross, trained_answer = zip(*[(answers[1][i], answers[0][i]) if q in trained[0] else (answers[0][i], answers[1][i])
+                                  for i, q in enumerate(questions)])  # fmt: skip
+    alike = step.dataset.agreement([first(a["answer"]) for a in trained_answer], [first(c["answer"]) for c in cross],
+                                   list(step.labels))  # fmt: skip
+    return _preferred_rows(step, list(cross), "ILR (both halves agree)", alike)
 
 
-HALF_RUNS = ("model1_path", "model2_path")  # cross-fitted proposals: each half model labelled the other half
-STEPS: dict[str, StepKind] = {
-    "ilr": StepKind(ilr_rows, HALF_RUNS),
-    "naive": StepKind(naive_rows, HALF_RUNS),
-    "dpo": StepKind(dpo_rows, ("strong_model_path",)),  # the round model's own samples
-}
+def _trained_on(run: str) -> set[str]:
+    """The prompts a half run trained on: its half of the label set its record names (`half_split`)."""
+    record = read_record(run, "experiment_config.json") or {}
+    if not record.get("half_data") or not record.get("weak_labels_path"):
+        raise ConfigError(f"{run} is not a half-data run on labels (its experiment_config.json names no half_data "
+                          "and weak_labels_path)")  # fmt: skip
+    labels = load_label_set(record["weak_labels_path"])
+    return set(half_split(labels, record["seed"], record["half_data"])[0]["question"])
+
+
+# A variant: both half models must agree before a label is compared (docs/toy_world.md).
+register_kind(MethodKind("ilragree", ilragree_rows, half_runs_label_all=True))

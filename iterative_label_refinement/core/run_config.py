@@ -302,6 +302,10 @@ class RunConfig(MainFlags):
         config = {k: getattr(self, k) for k in NAME_KEYS}
         if self.method:
             config["weak_label_type"] = weak_label_type(self.method, self.round_id)
+            # Round 0's labels are `weak` for every method: a half run that labels every prompt (its
+            # kind compares both half models) is another run than one labelling the other half.
+            if self.half_data and self.method.spec.half_runs_label_all:
+                config["half_labels_all"] = True
         if self.do_dpo:
             config.update(do_dpo=True, dpo_beta=self.dpo_beta, dpo_loss_type=self.dpo_loss_type)
         if self.train_with_all_data:

@@ -76,6 +76,12 @@ def gt_answers(ds: Dataset) -> list[str]:
     return list(ds["gt_answer"]) if "gt_answer" in ds.column_names else list(ds["answer"])
 
 
+def half_split(labels: Dataset, seed: int, half: int) -> tuple[Dataset, Dataset]:
+    """(the rows half model `half` (1 or 2) trains on, the other half's): cross-fitting's split."""
+    split = labels.train_test_split(test_size=0.5, seed=seed)
+    return (split["train"], split["test"]) if half == 1 else (split["test"], split["train"])
+
+
 def load_run_data(cfg: RunConfig) -> RunData:
     """Train on half A of the task's train split (ground truth) or on the labels (all, or one half);
     label the other half (or, for a DPO round, the prompts the labels came from)."""
@@ -109,8 +115,9 @@ def load_run_data(cfg: RunConfig) -> RunData:
         # DPO samples again on the prompts of the ground-truth half the labels came from.
         return RunData(train=train, test=dd["test"], label_targets=as_targets(halves["test"]))
     if cfg.half_data:
-        split = labels.train_test_split(test_size=0.5, seed=seed)
-        train, other = (split["train"], split["test"]) if cfg.half_data == 1 else (split["test"], split["train"])
+        train, other = half_split(labels, seed, cfg.half_data)
+        if method and method.spec.half_runs_label_all:  # its step compares both half models on every prompt
+            other = labels
     else:
         train, other = labels, labels
     train = filter_rows(train, cfg.dataset, method, round_id, mode, preference=False)

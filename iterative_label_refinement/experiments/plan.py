@@ -34,6 +34,7 @@ from iterative_label_refinement.core.memory import (
     refusal,
     step_memory,
 )
+from iterative_label_refinement.core.methods import method_kind
 from iterative_label_refinement.core.run_config import DPO_NUM_SAMPLES
 from iterative_label_refinement.experiments import ilr
 
@@ -163,7 +164,8 @@ def pipeline_steps(pipeline: str, env: dict[str, str], parallel: str = "auto") -
     steps = run_steps("weak model", weak, ds, flags("WEAK_FLAGS"), parallel)
     steps += run_steps("strong model", strong, ds, flags("STRONG_FLAGS"), parallel,
                        samples=DPO_NUM_SAMPLES if pipeline == "sft_dpo" else 1, processes=halves_at_once)  # fmt: skip
-    feedback = env.get("ORACLE", "0") != "1" and (pipeline == "sft_dpo" or env.get("REFINER", "ilr") != "naive")
+    kind = method_kind(env.get("REFINER", "ilr" if pipeline == "sft_ilr" else "dpo"))  # the scripts' default
+    feedback = env.get("ORACLE", "0") != "1" and kind.takes_feedback
     if feedback:
         prompt, answers = _tokens(ds, {}, answers=2)
         steps.append(Step("feedback: evaluator scores pairs", evaluator, "forward", tokens=prompt + answers,

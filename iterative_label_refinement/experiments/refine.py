@@ -5,9 +5,9 @@
                     --evaluator_path=<evaluator> --max_replace=0.15 --round_id=0
 
 `experiments.ilr`, `naive` and `dpo` keep the reference release's flags and defaults for the
-paper's kinds; this CLI takes their flags for any kind in `core.methods.KINDS` and checks them
-against it: dpo takes `beta` and `subsample`, every other kind `max_replace`; each kind names the
-runs it judges (`core.refinement_step.STEPS`: `model1_path` and `model2_path`, or dpo's
+paper's kinds; this CLI takes their flags for any declared kind (`core.methods.MethodKind`) and
+checks them against its declaration: dpo takes `beta` and `subsample`, ilr and naive
+`max_replace`; each kind names the runs it judges (`model1_path` and `model2_path`, or dpo's
 `strong_model_path`); a kind without feedback takes no `evaluator_path`.
 Writes `<weak run>/<method>_<round>_weak_labels`; `--print_save_path` prints that path (the last
 stdout line) and reads nothing.
