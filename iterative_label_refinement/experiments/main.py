@@ -68,7 +68,7 @@ def main(flags: MainFlags, print_save_path: bool = False) -> dict[str, Any] | st
     run_dir, weights = _plan(cfg, print_save_path)
     if print_save_path:
         return str(run_dir)
-    if _finished(cfg, run_dir):
+    if finished(cfg, run_dir):
         return _skipped(run_dir)
     data = _load(cfg)  # errors in the inputs still leave nothing behind
     if not is_main_process():  # the other processes of a DDP run only train; rank 0 owns the run dir
@@ -76,7 +76,7 @@ def main(flags: MainFlags, print_save_path: bool = False) -> dict[str, Any] | st
         _train_or_load(cfg, run_dir, data.train)
         return {"save_path": str(run_dir)}
     with writing(run_dir):
-        if _finished(cfg, run_dir):  # another writer finished it while this one loaded its data
+        if finished(cfg, run_dir):  # another writer finished it while this one loaded its data
             return _skipped(run_dir)
         logger.info("Run dir: %s", run_dir)  # at the start too, not only when the run ends
         _start(cfg, run_dir, weights)
@@ -114,7 +114,7 @@ def _load(cfg: RunConfig) -> RunData:
     return data
 
 
-def _finished(cfg: RunConfig, run_dir: Path) -> bool:
+def finished(cfg: RunConfig, run_dir: Path) -> bool:
     """The run's commit point (`DONE`, written last) is there, and so is every output it lists. A run
     dir from before commit points (its record names none) is finished when its outputs exist."""
     if cfg.force_retrain:

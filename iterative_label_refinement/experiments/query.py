@@ -98,7 +98,7 @@ def run(*args: Any, **flags: Any) -> dict[str, Any]:
     with contextlib.redirect_stdout(io.StringIO()):  # main prints the path: stdout is the answer's
         run_dir = Path(main_cli.main(**settings, print_save_path=True))
     cfg = RunConfig.from_flags(dry_run=True, **settings)
-    return {"run_dir": str(run_dir), "run_done": main_cli._finished(cfg, run_dir),
+    return {"run_dir": str(run_dir), "run_done": main_cli.finished(cfg, run_dir),
             "model_dir": str(model_dir(run_dir, cfg.dpo_round))}  # fmt: skip
 
 
