@@ -230,7 +230,7 @@ def _run_greedy(world, tmp_path):
 
 
 def test_a_step_refuses_half_runs_made_for_the_other_sort_of_kind(world, tmp_path):
-    """Round 0's half runs of ilr and of a kind whose half models label every prompt share a run dir: a step
+    """Half runs of ilr and of a kind whose half models label every prompt hold different answers: a step
     refuses half runs of the other sort (their records name the method they were made for)."""
     methods.register_kind(methods.MethodKind("everyprompt", refinement_step.ilr_rows, half_runs_label_all=True))
     try:

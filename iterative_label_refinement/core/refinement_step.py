@@ -158,7 +158,7 @@ def run_step(ds_name: str, weak_model_path: str, method: Method, round_id: int, 
 def _check_half_runs(method: Method, candidate_runs: dict[str, str]) -> None:
     """Half runs made for a kind whose half models label every prompt hold other answers than those of
     the other kinds (the other half only): a step reading the one sort as the other would decide on
-    wrong proposals. Round 0's half runs of both sorts share a run dir; records say what each was made for."""
+    wrong proposals. Their records say what each was made for (their run dirs differ by `hla`)."""
     for flag, run in candidate_runs.items():
         made_for = (read_record(run, "experiment_config.json") or {}).get("method")
         if flag not in HALF_RUNS or not made_for:
@@ -166,8 +166,8 @@ def _check_half_runs(method: Method, candidate_runs: dict[str, str]) -> None:
         if parse_method(made_for).spec.half_runs_label_all != method.spec.half_runs_label_all:
             raise ConfigError(f"--{flag}={run} was trained for {made_for}, whose half models label "
                               f"{'every prompt' if not method.spec.half_runs_label_all else 'the other half only'}"
-                              f": a {method.kind} step cannot read its answers (round 0's half runs share a run dir "
-                              "across methods: use another RESULTS_FOLDER or SWEEP)")  # fmt: skip
+                              f": a {method.kind} step cannot read its answers (pass the half runs trained for "
+                              f"--method={method})")  # fmt: skip
 
 
 def _check_feedback(method: Method, feedback: str, evaluator_path: str | None, judge: JudgeEndpoint | None,
