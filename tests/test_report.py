@@ -13,6 +13,7 @@ import pytest
 from datasets import Dataset
 
 from iterative_label_refinement.core.common import ConfigError, write_json
+from iterative_label_refinement.core.eval import mean_and_stderr
 from iterative_label_refinement.experiments import report
 
 
@@ -125,11 +126,11 @@ def by_hand(values):
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) / math.sqrt(len(values))
 
 
-def test_mean_se_against_the_formula():
-    assert report.mean_se([0.6, 0.52, 0.47]) == pytest.approx(by_hand([0.6, 0.52, 0.47]))
-    assert report.mean_se([0.2, None, 0.4]) == pytest.approx((0.3, statistics.stdev([0.2, 0.4]) / math.sqrt(2)))
-    assert report.mean_se([0.7]) == (0.7, None)
-    assert report.mean_se([None]) == (None, None)
+def test_mean_and_stderr_against_the_formula():
+    assert mean_and_stderr([0.6, 0.52, 0.47]) == pytest.approx(by_hand([0.6, 0.52, 0.47]))
+    assert mean_and_stderr([0.2, None, 0.4]) == pytest.approx((0.3, statistics.stdev([0.2, 0.4]) / math.sqrt(2)))
+    assert mean_and_stderr([0.7]) == (0.7, None)
+    assert mean_and_stderr([None]) == (None, None)
 
 
 def test_seeds_aggregate_into_mean_and_standard_error(seeded, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from datasets import Dataset
@@ -14,13 +15,18 @@ from iterative_label_refinement.core.generation import generate_answers
 logger = get_logger(__name__)
 
 
-def mean_and_stderr(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var / n)
+def mean_and_stderr(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n)) of the known values
+    (None is skipped). The mean is None without values, the error None for fewer than two: one value
+    has no spread to estimate, and a 0 would claim a certainty no run measured."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return mean, None
+    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
+    return mean, math.sqrt(var / len(xs))
 
 
 def evaluate_dataset(
@@ -62,6 +68,10 @@ def evaluate_dataset(
                 record[extra] = row[extra]
         records.append(record)
     if compute_acc:
-        mean, se = mean_and_stderr([a for a in flat_acc if a is not None])
-        logger.info("%s accuracy %.4f +- %.4f (n=%d answers)", desc, mean, se, len(flat_acc))
+        mean, se = mean_and_stderr(flat_acc)
+        logger.info("%s accuracy %s +- %s (n=%d answers)", desc, _fmt(mean), _fmt(se), len(flat_acc))
     return records
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
 from iterative_label_refinement.core.cli import INSIDE
 from iterative_label_refinement.core.common import ConfigError, get_logger, get_save_path, read_json, write_json
+from iterative_label_refinement.core.eval import mean_and_stderr
 from iterative_label_refinement.core.label_sets import first, is_label_set, label_accuracy
 from iterative_label_refinement.core.layout import (
     REPORT_CSV,
@@ -110,19 +110,6 @@ class Summary:
     replacements: Replacements | None  # summed over seeds
     precision: tuple[float | None, float | None]  # per-seed replacement precision: (mean, standard error)
     run_dirs: tuple[str, ...]
-
-
-def mean_se(values: Iterable[float | None]) -> tuple[float | None, float | None]:
-    """Mean and standard error of the mean (sample standard deviation / sqrt(n)) of the known values;
-    the error is None for fewer than two values."""
-    xs = [v for v in values if v is not None]
-    if not xs:
-        return None, None
-    mean = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return mean, None
-    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
-    return mean, math.sqrt(var / len(xs))
 
 
 def _short(name: str | None) -> str:
@@ -389,10 +376,10 @@ def summarize(cells: list[Cell], seeds: tuple[Any, ...]) -> Summary:
     return Summary(
         seeds=tuple(c.seed for c in ordered),
         of=len(seeds),
-        test=mean_se(c.test_accuracy for c in ordered),
-        labels=mean_se(c.label_accuracy for c in ordered),
+        test=mean_and_stderr(c.test_accuracy for c in ordered),
+        labels=mean_and_stderr(c.label_accuracy for c in ordered),
         replacements=total if reps else None,
-        precision=mean_se(r.precision for r in reps),
+        precision=mean_and_stderr(r.precision for r in reps),
         run_dirs=tuple(c.run_dir for c in ordered),
     )
 

@@ -70,13 +70,13 @@ def per_round(by_round: dict[int, Any], value: Callable[[Any], tuple[float | Non
 
 def logged_per_round(by_round: dict[int, Any], key: str) -> list[Point]:
     """`key`'s last logged value in each round's runs: mean and standard error over the seeds that logged it."""
-    from iterative_label_refinement.experiments.report import mean_se
+    from iterative_label_refinement.core.eval import mean_and_stderr
 
     points = []
     for r, s in sorted(by_round.items()):
         values = [v for v in (last_logged(read_log(d), key) for d in s.run_dirs) if v is not None]
         if values:
-            mean, se = mean_se(values)
+            mean, se = mean_and_stderr(values)
             points.append((r, mean, se, len(values)))
     return points
 
