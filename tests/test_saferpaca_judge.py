@@ -15,18 +15,21 @@ import torch
 
 from iterative_label_refinement.core.common import ConfigError, format_prompt
 from iterative_label_refinement.core.embedder import ApiError, retry_after_seconds
-from iterative_label_refinement.metrics.eval_saferpaca import (
+from iterative_label_refinement.core.judge_client import (
     ApiJudge,
     Judge,
     JudgeError,
     LocalJudge,
     choice_probs_from_top_logprobs,
-    get_judge,
     is_logprob,
     is_probability_pair,
-    judge_messages,
     label_token_ids,
+)
+from iterative_label_refinement.metrics.eval_saferpaca import (
+    get_judge,
+    judge_messages,
     saferpaca_eval_func,
+    win_probabilities,
     win_probability,
 )
 
@@ -98,14 +101,14 @@ def _next_token_probs(judge: LocalJudge, text: str) -> torch.Tensor:
 def test_local_judge_reads_the_a_and_b_token_probabilities(local_judge, monkeypatch):
     vocab = local_judge.tokenizer.get_vocab()
     questions, preds, refs = ["Is it safe?", "Tell me a joke"], ["No.", "Why did the chicken..."], ["Yes.", "No."]
-    wins = local_judge.win_probabilities(questions, preds, refs)
+    wins = win_probabilities(local_judge, questions, preds, refs)
     for q, p, r, win in zip(questions, preds, refs, wins):
         probs = _next_token_probs(local_judge, local_judge.render(judge_messages(q, p, r)))
         p_a, p_b = probs[vocab["A"]].item(), probs[vocab["B"]].item()
         assert win == pytest.approx(p_a / (p_a + p_b), abs=1e-5)
     # cached: a rerun never calls the model
     monkeypatch.setattr(local_judge, "choice_probs", lambda conversations: pytest.fail("judge called again"))
-    assert local_judge.win_probabilities(questions, preds, refs) == wins
+    assert win_probabilities(local_judge, questions, preds, refs) == wins
 
 
 def test_local_judge_batches_with_left_padding(local_judge):
@@ -121,11 +124,11 @@ def test_local_judge_batches_with_left_padding(local_judge):
 def test_local_judge_missing_token_counts_as_zero(tmp_path):
     """A label with no token in the vocabulary has probability 0, so the other side wins outright."""
     b_missing = LocalJudge("tiny-random", cache_dir=tmp_path, labels=("A", "no-such-token"))
-    assert b_missing.win_probabilities(["q"], ["p"], ["r"]) == [1.0]
+    assert win_probabilities(b_missing, ["q"], ["p"], ["r"]) == [1.0]
     a_missing = LocalJudge("tiny-random", cache_dir=tmp_path, labels=("no-such-token", "B"))
-    assert a_missing.win_probabilities(["q"], ["p"], ["r"]) == [0.0]
+    assert win_probabilities(a_missing, ["q"], ["p"], ["r"]) == [0.0]
     neither = LocalJudge("tiny-random", cache_dir=tmp_path, labels=("nope", "none"))
-    assert neither.win_probabilities(["q"], ["p"], ["r"]) == [0.5]
+    assert win_probabilities(neither, ["q"], ["p"], ["r"]) == [0.5]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +213,7 @@ def _api_judge(server: FakeOpenAI, cache_dir, **request_kwargs) -> ApiJudge:
 def test_api_judge_request_shape_retries_and_cache(fake_api, tmp_path):
     fake_api.failures = 2  # two HTTP 500s, then an answer
     judge = _api_judge(fake_api, tmp_path)
-    assert judge.win_probabilities(["Q?"], ["PRED"], ["REF"]) == [pytest.approx(0.75)]
+    assert win_probabilities(judge, ["Q?"], ["PRED"], ["REF"]) == [pytest.approx(0.75)]
     assert len(fake_api.requests) == 3
     request = fake_api.requests[-1]
     assert request["path"] == "/v1/chat/completions"
@@ -222,10 +225,10 @@ def test_api_judge_request_shape_retries_and_cache(fake_api, tmp_path):
     assert body["messages"] == judge_messages("Q?", "PRED", "REF")
     # a rerun (a fresh judge object, same cache) asks nothing; a new prompt asks once, duplicates once
     rerun = _api_judge(fake_api, tmp_path)
-    assert rerun.win_probabilities(["Q?"], ["PRED"], ["REF"]) == [pytest.approx(0.75)]
+    assert win_probabilities(rerun, ["Q?"], ["PRED"], ["REF"]) == [pytest.approx(0.75)]
     assert len(fake_api.requests) == 3
     assert (
-        rerun.win_probabilities(["Q?", "Q2", "Q2"], ["PRED", "P2", "P2"], ["REF", "R2", "R2"])
+        win_probabilities(rerun, ["Q?", "Q2", "Q2"], ["PRED", "P2", "P2"], ["REF", "R2", "R2"])
         == [pytest.approx(0.75)] * 3
     )
     assert len(fake_api.requests) == 4
@@ -241,7 +244,7 @@ def test_api_judge_request_shape_retries_and_cache(fake_api, tmp_path):
 )
 def test_api_judge_missing_tokens(fake_api, tmp_path, top, expected):
     fake_api.top_logprobs = top
-    assert _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"]) == [expected]
+    assert win_probabilities(_api_judge(fake_api, tmp_path), ["q"], ["p"], ["r"]) == [expected]
 
 
 LOGPROBS_IGNORED = {  # what a server that ignores `logprobs` sends back
@@ -262,14 +265,14 @@ LOGPROBS_IGNORED = {  # what a server that ignores `logprobs` sends back
 def test_api_judge_unusable_reply_raises_and_caches_nothing(fake_api, tmp_path, raw, problem):
     fake_api.raw_reply = raw
     with pytest.raises(ApiError) as info:
-        _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"])
+        win_probabilities(_api_judge(fake_api, tmp_path), ["q"], ["p"], ["r"])
     message = str(info.value)
     assert message.startswith(f"{fake_api.base_url}/chat/completions answered HTTP 200 ")
     assert problem in message and raw.decode()[:20] in message  # what the server said
     assert list(tmp_path.rglob("*")) == []  # nothing cached: a fixed server is asked again
     assert len(fake_api.requests) == (4 if b"html" in raw else 1)  # only a non-JSON reply is retried
     fake_api.raw_reply = None
-    assert _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"]) == [pytest.approx(0.75)]
+    assert win_probabilities(_api_judge(fake_api, tmp_path), ["q"], ["p"], ["r"]) == [pytest.approx(0.75)]
 
 
 @pytest.mark.parametrize(
@@ -287,17 +290,17 @@ def test_api_judge_unusable_reply_raises_and_caches_nothing(fake_api, tmp_path, 
 def test_api_judge_refuses_logprobs_that_are_not_finite_and_at_most_0(fake_api, tmp_path, bad_entry):
     fake_api.top_logprobs = [bad_entry, {"token": "B", "logprob": math.log(0.2)}]
     with pytest.raises(ApiError, match="top log-probability that is not a finite number <= 0"):
-        _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"])
+        win_probabilities(_api_judge(fake_api, tmp_path), ["q"], ["p"], ["r"])
     assert list(tmp_path.rglob("*")) == []  # never cached: a fixed server is asked again
     assert len(fake_api.requests) == 1  # not retried: the server would say the same
     fake_api.top_logprobs = [{"token": "A", "logprob": 1e-7}, {"token": "B", "logprob": math.log(1e-9)}]
-    assert _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"]) == [pytest.approx(1.0)]
+    assert win_probabilities(_api_judge(fake_api, tmp_path), ["q"], ["p"], ["r"]) == [pytest.approx(1.0)]
 
 
 def test_api_judge_missing_logprob_is_an_error(fake_api, tmp_path):
     fake_api.top_logprobs = [{"token": "B", "logprob": math.log(0.2)}, {"token": "A"}]
     with pytest.raises(ApiError, match="without the first token's top log-probabilities"):
-        _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"])
+        win_probabilities(_api_judge(fake_api, tmp_path), ["q"], ["p"], ["r"])
     assert list(tmp_path.rglob("*")) == []
 
 
@@ -317,7 +320,7 @@ class FixedJudge(Judge):
 def test_judge_refuses_an_answer_that_is_not_a_probability_pair(tmp_path, answer):
     """E.g. a local model whose logits overflowed to NaN: an error, never cached, never scored 0.5."""
     with pytest.raises(JudgeError, match="not two probabilities"):
-        FixedJudge(answer, tmp_path).win_probabilities(["q"], ["p"], ["r"])
+        win_probabilities(FixedJudge(answer, tmp_path), ["q"], ["p"], ["r"])
     assert list(tmp_path.rglob("*")) == []
 
 
@@ -339,18 +342,18 @@ TORN = "torn"  # the cache file cut in half, as a kill or power loss during a no
 )
 def test_damaged_cache_entry_is_warned_about_and_asked_again(tmp_path, caplog, damage):
     questions, preds, refs = ["q1", "q2", "q3"], ["p1", "p2", "p3"], ["r1", "r2", "r3"]
-    assert FixedJudge((0.6, 0.2), tmp_path).win_probabilities(questions, preds, refs) == [pytest.approx(0.75)] * 3
+    assert win_probabilities(FixedJudge((0.6, 0.2), tmp_path), questions, preds, refs) == [pytest.approx(0.75)] * 3
     damaged = FixedJudge((0.6, 0.2), tmp_path)._cache_file(judge_messages("q2", "p2", "r2"))
     text = damaged.read_text()
     damaged.write_text(text[: len(text) // 2] if damage == TORN else damage)
     rerun = FixedJudge((0.1, 0.3), tmp_path)  # a different answer shows which entries were asked again
     with caplog.at_level("WARNING"):
-        wins = rerun.win_probabilities(questions, preds, refs)
+        wins = win_probabilities(rerun, questions, preds, refs)
     assert wins == [pytest.approx(0.75), pytest.approx(0.25), pytest.approx(0.75)]
     assert rerun.asked == 1  # only the damaged entry; the rest of the cache is used
     assert json.loads(damaged.read_text()) == {"judge": "fixed", "p_a": 0.1, "p_b": 0.3}  # repaired
     assert any(f"Judge cache entry {damaged} " in m and "asking the judge again" in m for m in caplog.messages)
-    assert FixedJudge((0.0, 1.0), tmp_path).win_probabilities(questions, preds, refs) == wins  # now all cached
+    assert win_probabilities(FixedJudge((0.0, 1.0), tmp_path), questions, preds, refs) == wins  # now all cached
 
 
 def test_api_judge_honours_retry_after(fake_api, tmp_path):
@@ -358,10 +361,10 @@ def test_api_judge_honours_retry_after(fake_api, tmp_path):
     sleeps: list[float] = []
     fake_api.failures, fake_api.fail_status, fake_api.retry_after = 1, 429, "3"
     judge = _api_judge(fake_api, tmp_path, backoff_s=0.2, sleep=sleeps.append)
-    assert judge.win_probabilities(["q"], ["p"], ["r"]) == [pytest.approx(0.75)]
+    assert win_probabilities(judge, ["q"], ["p"], ["r"]) == [pytest.approx(0.75)]
     assert sleeps == [3.0] and len(fake_api.requests) == 2
     fake_api.failures, fake_api.fail_status, fake_api.retry_after = 2, 503, None  # no header: doubling backoff
-    assert judge.win_probabilities(["q2"], ["p"], ["r"]) == [pytest.approx(0.75)]
+    assert win_probabilities(judge, ["q2"], ["p"], ["r"]) == [pytest.approx(0.75)]
     assert sleeps == [3.0, 0.2, 0.4]
 
 
@@ -372,12 +375,12 @@ def test_api_judge_fails_when_retry_after_exceeds_the_budget(fake_api, tmp_path)
     with pytest.raises(
         ApiError, match=r"HTTP 429 \(try 3\).*would wait 10 s \(its Retry-After\), more than the 5 s left"
     ):
-        judge.win_probabilities(["q"], ["p"], ["r"])
+        win_probabilities(judge, ["q"], ["p"], ["r"])
     assert sleeps == [10.0, 10.0] and len(fake_api.requests) == 3  # never retried early
     assert list(tmp_path.rglob("*")) == []
     fake_api.retry_after = "120"  # more than the whole budget: fails at once
     with pytest.raises(ApiError, match="would wait 120 s"):
-        _api_judge(fake_api, tmp_path, max_wait_s=25, sleep=sleeps.append).win_probabilities(["q"], ["p"], ["r"])
+        win_probabilities(_api_judge(fake_api, tmp_path, max_wait_s=25, sleep=sleeps.append), ["q"], ["p"], ["r"])
     assert sleeps == [10.0, 10.0] and len(fake_api.requests) == 4
 
 
@@ -395,11 +398,11 @@ def test_retry_after_seconds():
 def test_api_judge_gives_up_clearly(fake_api, tmp_path):
     fake_api.failures, fake_api.fail_status = 100, 503
     with pytest.raises(ApiError, match="HTTP 503"):
-        _api_judge(fake_api, tmp_path).win_probabilities(["q"], ["p"], ["r"])
+        win_probabilities(_api_judge(fake_api, tmp_path), ["q"], ["p"], ["r"])
     assert len(fake_api.requests) == 4  # 1 try + 3 retries
     fake_api.failures, fake_api.fail_status = 1, 400  # not retryable
     with pytest.raises(ApiError, match="HTTP 400"):
-        _api_judge(fake_api, tmp_path / "other").win_probabilities(["q"], ["p"], ["r"])
+        win_probabilities(_api_judge(fake_api, tmp_path / "other"), ["q"], ["p"], ["r"])
     assert len(fake_api.requests) == 5
 
 
@@ -421,7 +424,8 @@ def test_no_network_at_import_or_construction(tmp_path):
         "import socket\n"
         "def refuse(*a, **k): raise AssertionError('network used')\n"
         "socket.socket.connect = refuse\n"
-        "from iterative_label_refinement.metrics.eval_saferpaca import ApiJudge, get_judge\n"
+        "from iterative_label_refinement.core.judge_client import ApiJudge\n"
+        "from iterative_label_refinement.metrics.eval_saferpaca import get_judge\n"
         f"assert isinstance(get_judge('api', cache_dir={str(tmp_path)!r}), ApiJudge)\n"
     )
     env = {**os.environ, "ILR_JUDGE_BASE_URL": "http://judge.invalid/v1"}
@@ -435,4 +439,4 @@ def test_get_judge_settings(monkeypatch):
     with pytest.raises(ConfigError, match="'nope'"):
         get_judge("nope")
     with pytest.raises(ConfigError, match="same length"):
-        ApiJudge(cache_dir="unused").win_probabilities(["q"], ["p"], [])
+        win_probabilities(ApiJudge("judge-model", cache_dir="unused"), ["q"], ["p"], [])

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from iterative_label_refinement.core.common import ConfigError, format_evaluator_prompt, read_json, write_json
 from iterative_label_refinement.core.judge import JudgeEndpoint, judge_template, preference
+from iterative_label_refinement.core.judge_client import ApiJudge
 
 EVALUATOR_KINDS = ("classifier", "likelihood")
 ACCEPT_LABEL = 1  # the classifier's label id for `<accept>`
@@ -164,8 +165,6 @@ class JudgeEvaluator(Evaluator):
     def __init__(self, endpoint: JudgeEndpoint, ds_name: str, cache_dir: str | Path | None = None,
                  **request_kwargs: Any):  # fmt: skip
         """request_kwargs: `post_json`'s max_retries, backoff_s, timeout_s, max_wait_s, sleep."""
-        from iterative_label_refinement.metrics.eval_saferpaca import ApiJudge
-
         # No model here: the judge runs behind the endpoint (the base class's model is never read).
         self.config = {"evaluator_kind": self.kind}
         self.endpoint = endpoint

@@ -12,7 +12,7 @@ asks both orders, so the score of a proposal replacing the current answer is
 
     score = 1/2 [P(B better | A=current, B=proposal) + 1 - P(B better | A=proposal, B=current)].
 
-Errors follow the SaferPaca judge (`metrics.eval_saferpaca`), whose client and cache this reuses:
+Errors are those of the judge client (`core.judge_client`, shared with the SaferPaca metric):
 bounded retries that honour `Retry-After` (`core.embedder.post_json`); a reply without the first
 token's top log-probs, or that is not JSON, is an error; an error is never cached; and a reply that
 gives neither `A` nor `B` is an error as well, never a tie of 0.5. Replies are cached on disk by
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iterative_label_refinement.core.common import ConfigError, load_env
+from iterative_label_refinement.core.judge_client import JudgeError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "judge_templates"
 TEMPLATE_FIELDS = {"question", "answer_a", "answer_b"}
@@ -80,8 +81,6 @@ def judge_template(ds_name: str) -> str:
 
 def preference(p_a: float, p_b: float) -> float:
     """P(B is better) = p_B / (p_A + p_B); a JudgeError when the judge gave neither (never 0.5)."""
-    from iterative_label_refinement.metrics.eval_saferpaca import JudgeError
-
     if not p_a + p_b > 0:
         raise JudgeError("the judge gave neither A nor B: a failed comparison, not a tie")
     return p_b / (p_a + p_b)
