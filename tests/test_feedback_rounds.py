@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import tokenize_dataset
-from iterative_label_refinement.core.label_sets import refined_path
+from iterative_label_refinement.core.layout import refined_path
 from iterative_label_refinement.core.models import load_model, load_tokenizer
 from iterative_label_refinement.core.refinement import dpo_pairs, preference_rows
 from iterative_label_refinement.core.train import REFERENCE, TrainConfig, add_lora, load_dpo_policy, train_dpo

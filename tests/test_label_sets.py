@@ -24,11 +24,11 @@ from iterative_label_refinement.core.label_sets import (
     label_accuracy,
     load_current_labels,
     load_label_set,
-    refined_path,
     run_round,
     save_label_set,
     trained_by,
 )
+from iterative_label_refinement.core.layout import refined_path
 
 
 def rows(n: int, acc=1.0, **extra):

@@ -14,7 +14,6 @@ from iterative_label_refinement.core.common import ConfigError, get_logger, read
 from iterative_label_refinement.core.layout import (
     current_labels_path,
     parse_label_set,
-    refined_path,  # noqa: F401  (named by `core.layout`; the steps find it here, beside the reading of label sets)
     run_dir_round,
 )
 

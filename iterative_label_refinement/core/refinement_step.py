@@ -32,9 +32,9 @@ from iterative_label_refinement.core.label_sets import (
     label_accuracy,
     load_current_labels,
     load_label_set,
-    refined_path,
     save_label_set,
 )
+from iterative_label_refinement.core.layout import refined_path
 from iterative_label_refinement.core.locks import writing
 from iterative_label_refinement.core.methods import HALF_RUNS, Method, MethodKind, parse_method, register_kind
 from iterative_label_refinement.core.provenance import (

@@ -8,10 +8,7 @@ import shutil
 from pathlib import Path
 
 from iterative_label_refinement.core.common import ConfigError
-from iterative_label_refinement.core.layout import (
-    ADAPTER,
-    model_dir,  # noqa: F401  (named by `core.layout`; the steps find it here, beside loading the model)
-)
+from iterative_label_refinement.core.layout import ADAPTER
 
 # A run dir's commit point, written after every output (`experiments.main`): done when it is there.
 DONE = "done.json"

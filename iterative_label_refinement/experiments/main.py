@@ -28,6 +28,7 @@ from iterative_label_refinement.core.common import (
     write_jsonl,
 )
 from iterative_label_refinement.core.generation import vllm_need
+from iterative_label_refinement.core.layout import model_dir
 from iterative_label_refinement.core.locks import writing
 from iterative_label_refinement.core.models import weights_id
 from iterative_label_refinement.core.run_config import MainFlags, RunConfig
@@ -38,7 +39,6 @@ from iterative_label_refinement.core.saved_models import (
     delete_saved_model,
     has_saved_model,
     load_trained,
-    model_dir,
 )
 
 if TYPE_CHECKING:

@@ -89,8 +89,8 @@ def run(*args: Any, **flags: Any) -> dict[str, Any]:
     """The run dir `experiments.main` would write with these flags (its --print_save_path, so its own
     checks), whether main would find it finished and skip it (`run_done`), and the dir of the model
     it trains (`model_dir`: a DPO round's adapter is `train_adapter` inside it)."""
+    from iterative_label_refinement.core.layout import model_dir
     from iterative_label_refinement.core.run_config import RunConfig
-    from iterative_label_refinement.core.saved_models import model_dir
 
     bound = inspect.signature(main_cli.main).bind(*args, **flags)
     bound.apply_defaults()
