@@ -209,14 +209,21 @@ def parse_method(name: str) -> Method:
         raise ConfigError(message if message.startswith("method ") else f"method {name!r}: {message}") from None
 
 
-def _parse(name: str) -> Method:
-    names = "|".join(sorted(kinds(), key=len, reverse=True))  # the longest kind first: `ilrx` before `ilr`
-    match = (
+def split_name(name: str) -> re.Match | None:
+    """The parts `cor`, `ora`, `kind` and `rest` (the parameters) of a name spelled [cor][ora]<kind><rest>,
+    the longest kind tried first (`ilrx` before `ilr`); None when it starts with no declared kind."""
+    names = "|".join(sorted(kinds(), key=len, reverse=True))
+    return (
         re.fullmatch(rf"(?P<cor>cor)?(?P<ora>ora)?(?P<kind>{names})(?P<rest>.*)", name)
         if isinstance(name, str)
         else None
     )
+
+
+def _parse(name: str) -> Method:
+    match = split_name(name)
     if match is None:
+        names = "|".join(sorted(kinds(), key=len, reverse=True))
         raise ConfigError(f"method {name!r} is not a method name: expected [cor][ora]({names})<parameters>, "
                           "e.g. ilr0.15, cornaive0.15, oradpo0.10.15")  # fmt: skip
     spec, rest = _KINDS[match["kind"]], match["rest"]

@@ -25,7 +25,6 @@ import functools
 import inspect
 import io
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Annotated, Any
 from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE, POSITIVE
 from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import get_dataset_config
-from iterative_label_refinement.core.methods import Method, kinds, method_kind
+from iterative_label_refinement.core.methods import Method, kinds, method_kind, split_name
 from iterative_label_refinement.experiments import main as main_cli
 
 FORMATS = ("json", "shell")
@@ -49,12 +48,11 @@ STEPS = {
 def pipelines(*names: str, rounds: Annotated[int, NON_NEGATIVE]) -> dict[str, Any]:
     """Each pipeline of `names` ([cor][ora]<kind>, e.g. ilr orailr cornaive dpo): its script
     (scripts/<script>), its environment, its steps for `rounds` rounds."""
-    kind_names = "|".join(sorted(kinds(), key=len, reverse=True))
     answer: dict[str, list[Any]] = {"scripts": [], "envs": [], "steps": []}
     for name in names:
-        match = re.fullmatch(rf"(?P<cor>cor)?(?P<ora>ora)?(?P<kind>{kind_names})", name)
-        spec = match and method_kind(match["kind"])
-        if not match or (match["ora"] and not spec.takes_feedback):
+        match = split_name(name)  # a pipeline is a method name without its parameters
+        spec = match and not match["rest"] and method_kind(match["kind"])
+        if not spec or (match["ora"] and not spec.takes_feedback):
             raise ConfigError(f"PIPELINES must be a comma-separated list of [cor][ora]<kind>, the kind one of "
                               f"{list(kinds())} (ora: kinds that take feedback), e.g. ilr,naive,dpo,orailr,oradpo; "
                               f"got {','.join(names)!r}")  # fmt: skip

@@ -43,7 +43,7 @@ def main(
     `experiments.ilr`, `naive` and `dpo`).
 
     Args:
-        kind: the method's kind (core.methods.KINDS), e.g. ilr, naive or dpo
+        kind: a declared method kind (core.methods.register_kind), e.g. ilr, naive or dpo
         model1_path: the run trained on half 1 of the labels (the kinds that judge the half models' proposals)
         model2_path: the run trained on half 2 of the labels (the kinds that judge the half models' proposals)
         strong_model_path: the run of round `round_id` whose samples dpo pairs
