@@ -70,6 +70,12 @@ class DatasetConfig:
     # with {question}, {answer_a} and {answer_b}; "" when the task has none.
     judge_template: str = ""
 
+    def check_mode(self, mode: int | None, flag: str) -> None:
+        """ConfigError naming `flag` unless `mode` is None or one of the task's modes."""
+        if mode is not None and mode not in self.modes:
+            valid = " or ".join(f"{m} ({c})" for m, c in self.modes.items()) or f"unset: {self.name} has no modes"
+            raise ConfigError(f"{flag} must be {valid}, got {mode!r}")
+
 
 _REGISTRY: dict[str, DatasetConfig] = {}
 # Core registers no task: each registers itself (`iterative_label_refinement.tasks`, the toy world)

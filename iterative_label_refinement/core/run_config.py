@@ -125,9 +125,7 @@ def _check_choices(f: MainFlags, dataset: DatasetConfig, dpo_round: bool) -> Non
         raise ConfigError(f"Unknown eval_on {f.eval_on!r}. Valid: {list(EVAL_SPLITS)}")
     if f.inference_backend not in BACKENDS:
         raise ConfigError(f"Unknown inference_backend {f.inference_backend!r}. Valid: {list(BACKENDS)}")
-    if f.mode is not None and f.mode not in dataset.modes:
-        valid = " or ".join(f"{m} ({c})" for m, c in dataset.modes.items()) or f"unset: {dataset.name} has no modes"
-        raise ConfigError(f"--mode must be {valid}, got {f.mode!r}")
+    dataset.check_mode(f.mode, "--mode")
     if dpo_round:
         if not f.dpo_path:
             raise ConfigError(f"DPO round {f.round_id} needs --dpo_path: the previous round's adapter dir")

@@ -43,9 +43,7 @@ def filter_rows(ds: Dataset, dataset: DatasetConfig, method: Method | None, roun
         return kept
 
     if saferpaca_mode:
-        if saferpaca_mode not in dataset.modes:
-            valid = " or ".join(f"{m} ({c})" for m, c in dataset.modes.items()) or f"unset: {dataset.name} has no modes"
-            raise ConfigError(f"saferpaca_mode must be {valid}, got {saferpaca_mode!r}")
+        dataset.check_mode(saferpaca_mode, "saferpaca_mode")
         column, keep = dataset.subset_column, dataset.modes[saferpaca_mode]
         if column in ds.column_names:
             ds = apply(ds, lambda r: r[column] == keep,
