@@ -65,7 +65,7 @@ def main(flags: MainFlags, print_save_path: bool = False) -> dict[str, Any] | st
         print_save_path: print the run dir and do nothing else (the pipelines ask where a run goes)
     """
     cfg = RunConfig.resolve(flags, dry_run=print_save_path)
-    run_dir, weights = _plan(cfg, print_save_path)
+    run_dir, weights = plan(cfg, print_save_path)
     if print_save_path:
         return str(run_dir)
     if finished(cfg, run_dir):
@@ -93,7 +93,7 @@ def main(flags: MainFlags, print_save_path: bool = False) -> dict[str, Any] | st
     return {"save_path": str(run_dir), **summary}
 
 
-def _plan(cfg: RunConfig, print_save_path: bool) -> tuple[Path, str]:
+def plan(cfg: RunConfig, print_save_path: bool) -> tuple[Path, str]:
     """The run dir and the weights it trains, checked against what the dir holds; printed for --print_save_path."""
     run_dir = cfg.run_dir()
     weights = weights_id(cfg.model_size)

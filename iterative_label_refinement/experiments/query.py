@@ -27,7 +27,6 @@ import io
 import json
 import shlex
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE, POSITIVE
@@ -84,7 +83,7 @@ def refiner(kind: str, pipeline: str, rounds: Annotated[int, NON_NEGATIVE], orac
 
 @functools.wraps(main_cli.main)  # main's flags, declarations and checks
 def run(*args: Any, **flags: Any) -> dict[str, Any]:
-    """The run dir `experiments.main` would write with these flags (its --print_save_path, so its own
+    """The run dir `experiments.main` would write with these flags (its `plan`, with its own
     checks), whether main would find it finished and skip it (`run_done`), and the dir of the model
     it trains (`model_dir`: a DPO round's adapter is `train_adapter` inside it)."""
     from iterative_label_refinement.core.layout import model_dir
@@ -93,9 +92,9 @@ def run(*args: Any, **flags: Any) -> dict[str, Any]:
     bound = inspect.signature(main_cli.main).bind(*args, **flags)
     bound.apply_defaults()
     settings = {k: v for k, v in bound.arguments.items() if k != "print_save_path"}
-    with contextlib.redirect_stdout(io.StringIO()):  # main prints the path: stdout is the answer's
-        run_dir = Path(main_cli.main(**settings, print_save_path=True))
-    cfg = RunConfig.from_flags(dry_run=True, **settings)
+    cfg = RunConfig.from_flags(dry_run=True, **settings)  # resolved once, as main resolves it
+    with contextlib.redirect_stdout(io.StringIO()):  # main's plan prints the path: stdout is the answer's
+        run_dir, _ = main_cli.plan(cfg, print_save_path=True)
     return {"run_dir": str(run_dir), "run_done": main_cli.finished(cfg, run_dir),
             "model_dir": str(model_dir(run_dir, cfg.dpo_round))}  # fmt: skip
 
