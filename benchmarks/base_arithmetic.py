@@ -17,9 +17,9 @@ import random
 import fire
 import torch
 
-from iterative_label_refinement.core.common import format_prompt
 from iterative_label_refinement.core.generation import _generate_hf, hf_sampling
 from iterative_label_refinement.core.models import load_model, load_tokenizer
+from iterative_label_refinement.core.prompts import format_prompt
 from iterative_label_refinement.plugins import load_plugins
 from iterative_label_refinement.toy.arithmetic import sample_problem
 

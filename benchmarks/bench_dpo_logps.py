@@ -40,16 +40,10 @@ import torch
 from datasets import Dataset
 
 from iterative_label_refinement.core.datasets import tokenize_dataset
+from iterative_label_refinement.core.dpo import _pair_batch, _pair_logps, pair_width, reference_batches
+from iterative_label_refinement.core.logps import labelled_logps, predicts_answer
 from iterative_label_refinement.core.models import load_model, load_tokenizer
-from iterative_label_refinement.core.train import (
-    _pair_batch,
-    _pair_logps,
-    add_lora,
-    labelled_logps,
-    pair_width,
-    predicts_answer,
-    reference_batches,
-)
+from iterative_label_refinement.core.train import add_lora
 
 WAYS = ("dpo full", "dpo answer", "sft full", "sft answer")
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from iterative_label_refinement.core.common import read_json
 from iterative_label_refinement.core.datasets import load_dataset
+from iterative_label_refinement.core.files import read_json
 from iterative_label_refinement.core.generation import (
     VLLMModel,
     generate_answers,

@@ -21,12 +21,12 @@ TARGETS = {
     "core/refinement.py": [f"{PACKAGE}.core.refinement.*"],
     "core/refinement_step.py": [f"{PACKAGE}.core.refinement_step.*"],
     "core/label_sets.py": [f"{PACKAGE}.core.label_sets.*"],
-    "dpo_loss (core/train.py)": [
-        f"{PACKAGE}.core.train.x_dpo_loss__*",
-        f"{PACKAGE}.core.train.x_sequence_logps__*",
-        f"{PACKAGE}.core.train.x_predicts_answer__*",
-        f"{PACKAGE}.core.train.x_labelled_logps__*",
-        f"{PACKAGE}.core.train.x_averages_logps__*",
+    "dpo_loss (core/dpo.py, core/logps.py)": [
+        f"{PACKAGE}.core.dpo.x_dpo_loss__*",
+        f"{PACKAGE}.core.logps.x_sequence_logps__*",
+        f"{PACKAGE}.core.logps.x_predicts_answer__*",
+        f"{PACKAGE}.core.logps.x_labelled_logps__*",
+        f"{PACKAGE}.core.dpo.x_averages_logps__*",
     ],  # fmt: skip
     "debiased_scores (core/evaluator.py)": [f"{PACKAGE}.core.evaluator.x_debiased_scores__*"],
     "metrics/eval_gsm8k.py": [f"{PACKAGE}.metrics.eval_gsm8k.*"],

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 ILR_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# Settings from $ILR_ROOT/.env, under the environment's, as in the Python CLIs (core.common.load_env):
+# Settings from $ILR_ROOT/.env, under the environment's, as in the Python CLIs (core.settings.load_env):
 # a variable the environment sets, even to "", keeps its value. bash reads .env as shell code, so a
 # value with spaces needs quotes; the environment's values are put back exactly, whatever they hold.
 if [ -f "$ILR_ROOT/.env" ]; then

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from iterative_label_refinement.core import train
+from iterative_label_refinement.core import dpo, train
 from iterative_label_refinement.core.datasets import tokenize_dataset
 from iterative_label_refinement.core.models import load_model, load_tokenizer
 from iterative_label_refinement.plugins import load_plugins
@@ -46,7 +46,7 @@ def sft_adapter(path: Path, seed: int) -> None:
 
 def run_trainer(out: Path, rank: int) -> None:
     sft_adapter(out / f"sft{rank}", seed=0)  # every rank builds the same adapter; no shared writes
-    model = train.load_dpo_policy("tiny-random", str(out / f"sft{rank}"))
+    model = dpo.load_dpo_policy("tiny-random", str(out / f"sft{rank}"))
     active: list[str] = []
     ddp_forward = torch.nn.parallel.DistributedDataParallel.forward
 
@@ -56,8 +56,8 @@ def run_trainer(out: Path, rank: int) -> None:
 
     torch.nn.parallel.DistributedDataParallel.forward = spy_forward
     computed = []
-    reference_logps = train.reference_logps
-    train.reference_logps = lambda *a, **k: computed.append(reference_logps(*a, **k)) or computed[-1]
+    reference_logps = dpo.reference_logps
+    dpo.reference_logps = lambda *a, **k: computed.append(reference_logps(*a, **k)) or computed[-1]
     tok = load_tokenizer("tiny-random")
     ds = tokenize_dataset(Dataset.from_list(ROWS), tok, preference=True)
     # 21 pairs in steps of 8: the last step's 5 pairs are minibatches of 2, 2 and 1, so on 2 processes
@@ -67,10 +67,10 @@ def run_trainer(out: Path, rank: int) -> None:
     # six, on today's code and before; AdamW: 6e-8 after six).
     cfg = train.TrainConfig(output_dir=str(out / "dpo"), lr=1e-2, epochs=2, batch_size=8,
                             minibatch_size_per_device=2, optim="adamw", warmup_ratio=0)  # fmt: skip
-    history = train.train_dpo(model, tok, ds, cfg, beta=0.1)
+    history = dpo.train_dpo(model, tok, ds, cfg, beta=0.1)
     (out / f"active{rank}.json").write_text(json.dumps(active))
     if rank == 0:
-        policy = {n: p.detach() for n, p in model.named_parameters() if "lora" in n and f".{train.POLICY}." in n}
+        policy = {n: p.detach() for n, p in model.named_parameters() if "lora" in n and f".{dpo.POLICY}." in n}
         torch.save({"reference": computed[0], "policy": policy, "history": history}, out / "result.pt")
 
 
@@ -80,9 +80,9 @@ def run_fsdp2(out: Path, rank: int, world: int) -> None:
     sft_adapter(out / f"policy{rank}", seed=0)
     sft_adapter(out / f"reference{rank}", seed=1)
     base = load_model("tiny-random", dropout=False)
-    model = PeftModel.from_pretrained(base, str(out / f"policy{rank}"), adapter_name=train.POLICY, is_trainable=True)
-    model.load_adapter(str(out / f"reference{rank}"), adapter_name=train.REFERENCE, is_trainable=False)
-    model.set_adapter(train.POLICY)
+    model = PeftModel.from_pretrained(base, str(out / f"policy{rank}"), adapter_name=dpo.POLICY, is_trainable=True)
+    model.load_adapter(str(out / f"reference{rank}"), adapter_name=dpo.REFERENCE, is_trainable=False)
+    model.set_adapter(dpo.POLICY)
     tok = load_tokenizer("tiny-random")
     ds = tokenize_dataset(Dataset.from_list(ROWS[:11]), tok, preference=True)  # 11 rows: rank 1 gets a pad row
     wrapped = model
@@ -97,13 +97,13 @@ def run_fsdp2(out: Path, rank: int, world: int) -> None:
         assert isinstance(wrapped, FSDPModule)
         # Sharded for real: each rank holds a part of every wrapped weight.
         assert all(p.to_local().numel() < p.numel() for p in model.parameters() if p.numel() >= world)
-    reference = train.reference_logps(wrapped, model, ds, tok.pad_token_id, 4, False, torch.device("cpu"))
+    reference = dpo.reference_logps(wrapped, model, ds, tok.pad_token_id, 4, False, torch.device("cpu"))
     train.save_trained(wrapped, tok, out / "saved")  # every rank: under FSDP2 saving gathers the shards
     if rank == 0:
         result = {"reference": reference}
         if world == 1:  # the policy adapter's values, to show the reference adapter was the one used
             with torch.no_grad():
-                chosen, rejected = train._pair_logps(model, train._pair_batch(list(ds), tok.pad_token_id), False)
+                chosen, rejected = dpo._pair_logps(model, dpo._pair_batch(list(ds), tok.pad_token_id), False)
             result["policy"] = torch.stack([chosen, rejected], dim=1)
         torch.save(result, out / "result.pt")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from iterative_label_refinement.core.common import write_json
+from iterative_label_refinement.core.files import write_json
 
 TINY = ["--ds_name=toy_arith", "--model_size=tiny-random", "--n_docs=16", "--n_test_docs=4", "--batch_size=8",
         "--minibatch_size_per_device=8", "--epochs=1", "--lora_rank=4"]  # fmt: skip

@@ -20,7 +20,7 @@ from iterative_label_refinement.core.cli import (
     checked,
     flag_types,
 )
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.settings import ConfigError
 
 
 def step(ds_name: str, max_replace: float = 0.1, force: bool = False, seed: int = 0) -> None:

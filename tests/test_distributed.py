@@ -120,7 +120,7 @@ def test_dpo_reference_runs_through_ddp_and_two_processes_train_the_weights_of_o
     match, also through the last step of each epoch, whose 5 pairs leave the processes unequal
     minibatches (2 + 1 pairs, 2 + 0), evened out with padding pairs of no weight. The logged DPO
     diagnostics are means over the step's pairs on both processes: those one process logs."""
-    from iterative_label_refinement.core.train import DPO_METRICS
+    from iterative_label_refinement.core.dpo import DPO_METRICS
 
     one = _worker("trainer", tmp_path / "one", 1)
     two = _worker("trainer", tmp_path / "two", 2)
@@ -206,8 +206,9 @@ def test_dpo_reference_pass_runs_after_accelerate_prepares_the_model(tmp_path, m
     from datasets import Dataset
 
     from iterative_label_refinement.core.datasets import tokenize_dataset
+    from iterative_label_refinement.core.dpo import REFERENCE, load_dpo_policy, train_dpo
     from iterative_label_refinement.core.models import load_model, load_tokenizer
-    from iterative_label_refinement.core.train import REFERENCE, TrainConfig, add_lora, load_dpo_policy, train_dpo
+    from iterative_label_refinement.core.train import TrainConfig, add_lora
 
     torch.manual_seed(0)
     add_lora(load_model("tiny-random"), 4).save_pretrained(str(tmp_path / "sft"))
@@ -262,7 +263,7 @@ def test_dpo_refuses_launchers_it_does_not_support(tmp_path, env, message):
 def test_fsdp_on_cpus_is_refused_not_run_as_ddp(tmp_path, monkeypatch):
     """`accelerate launch --config_file configs/accelerate/fsdp.yaml` on a machine without GPUs: accelerate
     would quietly train with DDP (it enables FSDP on accelerators only), so training stops in one line."""
-    from iterative_label_refinement.core.common import ConfigError
+    from iterative_label_refinement.core.settings import ConfigError
     from iterative_label_refinement.core.train import TrainConfig
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -295,7 +296,7 @@ def test_a_dpo_step_of_unequal_minibatches_trains_the_mean_over_its_pairs(tmp_pa
     Trainer's mean per minibatch divided by 3 weighs the lone pair 1/3, each other 1/6 (1e-2 apart)."""
     from distributed_dpo_worker import ROWS, sft_adapter
 
-    from iterative_label_refinement.core import train
+    from iterative_label_refinement.core import dpo, train
     from iterative_label_refinement.core.datasets import tokenize_dataset
     from iterative_label_refinement.core.models import load_tokenizer
 
@@ -303,20 +304,20 @@ def test_a_dpo_step_of_unequal_minibatches_trains_the_mean_over_its_pairs(tmp_pa
     sft_adapter(tmp_path / "sft", seed=0)
     tok = load_tokenizer("tiny-random")
     ds = tokenize_dataset(Dataset.from_list(ROWS[:5]), tok, preference=True)
-    model = train.load_dpo_policy("tiny-random", str(tmp_path / "sft"))
+    model = dpo.load_dpo_policy("tiny-random", str(tmp_path / "sft"))
     losses = []
     for row in ds:  # the reference adapter is the policy's start: its log-probs are the policy's, fixed
-        chosen, rejected = train._pair_logps(model, train._pair_batch([row], tok.pad_token_id), False)
-        losses.append(train.dpo_loss(chosen, rejected, chosen.detach(), rejected.detach(), beta)[0])
+        chosen, rejected = dpo._pair_logps(model, dpo._pair_batch([row], tok.pad_token_id), False)
+        losses.append(dpo.dpo_loss(chosen, rejected, chosen.detach(), rejected.detach(), beta)[0])
     torch.cat(losses).mean().backward()
     policy = {n: p for n, p in model.named_parameters() if p.requires_grad}
     expected = {n: (p - lr * p.grad).detach() for n, p in policy.items()}
 
     _sgd(monkeypatch)
-    model = train.load_dpo_policy("tiny-random", str(tmp_path / "sft"))
+    model = dpo.load_dpo_policy("tiny-random", str(tmp_path / "sft"))
     cfg = train.TrainConfig(output_dir=str(tmp_path / "dpo"), lr=lr, epochs=1, batch_size=8,
                             minibatch_size_per_device=2, lr_schedule="constant", warmup_ratio=0)  # fmt: skip
-    train.train_dpo(model, tok, ds, cfg, beta=beta)
+    dpo.train_dpo(model, tok, ds, cfg, beta=beta)
     trained = dict(model.named_parameters())
     assert max((expected[n] - policy[n].detach()).abs().max().item() for n in policy) > 1e-3  # it moved
     assert max((expected[n] - trained[n].detach()).abs().max().item() for n in policy) < 1e-6

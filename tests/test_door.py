@@ -18,11 +18,11 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from iterative_label_refinement.core import models
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import get_dataset_config, tokenize_dataset
 from iterative_label_refinement.core.methods import parse_method
 from iterative_label_refinement.core.models import get_model_config, load_tokenizer, lora_targets, model_modules
 from iterative_label_refinement.core.run_data import filter_rows
+from iterative_label_refinement.core.settings import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--ds_name=toy_arith", "--model_size=tiny-random", "--n_docs=16", "--n_test_docs=4", "--batch_size=4",
@@ -140,7 +140,7 @@ def test_bad_lora_targets_stop_main_before_the_run_dir(tmp_path):
 @pytest.fixture
 def pairs(tmp_path) -> str:
     """Evaluator pair data of two pairs (train) and one (test), as generate_evaluator_data writes it."""
-    from iterative_label_refinement.core.common import ACCEPT, REJECT, format_evaluator_prompt
+    from iterative_label_refinement.core.prompts import ACCEPT, REJECT, format_evaluator_prompt
 
     def split(n: int) -> Dataset:
         rows = []

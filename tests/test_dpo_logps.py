@@ -12,22 +12,18 @@ import torch
 from datasets import Dataset
 
 from iterative_label_refinement.core.datasets import tokenize_dataset, tokenize_example
-from iterative_label_refinement.core.models import load_model, load_tokenizer
-from iterative_label_refinement.core.train import (
+from iterative_label_refinement.core.dpo import (
     REFERENCE,
-    PaddedRows,
-    TrainConfig,
     _pair_batch,
     _pair_logps,
-    add_lora,
-    collate,
     load_dpo_policy,
     pair_width,
     reference_batches,
     reference_logps,
-    sequence_logps,
-    trainer_class,
 )
+from iterative_label_refinement.core.logps import sequence_logps
+from iterative_label_refinement.core.models import load_model, load_tokenizer
+from iterative_label_refinement.core.train import PaddedRows, TrainConfig, add_lora, collate, trainer_class
 
 
 def full_log_softmax_then_mask(logits: torch.Tensor, labels: torch.Tensor, average: bool) -> torch.Tensor:

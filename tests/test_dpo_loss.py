@@ -13,18 +13,11 @@ import pytest
 import torch
 from datasets import Dataset
 
-from iterative_label_refinement.core.common import format_prompt
 from iterative_label_refinement.core.datasets import tokenize_dataset
+from iterative_label_refinement.core.dpo import _dpo_trainer_class, _pair_batch, _pair_logps, averages_logps, dpo_loss
 from iterative_label_refinement.core.models import load_model, load_tokenizer
-from iterative_label_refinement.core.train import (
-    PaddedRows,
-    TrainConfig,
-    _dpo_trainer_class,
-    _pair_batch,
-    _pair_logps,
-    averages_logps,
-    dpo_loss,
-)
+from iterative_label_refinement.core.prompts import format_prompt
+from iterative_label_refinement.core.train import PaddedRows, TrainConfig
 
 ROWS = [  # prompts, chosen and rejected answers of different lengths, so padding differs per row
     {"question": "7 plus 5?", "chosen": "7+5=12\n#### 12", "rejected": "#### 13"},

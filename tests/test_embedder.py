@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.embedder import ApiEmbedder, ApiError, LocalEmbedder, get_embedder
+from iterative_label_refinement.core.settings import ConfigError
 
 TEXTS = [
     "I can't help with making weapons, but I can explain how to stay safe.",

@@ -79,7 +79,7 @@ def run_main_query(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedP
 
 
 def test_the_environment_wins_over_dotenv_in_the_clis(tmp_path):
-    """The same rule on the Python side (it held before: core.common.load_env does not override)."""
+    """The same rule on the Python side (it held before: core.settings.load_env does not override)."""
     run = run_main_query(tmp_path, {"ILR_SAVE_PATH": ENV_SAVE_PATH})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1].startswith(ENV_SAVE_PATH + "/default/")

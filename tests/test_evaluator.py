@@ -15,7 +15,6 @@ import pytest
 from datasets import load_from_disk
 
 from iterative_label_refinement.core import evaluator_pairs, train_evaluator
-from iterative_label_refinement.core.common import ACCEPT, REJECT, ConfigError, format_evaluator_prompt, write_json
 from iterative_label_refinement.core.evaluator import (
     ClassifierEvaluator,
     Evaluator,
@@ -24,8 +23,11 @@ from iterative_label_refinement.core.evaluator import (
     load_evaluator,
     save_evaluator,
 )
+from iterative_label_refinement.core.files import write_json
 from iterative_label_refinement.core.models import load_model, load_tokenizer
+from iterative_label_refinement.core.prompts import ACCEPT, REJECT, format_evaluator_prompt
 from iterative_label_refinement.core.provenance import digest
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import generate_evaluator_data as ged
 from iterative_label_refinement.experiments import main as main_module
 

@@ -10,12 +10,13 @@ import torch
 from datasets import Dataset, load_from_disk
 from safetensors.torch import load_file
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import tokenize_dataset
+from iterative_label_refinement.core.dpo import REFERENCE, load_dpo_policy, train_dpo
 from iterative_label_refinement.core.layout import refined_path
 from iterative_label_refinement.core.models import load_model, load_tokenizer
 from iterative_label_refinement.core.refinement import dpo_pairs, preference_rows
-from iterative_label_refinement.core.train import REFERENCE, TrainConfig, add_lora, load_dpo_policy, train_dpo
+from iterative_label_refinement.core.settings import ConfigError
+from iterative_label_refinement.core.train import TrainConfig, add_lora
 from iterative_label_refinement.experiments import dpo, ilr, naive
 from iterative_label_refinement.experiments import main as main_module
 

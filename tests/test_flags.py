@@ -20,7 +20,7 @@ from typing import Annotated
 import pytest
 
 from iterative_label_refinement.core.cli import FRACTION, alias, expand_flags, flag, merge_aliases, run_cli
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.settings import ConfigError
 
 MAIN = {  # experiments.main: flag -> default
     "seed": 0, "data_seed": 0, "epochs": 2, "batch_size": 32, "ds_name": "gsm8k", "n_docs": 20000,

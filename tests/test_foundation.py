@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import dataset_names, get_dataset_config, load_dataset, tokenize_dataset
 from iterative_label_refinement.core.layout import get_config_foldername
 from iterative_label_refinement.core.models import MODELS_DICT, get_model_config, load_model, load_tokenizer
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import prepare_data
 
 WEAK_CONFIG = dict(

@@ -13,14 +13,10 @@ from collections import Counter
 import pytest
 import torch
 
-from iterative_label_refinement.core.common import ConfigError, format_prompt
-from iterative_label_refinement.core.generation import (
-    VLLMModel,
-    generate_answers,
-    hf_sampling,
-    vllm_sampling,
-)
+from iterative_label_refinement.core.generation import VLLMModel, generate_answers, hf_sampling, vllm_sampling
 from iterative_label_refinement.core.models import load_model, load_tokenizer
+from iterative_label_refinement.core.prompts import format_prompt
+from iterative_label_refinement.core.settings import ConfigError
 
 QUESTION = "What is 2 plus 3?"
 N = 20_000  # total-variation noise for ~100 tokens is about 0.03 at this many samples

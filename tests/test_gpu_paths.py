@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from iterative_label_refinement.core import devices, generation, models
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.generation import GIB, VLLMModel, vllm_memory_share, vllm_need
 from iterative_label_refinement.core.models import load_model, resolve_model_path
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import main as main_module
 
 VLLM_RANKS = [1, 8, 16, 32, 64, 128, 256, 320, 512]  # vllm.config.lora's MaxLoRARanks

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import get_dataset_config
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.metrics.eval_gsm8k import extract_final_answer, gsm8k_eval_func, same_final_answer
 
 

@@ -17,8 +17,8 @@ import pytest
 from datasets import load_from_disk
 from feedback_world import make_world
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.human_feedback import comparison_id, read_verdicts
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import dpo, ilr
 
 

@@ -14,8 +14,9 @@ import pytest
 from datasets import Dataset, load_from_disk
 
 from iterative_label_refinement.core import evaluator
-from iterative_label_refinement.core.common import ConfigError, write_json
+from iterative_label_refinement.core.files import write_json
 from iterative_label_refinement.core.methods import parse_method
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import refine
 
 N, SEED, MAX_REPLACE = 16, 3, 0.4

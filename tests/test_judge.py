@@ -17,12 +17,12 @@ import pytest
 from datasets import load_from_disk
 from feedback_world import FakeJudgeServer, logprob_reply, make_world
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.embedder import ApiError
 from iterative_label_refinement.core.evaluator import JudgeEvaluator, debiased_scores
 from iterative_label_refinement.core.judge import TEMPLATE_DIR, JudgeEndpoint, judge_template
 from iterative_label_refinement.core.judge_client import JudgeError
 from iterative_label_refinement.core.provenance import read_record
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import dpo, ilr, refine
 
 SHOWN = re.compile(r"Solution A: (.*)\n\nSolution B: (.*)\n\nReply", re.S)

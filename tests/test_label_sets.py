@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, load_from_disk
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.label_sets import (
     LABEL_COLUMNS,
     REFINEMENT_COLUMNS,
@@ -29,6 +28,7 @@ from iterative_label_refinement.core.label_sets import (
     trained_by,
 )
 from iterative_label_refinement.core.layout import refined_path
+from iterative_label_refinement.core.settings import ConfigError
 
 
 def rows(n: int, acc=1.0, **extra):
@@ -62,7 +62,7 @@ def test_a_name_without_a_round_field_is_refused(name):
 
 
 def test_run_round_reads_the_round_from_the_run_config_where_there_is_one(tmp_path):
-    from iterative_label_refinement.core.common import write_json
+    from iterative_label_refinement.core.files import write_json
 
     run = tmp_path / "bs=8-ri=1-s=0"
     run.mkdir()

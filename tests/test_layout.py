@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from iterative_label_refinement.core import layout
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.settings import ConfigError
 
 RUN = dict(batch_size=32, ds_name="toy_arith", lr=1e-06, model_size="tiny-random", round_id=2, saferpaca_mode=1,
            train_with_dropout=False, weak_labels_path="results/default/weak_run/ilr0.15_1_weak_labels",

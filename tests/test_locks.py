@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from iterative_label_refinement.core.common import ConfigError, write_json
+from iterative_label_refinement.core.files import write_json
 from iterative_label_refinement.core.locks import lock_path, writing
+from iterative_label_refinement.core.settings import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO))

@@ -12,11 +12,11 @@ import pytest
 import torch
 from datasets import Dataset, load_from_disk
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import load_dataset, tokenize_dataset
 from iterative_label_refinement.core.generation import generate_answers
 from iterative_label_refinement.core.models import load_model, load_tokenizer, resolve_model_path
 from iterative_label_refinement.core.run_config import label_set_path
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.core.train import TrainConfig, add_lora, collate, train_sft
 from iterative_label_refinement.experiments import main as main_module
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import main as main_module
 from iterative_label_refinement.experiments import prepare_data
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.memory import (
     CUDA_CONTEXT,
     GB,
@@ -23,6 +22,7 @@ from iterative_label_refinement.core.memory import (
     train_memory,
 )
 from iterative_label_refinement.core.models import MODELS_DICT, PUBLISHED_CONFIGS
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import plan
 
 REPO = Path(__file__).resolve().parents[1]

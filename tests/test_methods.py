@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.methods import Method, format_method, parse_method
+from iterative_label_refinement.core.settings import ConfigError
 
 # Every spelling the refinement CLIs and the scripts write (prefixes cor? + ora?, then kind + parameter).
 NAMES = {

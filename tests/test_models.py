@@ -16,14 +16,10 @@ from datasets import Dataset
 from safetensors.torch import load_file
 
 from iterative_label_refinement.core import models, train_evaluator
-from iterative_label_refinement.core.common import ConfigError, format_prompt
 from iterative_label_refinement.core.datasets import tokenize_dataset, tokenize_example
-from iterative_label_refinement.core.models import (
-    get_model_config,
-    load_model,
-    load_tokenizer,
-    resolve_model_path,
-)
+from iterative_label_refinement.core.models import get_model_config, load_model, load_tokenizer, resolve_model_path
+from iterative_label_refinement.core.prompts import format_prompt
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.core.train import TrainConfig, collate
 from iterative_label_refinement.experiments import main as main_module
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from iterative_label_refinement.core import common, raw_data
+from iterative_label_refinement.core import files, raw_data
 from iterative_label_refinement.core.cli import run_cli
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import prepare_data
 
 
@@ -168,7 +168,7 @@ def test_ctrl_c_mid_swap_leaves_the_old_dataset(tmp_path, monkeypatch):
         if Path(src) == out:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(common, "_exchange", lambda a, b: False, raising=False)
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False, raising=False)
     monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_data.main("gsm8k", raw_path=str(_gsm8k_raw(tmp_path / "big", 5, 4)), out_path=str(out), force=True)
@@ -183,7 +183,7 @@ from pathlib import Path
 
 import datasets
 
-from iterative_label_refinement.core import common
+from iterative_label_refinement.core import files
 from iterative_label_refinement.core.cli import run_cli
 from iterative_label_refinement.experiments import prepare_data
 
@@ -198,7 +198,7 @@ if point == "shards_written":  # the new dataset half in its temporary folder (n
     save = datasets.DatasetDict.save_to_disk
     datasets.DatasetDict.save_to_disk = lambda self, path, **kw: (save(self, path, **kw), die())
 elif point == "between_renames":  # a filesystem without the atomic exchange: the old one moved aside
-    common._exchange = lambda a, b: False
+    files._exchange = lambda a, b: False
     replace = os.replace
     os.replace = lambda src, dst: (replace(src, dst), Path(src) == out and die())
 elif point == "old_not_deleted":  # the new one in place, the old one still in a hidden sibling

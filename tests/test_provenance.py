@@ -21,9 +21,10 @@ import pytest
 from datasets import Dataset
 
 from iterative_label_refinement.core import evaluator
-from iterative_label_refinement.core.common import ConfigError, write_json
+from iterative_label_refinement.core.files import write_json
 from iterative_label_refinement.core.models import weights_id
 from iterative_label_refinement.core.provenance import differences, digest, reuse
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import dpo, ilr
 
 REPO = Path(__file__).resolve().parents[1]

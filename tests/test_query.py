@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import get_dataset_config
 from iterative_label_refinement.core.methods import kinds
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import query
 
 
@@ -63,7 +63,7 @@ def test_shell_answers_survive_eval_whatever_they_hold():
 
 def test_run_is_mains_run_dir_and_whether_main_would_skip_it(tmp_path):
     """The run dir is main's own --print_save_path; done is main's commit point with its outputs."""
-    from iterative_label_refinement.core.common import write_json
+    from iterative_label_refinement.core.files import write_json
     from iterative_label_refinement.core.saved_models import DONE
 
     flags = ["--ds_name=toy_arith", "--model_size=tiny-random", f"--results_folder={tmp_path}", "--n_docs=16"]

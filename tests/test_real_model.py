@@ -18,12 +18,13 @@ import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from iterative_label_refinement.core import packaged_models, train_evaluator
-from iterative_label_refinement.core.common import ConfigError, format_prompt
 from iterative_label_refinement.core.datasets import tokenize_dataset, tokenize_example
 from iterative_label_refinement.core.evaluator import debiased_scores, load_evaluator
 from iterative_label_refinement.core.generation import generate_answers
 from iterative_label_refinement.core.layout import refined_path
 from iterative_label_refinement.core.models import MODELS_DICT, load_model, load_tokenizer, resolve_model_path
+from iterative_label_refinement.core.prompts import format_prompt
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import dpo, ilr
 from iterative_label_refinement.experiments import generate_evaluator_data as ged
 from iterative_label_refinement.experiments import main as main_module

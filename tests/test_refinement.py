@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.dpo import dpo_loss
+from iterative_label_refinement.core.logps import sequence_logps
 from iterative_label_refinement.core.methods import Method
 from iterative_label_refinement.core.refinement import (
     dpo_pairs,
@@ -24,7 +25,7 @@ from iterative_label_refinement.core.refinement import (
     sample_pairs,
     select_preferences,
 )
-from iterative_label_refinement.core.train import dpo_loss, sequence_logps
+from iterative_label_refinement.core.settings import ConfigError
 
 
 def test_ilr_threshold_is_quantile_with_half_floor():

@@ -20,10 +20,11 @@ import pytest
 from datasets import Dataset, load_from_disk
 
 from iterative_label_refinement.core import evaluator, methods, refinement_step
-from iterative_label_refinement.core.common import ConfigError, write_json
+from iterative_label_refinement.core.files import write_json
 from iterative_label_refinement.core.label_sets import first
 from iterative_label_refinement.core.methods import parse_method
 from iterative_label_refinement.core.refinement import match_proposals, refined_rows
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import dpo, ilr, naive, refine
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from iterative_label_refinement.core.common import ConfigError, write_json
 from iterative_label_refinement.core.eval import mean_and_stderr
+from iterative_label_refinement.core.files import write_json
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import report
 
 

@@ -17,10 +17,10 @@ from datasets import Dataset
 from safetensors.torch import load_file
 
 from iterative_label_refinement.core.checkpoints import checkpoint_dirs, checkpoint_problem, resume_point
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import load_dataset, tokenize_dataset
 from iterative_label_refinement.core.layout import refined_path
 from iterative_label_refinement.core.models import load_model, load_tokenizer
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.core.train import TrainConfig, add_lora, train_sft, warmup_steps
 from iterative_label_refinement.experiments import generate_evaluator_data as ged
 from iterative_label_refinement.experiments import main as main_module

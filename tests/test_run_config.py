@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.models import resolve_model_path
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import main as main_module
 
 GRID = {  # flags on top of toy_arith + tiny-random; LABELS: on a weak run's labels, DPO: with --dpo_path

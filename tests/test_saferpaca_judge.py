@@ -13,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from iterative_label_refinement.core.common import ConfigError, format_prompt
 from iterative_label_refinement.core.embedder import ApiError, retry_after_seconds
 from iterative_label_refinement.core.judge_client import (
     ApiJudge,
@@ -25,6 +24,8 @@ from iterative_label_refinement.core.judge_client import (
     is_probability_pair,
     label_token_ids,
 )
+from iterative_label_refinement.core.prompts import format_prompt
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.metrics.eval_saferpaca import (
     get_judge,
     judge_messages,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from iterative_label_refinement.core import sql_executor
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.core.sql_executor import QueryFailed, execute_pairs, rows_match, single_statement
 from iterative_label_refinement.metrics.eval_bird import (
     accuracy_by_difficulty,

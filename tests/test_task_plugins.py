@@ -13,11 +13,11 @@ import pytest
 from datasets import Dataset
 
 from iterative_label_refinement.core import datasets as datasets_module
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import DatasetConfig, dataset_names, get_dataset_config, register_dataset
 from iterative_label_refinement.core.layout import get_config_foldername
 from iterative_label_refinement.core.models import MODELS_DICT
 from iterative_label_refinement.core.run_data import filter_rows
+from iterative_label_refinement.core.settings import ConfigError
 
 CORE = Path(__file__).resolve().parents[1] / "iterative_label_refinement" / "core"
 UPPER_FLOORS = ("toy", "metrics", "tasks", "plugins", "experiments")
@@ -76,7 +76,7 @@ def test_no_core_source_imports_an_upper_floor_even_lazily():
 
 def test_a_lookup_before_the_plugins_load_names_where_they_register():
     code = """
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.core.datasets import get_dataset_config
 from iterative_label_refinement.core.models import get_model_config
 for lookup, name in ((get_dataset_config, "toy_arith"), (get_model_config, "tiny-random")):

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from iterative_label_refinement.core import models
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import build_models
 from iterative_label_refinement.toy import tiny_models
 

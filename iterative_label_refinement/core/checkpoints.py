@@ -25,7 +25,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from iterative_label_refinement.core.common import get_logger
+from iterative_label_refinement.core.settings import get_logger
 
 logger = get_logger(__name__)
 

@@ -32,7 +32,8 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path, PurePath
 from typing import Any
 
-from iterative_label_refinement.core.common import ConfigError, disk_full
+from iterative_label_refinement.core.files import disk_full
+from iterative_label_refinement.core.settings import ConfigError
 
 HELP_FLAGS = ("--help", "-h")
 # fire's own flags, allowed after a lone `--` (e.g. `-- --trace`)

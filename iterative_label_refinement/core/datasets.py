@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core.common import ConfigError, format_prompt, get_data_path, get_logger
 from iterative_label_refinement.core.label_sets import first
+from iterative_label_refinement.core.prompts import format_prompt
+from iterative_label_refinement.core.settings import ConfigError, get_data_path, get_logger
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from iterative_label_refinement.core.common import ConfigError, get_logger, load_env
+from iterative_label_refinement.core.settings import ConfigError, get_logger, load_env
 
 logger = get_logger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from datasets import Dataset
 
-from iterative_label_refinement.core.common import get_logger
 from iterative_label_refinement.core.datasets import DatasetConfig
 from iterative_label_refinement.core.generation import generate_answers
+from iterative_label_refinement.core.settings import get_logger
 
 logger = get_logger(__name__)
 

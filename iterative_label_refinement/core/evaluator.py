@@ -28,9 +28,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from iterative_label_refinement.core.common import ConfigError, format_evaluator_prompt, read_json, write_json
+from iterative_label_refinement.core.files import read_json, write_json
 from iterative_label_refinement.core.judge import JudgeEndpoint, judge_template, preference
 from iterative_label_refinement.core.judge_client import ApiJudge
+from iterative_label_refinement.core.prompts import format_evaluator_prompt
+from iterative_label_refinement.core.settings import ConfigError
 
 EVALUATOR_KINDS = ("classifier", "likelihood")
 ACCEPT_LABEL = 1  # the classifier's label id for `<accept>`
@@ -132,7 +134,7 @@ class LikelihoodEvaluator(Evaluator):
     def answer_logps(self, questions: Sequence[str], answers: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """log p(answer + eos | SFT prompt), summed over the answer's tokens."""
         from iterative_label_refinement.core.datasets import tokenize_example
-        from iterative_label_refinement.core.train import sequence_logps
+        from iterative_label_refinement.core.logps import sequence_logps
 
         _check_lengths(questions, answers)
         examples = [tokenize_example(self.tokenizer, q, a) for q, a in zip(questions, answers)]

@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from iterative_label_refinement.core.common import ACCEPT, REJECT, format_evaluator_prompt
+from iterative_label_refinement.core.prompts import ACCEPT, REJECT, format_evaluator_prompt
 
 TEST_FRACTION = 0.1
 

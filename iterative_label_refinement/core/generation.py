@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from iterative_label_refinement.core.common import ConfigError, get_logger
+from iterative_label_refinement.core.settings import ConfigError, get_logger
 
 logger = get_logger(__name__)
 
@@ -168,7 +168,7 @@ def check_vllm_lora_rank(rank: int, what: str) -> None:
 
 def adapter_rank(adapter_path: str | Path) -> int:
     """The rank `r` of the LoRA adapter saved in `adapter_path`."""
-    from iterative_label_refinement.core.common import read_json
+    from iterative_label_refinement.core.files import read_json
 
     return read_json(Path(adapter_path, "adapter_config.json"))["r"]
 

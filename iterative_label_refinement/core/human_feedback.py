@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.settings import ConfigError
 
 VERDICTS = ("first", "second", "tie")
 COLUMNS = ("id", "question", "first", "second", "verdict", "confidence")

@@ -26,8 +26,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from iterative_label_refinement.core.common import ConfigError, load_env
 from iterative_label_refinement.core.judge_client import JudgeError
+from iterative_label_refinement.core.settings import ConfigError, load_env
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "judge_templates"
 TEMPLATE_FIELDS = {"question", "answer_a", "answer_b"}

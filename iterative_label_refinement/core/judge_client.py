@@ -27,8 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from iterative_label_refinement.core.common import format_prompt, get_cache_path, get_logger, load_env, write_json
 from iterative_label_refinement.core.embedder import DEFAULT_BASE_URL, api_url, bad_reply, post_json
+from iterative_label_refinement.core.files import write_json
+from iterative_label_refinement.core.prompts import format_prompt
+from iterative_label_refinement.core.settings import get_cache_path, get_logger, load_env
 
 logger = get_logger(__name__)
 

@@ -10,12 +10,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core.common import ConfigError, get_logger, read_json, save_to_disk_atomic
-from iterative_label_refinement.core.layout import (
-    current_labels_path,
-    parse_label_set,
-    run_dir_round,
-)
+from iterative_label_refinement.core.files import read_json, save_to_disk_atomic
+from iterative_label_refinement.core.layout import current_labels_path, parse_label_set, run_dir_round
+from iterative_label_refinement.core.settings import ConfigError, get_logger
 
 if TYPE_CHECKING:
     from datasets import Dataset

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.settings import ConfigError
 
 # ---------------------------------------------------------------------------------------------
 # Run dirs: a config's sorted, shortened keys and values

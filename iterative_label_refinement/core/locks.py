@@ -28,7 +28,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.settings import ConfigError
 
 
 def lock_path(target: str | Path) -> Path:

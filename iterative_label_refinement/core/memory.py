@@ -50,7 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.settings import ConfigError
 
 GB = 1e9  # GPU sizes and needs are in decimal gigabytes, as GPU makers state them ("80 GB")
 # The CUDA context, cuBLAS workspaces and kernels of one process: commonly 0.5-1 GB (not measured here)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from iterative_label_refinement.core.common import ConfigError
+from iterative_label_refinement.core.settings import ConfigError
 
 HALF_RUNS = ("model1_path", "model2_path")  # cross-fitted proposals: each half model labelled the other half
 PIPELINES = ("sft_ilr", "sft_dpo")  # label sets refined between SFT rounds; preference pairs between DPO rounds

@@ -21,17 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core.common import (
-    OPTIMIZERS,
-    ConfigError,
-    build_once,
-    get_cache_path,
-    get_logger,
-    load_env,
-    setup_tokenizer,
-)
 from iterative_label_refinement.core.devices import default_device, default_dtype
+from iterative_label_refinement.core.files import build_once
 from iterative_label_refinement.core.packaged_models import PackagedGGUF, packaged_model_path
+from iterative_label_refinement.core.prompts import setup_tokenizer
+from iterative_label_refinement.core.settings import ConfigError, get_cache_path, get_logger, load_env
+from iterative_label_refinement.core.train_options import OPTIMIZERS
 
 if TYPE_CHECKING:
     import torch

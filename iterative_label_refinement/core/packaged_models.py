@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from iterative_label_refinement.core.common import ConfigError, build_once, get_cache_path, get_logger, save_model_dir
+from iterative_label_refinement.core.files import build_once, save_model_dir
+from iterative_label_refinement.core.settings import ConfigError, get_cache_path, get_logger
 
 logger = get_logger(__name__)
 

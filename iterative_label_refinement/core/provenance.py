@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from iterative_label_refinement.core.common import ConfigError, get_logger
+from iterative_label_refinement.core.settings import ConfigError, get_logger
 
 logger = get_logger(__name__)
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core.common import ConfigError, get_logger
+from iterative_label_refinement.core.settings import ConfigError, get_logger
 
 if TYPE_CHECKING:
     from datasets import DatasetDict

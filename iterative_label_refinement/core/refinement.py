@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.label_sets import first
 from iterative_label_refinement.core.methods import Method, check_fraction
+from iterative_label_refinement.core.settings import ConfigError
 
 # ---------------------------------------------------------------------------------------------
 # ILR

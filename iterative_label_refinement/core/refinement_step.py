@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iterative_label_refinement.core.common import ConfigError, get_logger
 from iterative_label_refinement.core.datasets import DatasetConfig, get_dataset_config
 from iterative_label_refinement.core.human_feedback import (
     ComparisonExport,
@@ -54,6 +53,7 @@ from iterative_label_refinement.core.refinement import (
     refined_rows,
 )
 from iterative_label_refinement.core.run_data import half_split
+from iterative_label_refinement.core.settings import ConfigError, get_logger
 
 if TYPE_CHECKING:
     from datasets import Dataset

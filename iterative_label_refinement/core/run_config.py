@@ -28,24 +28,22 @@ from iterative_label_refinement.core.cli import (
     flag,
     merge_aliases,
 )
-from iterative_label_refinement.core.common import (
-    DPO_LOSS_TYPES,
-    LR_SCHEDULES,
-    OPTIMIZERS,
-    ConfigError,
-    accumulation_steps,
-    get_save_path,
-    read_json,
-    refuse_unsupported_dpo_launcher,
-    validate_optimizer,
-    validate_schedule,
-)
 from iterative_label_refinement.core.datasets import DatasetConfig, get_dataset_config
+from iterative_label_refinement.core.distributed import accumulation_steps, refuse_unsupported_dpo_launcher
+from iterative_label_refinement.core.files import read_json
 from iterative_label_refinement.core.generation import BACKENDS, check_sampling
 from iterative_label_refinement.core.label_sets import check_trains, current_labels_path, is_label_set
 from iterative_label_refinement.core.layout import get_config_foldername
 from iterative_label_refinement.core.methods import Method, parse_method
 from iterative_label_refinement.core.models import ModelConfig, check_lora_targets, get_model_config, weights_id
+from iterative_label_refinement.core.settings import ConfigError, get_save_path
+from iterative_label_refinement.core.train_options import (
+    DPO_LOSS_TYPES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    validate_optimizer,
+    validate_schedule,
+)
 
 # DPO compares samples of the same prompt: a run that feeds DPO draws this many per prompt.
 DPO_NUM_SAMPLES = 6
@@ -330,8 +328,8 @@ class RunConfig(MainFlags):
         trained, as experiments.main and core.train do it on this machine. A DPO round trains the
         adapter it continues (`dpo_path`), so its LoRA is read from there; otherwise core.train's
         `add_lora` builds r=lora_rank, alpha=2r (none for lora_rank=0, a full fine-tune)."""
-        from iterative_label_refinement.core.common import world_size
         from iterative_label_refinement.core.devices import default_dtype, mixed_precision
+        from iterative_label_refinement.core.distributed import world_size
 
         lora: dict[str, Any] = {}
         if self.dpo_round:

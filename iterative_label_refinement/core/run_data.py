@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from iterative_label_refinement.core.common import ConfigError, get_logger
 from iterative_label_refinement.core.datasets import DatasetConfig, heldout_rows, load_dataset
 from iterative_label_refinement.core.label_sets import LABEL_COLUMNS, PREFERENCE_COLUMNS, first, load_label_set
 from iterative_label_refinement.core.methods import Method
+from iterative_label_refinement.core.settings import ConfigError, get_logger
 
 if TYPE_CHECKING:
     from datasets import Dataset

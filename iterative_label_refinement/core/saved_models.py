@@ -7,8 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.layout import ADAPTER
+from iterative_label_refinement.core.settings import ConfigError
 
 # A run dir's commit point, written after every output (`experiments.main`): done when it is there.
 DONE = "done.json"

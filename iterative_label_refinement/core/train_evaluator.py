@@ -25,19 +25,7 @@ import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from iterative_label_refinement.core.cli import NON_NEGATIVE, POSITIVE, REPORT_TO, Valid
-from iterative_label_refinement.core.common import (
-    ACCEPT,
-    LR_SCHEDULES,
-    OPTIMIZERS,
-    REJECT,
-    ConfigError,
-    get_logger,
-    get_save_path,
-    is_main_process,
-    read_json,
-    seed_everything,
-    write_json,
-)
+from iterative_label_refinement.core.distributed import is_main_process
 from iterative_label_refinement.core.evaluator import (
     EVALUATOR_KINDS,
     LikelihoodEvaluator,
@@ -46,7 +34,11 @@ from iterative_label_refinement.core.evaluator import (
     load_evaluator,
     save_evaluator,
 )
+from iterative_label_refinement.core.files import read_json, write_json
 from iterative_label_refinement.core.layout import evaluator_dir, find_evaluator_data
+from iterative_label_refinement.core.prompts import ACCEPT, REJECT
+from iterative_label_refinement.core.settings import ConfigError, get_logger, get_save_path, seed_everything
+from iterative_label_refinement.core.train_options import LR_SCHEDULES, OPTIMIZERS
 
 logger = get_logger(__name__)
 

@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.models import resolve_model_path
+from iterative_label_refinement.core.settings import ConfigError
 
 
 def main(*model_sizes: str, rebuild: bool = False, out: str | None = None) -> None:

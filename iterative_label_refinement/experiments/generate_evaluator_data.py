@@ -21,17 +21,10 @@ from datasets import Dataset, DatasetDict
 
 from iterative_label_refinement.core.checkpoints import checkpoint_dirs, checkpoint_problem
 from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE, POSITIVE
-from iterative_label_refinement.core.common import (
-    ConfigError,
-    get_logger,
-    get_save_path,
-    read_json,
-    save_to_disk_atomic,
-    seed_everything,
-    write_json,
-)
 from iterative_label_refinement.core.evaluator_pairs import balance, build_pairs, pairs_to_rows, split_by_question
+from iterative_label_refinement.core.files import read_json, save_to_disk_atomic, write_json
 from iterative_label_refinement.core.layout import evaluator_data_dir, name_value, sibling_with
+from iterative_label_refinement.core.settings import ConfigError, get_logger, get_save_path, seed_everything
 
 if TYPE_CHECKING:
     from iterative_label_refinement.core.datasets import DatasetConfig

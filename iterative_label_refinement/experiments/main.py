@@ -16,14 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iterative_label_refinement.core.cli import expand_flags
-from iterative_label_refinement.core.common import (
-    ConfigError,
+from iterative_label_refinement.core.distributed import is_main_process
+from iterative_label_refinement.core.files import (
     clean_stale_tmp,
-    get_logger,
-    is_main_process,
     read_json,
     save_to_disk_atomic,
-    seed_everything,
     write_json,
     write_jsonl,
 )
@@ -40,6 +37,7 @@ from iterative_label_refinement.core.saved_models import (
     has_saved_model,
     load_trained,
 )
+from iterative_label_refinement.core.settings import ConfigError, get_logger, seed_everything
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -236,8 +234,9 @@ def _train(cfg: RunConfig, run_dir: Path, train_ds: Dataset, tokenizer):
     """The trained model: SFT of the base model with LoRA (or all its weights), or a DPO round of the
     previous round's adapter; checkpoints go to the run dir, from which a killed run resumes."""
     from iterative_label_refinement.core.datasets import tokenize_dataset
+    from iterative_label_refinement.core.dpo import load_dpo_policy, train_dpo
     from iterative_label_refinement.core.models import load_model
-    from iterative_label_refinement.core.train import TrainConfig, add_lora, load_dpo_policy, train_dpo, train_sft
+    from iterative_label_refinement.core.train import TrainConfig, add_lora, train_sft
 
     train_cfg = TrainConfig(
         output_dir=str(run_dir), lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,

@@ -24,7 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from iterative_label_refinement.core.common import ConfigError, get_save_path, write_json
+from iterative_label_refinement.core.files import write_json
+from iterative_label_refinement.core.settings import ConfigError, get_save_path
 
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "accelerate")
 MANIFESTS = "manifests"

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated
 
 from iterative_label_refinement.core.cli import POSITIVE, Valid
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.memory import (
     GB,
     MAX_GPUS,
@@ -36,6 +35,7 @@ from iterative_label_refinement.core.memory import (
 )
 from iterative_label_refinement.core.methods import method_kind
 from iterative_label_refinement.core.run_config import DPO_NUM_SAMPLES
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import ilr
 
 PIPELINES = ("evaluator", "sft_ilr", "sft_dpo")

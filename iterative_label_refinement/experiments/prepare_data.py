@@ -16,16 +16,9 @@ from typing import Any
 
 from datasets import DatasetDict
 
-from iterative_label_refinement.core.common import (
-    ConfigError,
-    get_data_path,
-    get_logger,
-    read_json,
-    recover_interrupted_write,
-    save_to_disk_atomic,
-    write_json,
-)
 from iterative_label_refinement.core.datasets import DatasetConfig, get_dataset_config, preparable_datasets
+from iterative_label_refinement.core.files import read_json, recover_interrupted_write, save_to_disk_atomic, write_json
+from iterative_label_refinement.core.settings import ConfigError, get_data_path, get_logger
 
 logger = get_logger(__name__)
 

@@ -30,9 +30,9 @@ import sys
 from typing import Annotated, Any
 
 from iterative_label_refinement.core.cli import FRACTION, NON_NEGATIVE, POSITIVE
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import get_dataset_config
 from iterative_label_refinement.core.methods import Method, kinds, method_kind, split_name
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import main as main_cli
 
 FORMATS = ("json", "shell")

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from iterative_label_refinement.core.cli import INSIDE
-from iterative_label_refinement.core.common import ConfigError, get_logger, get_save_path, read_json, write_json
 from iterative_label_refinement.core.eval import mean_and_stderr
+from iterative_label_refinement.core.files import read_json, write_json
 from iterative_label_refinement.core.label_sets import first, is_label_set, label_accuracy
 from iterative_label_refinement.core.layout import (
     REPORT_CSV,
@@ -41,6 +41,7 @@ from iterative_label_refinement.core.layout import (
 )
 from iterative_label_refinement.core.methods import Method, parse_method
 from iterative_label_refinement.core.saved_models import recorded_weights
+from iterative_label_refinement.core.settings import ConfigError, get_logger, get_save_path
 from iterative_label_refinement.experiments import report_page
 from iterative_label_refinement.experiments.manifest import MANIFESTS
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iterative_label_refinement.core.common import TRAIN_LOG, read_json
+from iterative_label_refinement.core.files import read_json
+from iterative_label_refinement.core.train_options import TRAIN_LOG
 
-MARGIN, KL = "rewards/margins", "kl"  # DPO's diagnostics, as core.train logs them (TRL's names)
+MARGIN, KL = "rewards/margins", "kl"  # DPO's diagnostics, as core.dpo logs them (TRL's names)
 
 # One point of a per-round plot: (round, mean over seeds, standard error or None, seeds it has).
 Point = tuple[int, float, float | None, int]

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from iterative_label_refinement.core.common import ConfigError, get_logger, load_env
+from iterative_label_refinement.core.settings import ConfigError, get_logger, load_env
 from iterative_label_refinement.core.sql_executor import DEFAULT_TIMEOUT, execute_pairs, resolve_database
 
 logger = get_logger(__name__)

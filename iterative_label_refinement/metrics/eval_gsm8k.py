@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 
-from iterative_label_refinement.core.common import ConfigError, load_env
+from iterative_label_refinement.core.settings import ConfigError, load_env
 
 _NUMBER_CHARS = re.compile(r"[,$]")
 NORMALIZE_SETTING = "ILR_GSM8K_NORMALIZE_NUMBERS"

@@ -6,9 +6,9 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from iterative_label_refinement.core.common import ConfigError, load_env
 from iterative_label_refinement.core.datasets import DatasetConfig, prepared_loader, register_dataset
 from iterative_label_refinement.core.raw_data import BIRD_HINT, prepare_bird
+from iterative_label_refinement.core.settings import ConfigError, load_env
 from iterative_label_refinement.metrics.eval_bird import bird_eval_func, check_bird_databases, same_execution_result
 
 if TYPE_CHECKING:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from iterative_label_refinement.core.common import ConfigError
 from iterative_label_refinement.core.datasets import DatasetConfig, register_dataset
+from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.tasks.gsm8k import final_answer_metric, same_final_answer_agreement
 from iterative_label_refinement.toy import arithmetic
 

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from iterative_label_refinement.core.common import ConfigError, format_prompt, get_logger, save_model_dir
+from iterative_label_refinement.core.files import save_model_dir
 from iterative_label_refinement.core.models import ModelConfig, register_model
+from iterative_label_refinement.core.prompts import format_prompt
+from iterative_label_refinement.core.settings import ConfigError, get_logger
 from iterative_label_refinement.toy.arithmetic import sample_problem
 
 if TYPE_CHECKING:
@@ -290,7 +292,7 @@ register_tiny(
 # The toy evaluator base: the weak base, taught to read arithmetic placed after text
 # ---------------------------------------------------------------------------------------------
 
-# Filler between problems: pieces of the evaluator prompt (core.common.EVALUATOR_TEMPLATE) and prose.
+# Filler between problems: pieces of the evaluator prompt (core.prompts.EVALUATOR_TEMPLATE) and prose.
 FILLER = [
     "You gave answer (A). Do you accept changing it to answer (B)?\n\n",
     "Answer (A):\n",
