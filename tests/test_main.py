@@ -67,6 +67,19 @@ def test_rerun_of_a_finished_run_does_nothing(weak_run):
     assert (run_dir / "adapter_model.safetensors").stat().st_mtime_ns == before
 
 
+def test_a_run_looks_its_model_up_once(tmp_path, monkeypatch):
+    """RunConfig resolves the model's entry once; training, evaluation, labelling and the records get it
+    passed down (each lookup by name reads the models file, and a folder's weights, again)."""
+    from iterative_label_refinement.core import models
+
+    lookups = []
+    real = models.user_models  # every get_model_config reads it once
+    monkeypatch.setattr(models, "user_models", lambda: lookups.append(1) or real())
+    out = run(tmp_path, save_model=True)
+    assert "skipped" not in out and (Path(out["save_path"]) / "weak_labels").is_dir()
+    assert len(lookups) == 1
+
+
 def test_half_data_runs_train_on_complementary_halves(weak_run):
     results, weak_dir = weak_run
     labelled = []

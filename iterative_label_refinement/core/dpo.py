@@ -3,7 +3,7 @@ reference's log-probs computed once through the wrapped model, and the Trainer t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from datasets import Dataset
@@ -13,6 +13,9 @@ from iterative_label_refinement.core.logps import answer_logits, labelled_logps,
 from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.core.train import TrainConfig, padded_batch, train_or_resume, trainer_class
 from iterative_label_refinement.core.train_options import DPO_LOSS_TYPES
+
+if TYPE_CHECKING:
+    from iterative_label_refinement.core.models import ModelConfig
 
 POLICY, REFERENCE = "default", "reference"  # PEFT saves the "default" adapter at the folder's root
 
@@ -59,17 +62,17 @@ def dpo_loss(
     return losses, chosen_rewards, rejected_rewards
 
 
-def load_dpo_policy(model_size: str, adapter_path: str, dropout: bool = False):
-    """The base model with `adapter_path` loaded twice: a trainable policy and a frozen reference."""
+def load_dpo_policy(model: str | ModelConfig, adapter_path: str, dropout: bool = False):
+    """The base `model` with `adapter_path` loaded twice: a trainable policy and a frozen reference."""
     from peft import PeftModel
 
-    from iterative_label_refinement.core.models import get_model_config, load_model
+    from iterative_label_refinement.core.models import load_model, model_config
 
-    base = load_model(model_size, dropout=dropout)
+    base = load_model(model, dropout=dropout)
     model = PeftModel.from_pretrained(base, adapter_path, adapter_name=POLICY, is_trainable=True)
     model.load_adapter(adapter_path, adapter_name=REFERENCE, is_trainable=False)
     model.set_adapter(POLICY)
-    if get_model_config(model_size).gradient_checkpointing:
+    if model_config(model).gradient_checkpointing:
         model.enable_input_require_grads()
     assert_reference_frozen(model)
     return model

@@ -173,6 +173,12 @@ def get_model_config(model_name: str) -> ModelConfig:
     )
 
 
+def model_config(model: str | ModelConfig) -> ModelConfig:
+    """A model's settings: the entry itself when the caller passes down the one it resolved (a run's
+    `RunConfig.model`), else the name's (`get_model_config`, which reads the folder and the models file)."""
+    return model if isinstance(model, ModelConfig) else get_model_config(model)
+
+
 def count_parameters(folder: str | Path) -> int:
     """Parameters of a model folder, from its safetensors headers (no weights are read).
 
@@ -293,29 +299,29 @@ _SETTING_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def weights_id(model_name: str) -> str:
+def weights_id(model: str | ModelConfig) -> str:
     """What a run records as its weights, one identity per model however it is named: a local folder
     is its resolved real path (an absolute or relative path, or a symlink, to one folder is one model);
     a tiny model is its recipe-named build (`<name>-<build_id>`, so a new recipe under the same name
     reads as other weights); any other registered model is its name (a packaged copy holds its hub
     model's weights). Cheap: nothing is built or loaded."""
-    if is_model_folder(model_name):
-        return os.path.realpath(model_name)
-    cfg = get_model_config(model_name)
+    cfg = model_config(model)
+    if is_model_folder(cfg.name):
+        return os.path.realpath(cfg.name)
     if cfg.is_tiny:
         return f"{cfg.name}-{cfg.build_id}"
-    return model_name
+    return cfg.name
 
 
-def resolve_model_path(model_name: str) -> str:
+def resolve_model_path(model: str | ModelConfig) -> str:
     """The path or hub id that `from_pretrained` gets; builds a tiny model on first use.
 
     A folder is itself; a model with a packaged copy is its hub id while the hub is reachable (or
     the model is in the hub cache), else the converted packaged copy.
     """
-    if is_model_folder(model_name):
-        return model_name
-    cfg = get_model_config(model_name)
+    cfg = model_config(model)
+    if is_model_folder(cfg.name):
+        return cfg.name
     if cfg.packaged is not None:
         if _hub_available(cfg.name):
             return cfg.name
@@ -421,14 +427,14 @@ def model_modules(path: str, kind: str, trust_remote_code: bool) -> tuple[tuple[
     return tuple((n, layer_kind(m)) for n, m in model.named_modules()), head, type(model).__name__
 
 
-def check_lora_targets(model_name: str, kind: str = "causal_lm") -> None:
+def check_lora_targets(model: str | ModelConfig, kind: str = "causal_lm") -> None:
     """Refuse, before anything is written, a model's `lora_target_modules` that would make
     `get_peft_model` fail (or adapt fewer layers than listed) on its architecture (see `lora_targets`).
 
     kind: "causal_lm", or "classifier" (the evaluator's sequence classifier).
     """
-    cfg = get_model_config(model_name)
-    pairs, head, architecture = model_modules(resolve_model_path(model_name), kind, cfg.trust_remote_code)
+    cfg = model_config(model)
+    pairs, head, architecture = model_modules(resolve_model_path(cfg), kind, cfg.trust_remote_code)
     modules = dict(pairs)
     protected = CLASSIFIER_HEADS if kind == "classifier" else ()
     try:
@@ -436,7 +442,7 @@ def check_lora_targets(model_name: str, kind: str = "causal_lm") -> None:
     except ConfigError as e:
         linear = sorted({n.rsplit(".", 1)[-1] for n in _adaptable(modules, protected) if modules[n] == LINEAR})
         raise ConfigError(
-            f"lora_target_modules={cfg.lora_target_modules!r} of model {model_name!r} ({architecture}): {e}. Valid: "
+            f"lora_target_modules={cfg.lora_target_modules!r} of model {cfg.name!r} ({architecture}): {e}. Valid: "
             f"'all-linear', or a list of module names (each matches the modules whose name ends with it), e.g. "
             f"its linear layers {linear} (set in $ILR_MODELS_FILE, see docs/models.md)"
         ) from None
@@ -460,11 +466,11 @@ def _hub_available(repo_id: str) -> bool:
         return False
 
 
-def load_tokenizer(model_name: str) -> Any:
+def load_tokenizer(model: str | ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
-    cfg = get_model_config(model_name)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_name), trust_remote_code=cfg.trust_remote_code)
+    cfg = model_config(model)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg), trust_remote_code=cfg.trust_remote_code)
     tokenizer = setup_tokenizer(tokenizer)
     # Kept in init_kwargs, so it is saved with the tokenizer in run and evaluator dirs; a folder's
     # saved tokenizer keeps the choice it was trained with.
@@ -485,7 +491,7 @@ def prompt_prefix_ids(tokenizer: Any) -> list[int]:
 
 
 def load_model(
-    model_name: str,
+    model: str | ModelConfig,
     *,
     kind: str = "causal_lm",
     gradient_checkpointing: bool | None = None,
@@ -505,8 +511,8 @@ def load_model(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    cfg = get_model_config(model_name)
-    path = resolve_model_path(model_name)
+    cfg = model_config(model)
+    path = resolve_model_path(cfg)
     hf_config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     if not dropout:
         for key, value in hf_config.to_dict().items():

@@ -260,7 +260,7 @@ class RunConfig(MainFlags):
         weak = cls._weak_run(f.weak_labels_path, method, f.round_id, f.weak_model_size, dry_run)
         # Last: it reads the model's config (a dry run only names the run; a DPO round trains the adapter at --dpo_path).
         if f.lora_rank and not dpo_round and not dry_run:
-            check_lora_targets(f.model_size)
+            check_lora_targets(model)
         resolved = dict(ds_name=dataset.name, dataset=dataset, model=model, method=method, do_dpo=do_dpo, lr=lr,
                         optim=optim, max_len=max_len, num_samples=num_samples, minibatch_size_per_device=minibatch,
                         eval_batch_size=eval_batch_size, report_to=report_to, do_test=do_test,

@@ -6,9 +6,13 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from iterative_label_refinement.core.layout import ADAPTER
 from iterative_label_refinement.core.settings import ConfigError
+
+if TYPE_CHECKING:
+    from iterative_label_refinement.core.models import ModelConfig
 
 # A run dir's commit point, written after every output (`experiments.main`): done when it is there.
 DONE = "done.json"
@@ -68,12 +72,12 @@ def delete_saved_model(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def load_trained(model_size: str, path: Path):
-    """A saved run model: the base with its LoRA adapter, or a fully fine-tuned model dir."""
+def load_trained(model: str | ModelConfig, path: Path):
+    """A saved run model: the base `model` with its LoRA adapter, or a fully fine-tuned model dir."""
     from iterative_label_refinement.core.models import load_model
 
     if (path / "adapter_config.json").exists():
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(load_model(model_size, gradient_checkpointing=False), str(path))
+        return PeftModel.from_pretrained(load_model(model, gradient_checkpointing=False), str(path))
     return load_model(str(path), gradient_checkpointing=False)

@@ -36,6 +36,7 @@ from iterative_label_refinement.core.evaluator import (
 )
 from iterative_label_refinement.core.files import read_json, write_json
 from iterative_label_refinement.core.layout import evaluator_dir, find_evaluator_data
+from iterative_label_refinement.core.models import ModelConfig
 from iterative_label_refinement.core.prompts import ACCEPT, REJECT
 from iterative_label_refinement.core.settings import ConfigError, get_logger, get_save_path, seed_everything
 from iterative_label_refinement.core.train_options import LR_SCHEDULES, OPTIMIZERS
@@ -123,16 +124,16 @@ def _likelihood_rows(ds: Dataset, tokenizer) -> Dataset:
 # ---------------------------------------------------------------------------------------------
 
 
-def _model(model_size: str, kind: str, lora_rank: int, pad_token_id: int):
-    from iterative_label_refinement.core.models import get_model_config, load_model
-
-    model = load_model(model_size, kind="classifier" if kind == "classifier" else "causal_lm",
-                       full_finetune=not lora_rank)  # fmt: skip
-    model.config.pad_token_id = pad_token_id
+def _model(base: ModelConfig, kind: str, lora_rank: int, pad_token_id: int):
+    from iterative_label_refinement.core.models import load_model
     from iterative_label_refinement.core.train import add_lora
 
-    target = get_model_config(model_size).lora_target_modules
-    return add_lora(model, lora_rank, target, task_type="SEQ_CLS" if kind == "classifier" else "CAUSAL_LM")
+    model = load_model(base, kind="classifier" if kind == "classifier" else "causal_lm",
+                       full_finetune=not lora_rank)  # fmt: skip
+    model.config.pad_token_id = pad_token_id
+    return add_lora(
+        model, lora_rank, base.lora_target_modules, task_type="SEQ_CLS" if kind == "classifier" else "CAUSAL_LM"
+    )
 
 
 def _optimizer(model, lr: float, head_lr: float) -> torch.optim.Optimizer:
@@ -249,14 +250,14 @@ def main(
                             report_to)  # fmt: skip
     data_path = find_evaluator_data(data, get_save_path(results_folder))
     out = evaluator_dir(get_save_path(results_folder), data_path, config)
-    weights = weights_id(model_size)
+    weights = weights_id(run["model"])
     if not force_retrain:
         check_same_weights(out, weights)
     if print_save_path:
         print(out)
         return str(out)
     if config["lora_rank"]:  # reads the model's config: not for a --print_save_path query
-        check_lora_targets(model_size, "classifier" if evaluator_kind == "classifier" else "causal_lm")
+        check_lora_targets(run["model"], "classifier" if evaluator_kind == "classifier" else "causal_lm")
     dd = load_evaluator_data(data_path, data)
     from iterative_label_refinement.core.locks import writing
     from iterative_label_refinement.core.provenance import artifact_identity, reuse
@@ -311,8 +312,8 @@ def _settings(model_size: str, seed: int, epochs: float, batch_size: int, lr: fl
               lr_schedule: str, warmup_ratio: float, optim: str, lora_rank: int | None,
               minibatch_size_per_device: int | None, eval_batch_size: int | None, evaluator_kind: str,
               use_wandb: bool, report_to: str) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """(the settings that name the evaluator's dir, how it runs), the model's registered defaults
-    filled in. The dir's name keeps the reference's keys: head_lr and a non-default kind only when given."""
+    """(the settings that name the evaluator's dir, how it runs: the model's entry, resolved once, and its
+    registered defaults filled in). The dir's name keeps the reference's keys: head_lr and a non-default kind only when given."""
     from iterative_label_refinement.core.models import get_model_config
     from iterative_label_refinement.core.run_config import check_lora_rank, report_target
 
@@ -322,7 +323,7 @@ def _settings(model_size: str, seed: int, epochs: float, batch_size: int, lr: fl
         raise ConfigError("--head_lr applies to the classifier evaluator only")
     if head_lr and optim != "adamw":
         raise ConfigError(f"--head_lr uses AdamW; got --optim={optim}")
-    run = dict(report_to=report_target(report_to, use_wandb), evaluator_kind=evaluator_kind, head_lr=head_lr,
+    run = dict(model=model_cfg, report_to=report_target(report_to, use_wandb), evaluator_kind=evaluator_kind, head_lr=head_lr,
                minibatch_size_per_device=minibatch_size_per_device or model_cfg.minibatch_size_per_device,
                eval_batch_size=eval_batch_size or model_cfg.eval_batch_size,
                gradient_checkpointing=model_cfg.gradient_checkpointing)  # fmt: skip
@@ -345,9 +346,9 @@ def _train_and_save(out: Path, dd: DatasetDict, data_path: Path, config: dict[st
     from iterative_label_refinement.core.provenance import RECORD
     from iterative_label_refinement.core.train import TrainConfig, collate
 
-    model_size, kind, lora_rank = config["model_size"], run["evaluator_kind"], config["lora_rank"]
-    tokenizer = load_tokenizer(model_size)
-    model = _model(model_size, kind, lora_rank, tokenizer.pad_token_id)
+    kind, lora_rank = run["evaluator_kind"], config["lora_rank"]
+    tokenizer = load_tokenizer(run["model"])
+    model = _model(run["model"], kind, lora_rank, tokenizer.pad_token_id)
     rows_of = _classifier_rows if kind == "classifier" else _likelihood_rows
     train_ds, eval_ds = (rows_of(dd[s], tokenizer) for s in ("train", "test"))
     collator = lambda rows: collate(rows, tokenizer.pad_token_id)  # noqa: E731

@@ -94,7 +94,7 @@ def main(flags: MainFlags, print_save_path: bool = False) -> dict[str, Any] | st
 def plan(cfg: RunConfig, print_save_path: bool) -> tuple[Path, str]:
     """The run dir and the weights it trains, checked against what the dir holds; printed for --print_save_path."""
     run_dir = cfg.run_dir()
-    weights = weights_id(cfg.model_size)
+    weights = weights_id(cfg.model)
     if not cfg.force_retrain:  # before the scripts' "done already" check, which asks for this path
         check_same_weights(run_dir, weights)
     if print_save_path:
@@ -145,7 +145,7 @@ def _start(cfg: RunConfig, run_dir: Path, weights: str) -> None:
     (run_dir / DONE).unlink(missing_ok=True)  # a forced rerun is not done until it commits again
     # Where the weights came from: a registered model with a packaged copy may load either.
     write_json(run_dir / "experiment_config.json", dict(cfg.to_json(), model_loaded_from=resolve_model_path(
-        cfg.model_size), model_weights=weights, commit_point=DONE))  # fmt: skip
+        cfg.model), model_weights=weights, commit_point=DONE))  # fmt: skip
 
 
 def _start_vllm(cfg: RunConfig, run_dir: Path, need: int):
@@ -160,7 +160,7 @@ def _start_vllm(cfg: RunConfig, run_dir: Path, need: int):
     saved = model_dir(run_dir, cfg.dpo_round)
     if (saved / "adapter_config.json").exists():
         # The weights' folder, not the registry name: tiny and packaged models have no hub id vLLM could fetch.
-        return VLLMModel(resolve_model_path(cfg.model_size), str(saved), tp, gpu_usage)
+        return VLLMModel(resolve_model_path(cfg.model), str(saved), tp, gpu_usage)
     return VLLMModel(str(saved), None, tp, gpu_usage)
 
 
@@ -216,13 +216,13 @@ def _train_or_load(cfg: RunConfig, run_dir: Path, train_ds: Dataset):
     from iterative_label_refinement.core.models import load_tokenizer
     from iterative_label_refinement.core.train import save_trained
 
-    tokenizer = load_tokenizer(cfg.model_size)
+    tokenizer = load_tokenizer(cfg.model)
     saved = model_dir(run_dir, cfg.dpo_round)
     if has_saved_model(saved) and not cfg.force_retrain:
         logger.info("Model exists, skipping training: %s", saved)
         if is_main_process():  # killed right after saving it, the run kept its checkpoints' training state
             drop_training_state(run_dir)
-        return load_trained(cfg.model_size, saved), tokenizer
+        return load_trained(cfg.model, saved), tokenizer
     model = _train(cfg, run_dir, train_ds, tokenizer)
     save_trained(model, tokenizer, saved)
     if is_main_process():  # the final model is saved: its checkpoints keep their weights only
@@ -246,12 +246,12 @@ def _train(cfg: RunConfig, run_dir: Path, train_ds: Dataset, tokenizer):
         resume=not cfg.force_retrain,
     )  # fmt: skip
     if cfg.dpo_round:
-        model = load_dpo_policy(cfg.model_size, cfg.dpo_path, dropout=cfg.train_with_dropout)
+        model = load_dpo_policy(cfg.model, cfg.dpo_path, dropout=cfg.train_with_dropout)
         tokenized = tokenize_dataset(train_ds, tokenizer, preference=True, max_len=cfg.max_len)
         train_dpo(model, tokenizer, tokenized, train_cfg, beta=cfg.dpo_beta, loss_type=cfg.dpo_loss_type,
                   dropped_for_length=len(train_ds) - len(tokenized))  # fmt: skip
         return model
-    model = load_model(cfg.model_size, dropout=cfg.train_with_dropout, full_finetune=cfg.lora_rank == 0)
+    model = load_model(cfg.model, dropout=cfg.train_with_dropout, full_finetune=cfg.lora_rank == 0)
     model = add_lora(model, cfg.lora_rank, cfg.model.lora_target_modules)
     train_sft(model, tokenizer, tokenize_dataset(train_ds, tokenizer, max_len=cfg.max_len), train_cfg)
     return model
