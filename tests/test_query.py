@@ -47,7 +47,7 @@ def test_refiner_names_the_method_from_the_settings_or_refuses_another_scripts_k
 
 def test_the_evaluator_pipeline_has_one_ground_truth_run_per_mode():
     assert get_dataset_config("saferpaca").modes and not get_dataset_config("gsm8k").modes
-    assert query.evaluator("saferpaca") == {"gt_runs": ["--saferpaca_mode=1", "--saferpaca_mode=2"],
+    assert query.evaluator("saferpaca") == {"gt_runs": ["--mode=1", "--mode=2"],
                                             "evaluator_steps": 4}  # fmt: skip
     assert query.evaluator("gsm8k") == {"gt_runs": [""], "evaluator_steps": 3}
 

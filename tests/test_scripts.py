@@ -157,7 +157,7 @@ def check_setting(cmds: list[list[str]], e: dict) -> None:
     if e["pipeline"] == "evaluator":
         modes = ["1", "2"] if e["ds"] == "saferpaca" else [None]
         assert mods == ["main"] * len(modes) + ["generate_evaluator_data", "train_evaluator"]
-        assert [m.get("saferpaca_mode") for m in mains] == modes
+        assert [m.get("mode") for m in mains] == modes
         for m in mains:
             assert (m["model_size"], m["epochs"], m["save_frequency"]) == (e["model"], e["gt_epochs"], "0.1")
             assert m["generate_weak_labels"] == "False" and "weak_labels_path" not in m

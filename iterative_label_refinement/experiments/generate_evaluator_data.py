@@ -190,7 +190,6 @@ def main(
     seed: Annotated[int | None, NON_NEGATIVE] = None,
     n_docs: Annotated[int | None, POSITIVE] = None,
     n_test_docs: Annotated[int | None, POSITIVE] = None,
-    gpu_usage: Annotated[float, FRACTION] = 0.9,
     do_eval: bool = True,
     force_regenerate: bool = False,
     safety_save_path: str | None = None,
@@ -203,7 +202,6 @@ def main(
     temperature, top_k, top_p: how answers are sampled (top-k and top-p off by default: the whole distribution).
     do_eval: score answers with the task metric; off, every answer counts as worse than gold.
     safety_save_path: SaferPaca's safety-only run (default: `save_path` with sm=1 -> sm=2).
-    gpu_usage: accepted for the reference scripts; generation uses the HF backend.
     force_regenerate: sample every checkpoint's answers again and remake the data; without it, data
         that exists is reused when it was made as this call would make it, and refused otherwise.
     print_save_path: print where the data goes (named by ds_name, model_size, seed) and stop.

@@ -104,7 +104,7 @@ def evaluator(ds_name: str) -> dict[str, Any]:
     registry entry, e.g. SaferPaca's general-only and safety-only models; else one run), then the
     evaluator data and the evaluator: its step count."""
     modes = get_dataset_config(ds_name).modes
-    gt_runs = [f"--saferpaca_mode={mode}" for mode in modes] or [""]
+    gt_runs = [f"--mode={mode}" for mode in modes] or [""]
     return {"gt_runs": gt_runs, "evaluator_steps": len(gt_runs) + 2}
 
 
