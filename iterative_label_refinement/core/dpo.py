@@ -69,13 +69,13 @@ def load_dpo_policy(model: str | ModelConfig, adapter_path: str, dropout: bool =
     from iterative_label_refinement.core.models import load_model, model_config
 
     base = load_model(model, dropout=dropout)
-    model = PeftModel.from_pretrained(base, adapter_path, adapter_name=POLICY, is_trainable=True)
-    model.load_adapter(adapter_path, adapter_name=REFERENCE, is_trainable=False)
-    model.set_adapter(POLICY)
+    policy = PeftModel.from_pretrained(base, adapter_path, adapter_name=POLICY, is_trainable=True)
+    policy.load_adapter(adapter_path, adapter_name=REFERENCE, is_trainable=False)
+    policy.set_adapter(POLICY)
     if model_config(model).gradient_checkpointing:
-        model.enable_input_require_grads()
-    assert_reference_frozen(model)
-    return model
+        policy.enable_input_require_grads()
+    assert_reference_frozen(policy)
+    return policy
 
 
 def assert_reference_frozen(model) -> None:
