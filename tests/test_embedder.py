@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from iterative_label_refinement.core.embedder import ApiEmbedder, ApiError, LocalEmbedder, get_embedder
+from iterative_label_refinement.core.embedder import ApiEmbedder, LocalEmbedder, get_embedder
+from iterative_label_refinement.core.http_api import ApiError
 from iterative_label_refinement.core.settings import ConfigError
 
 TEXTS = [

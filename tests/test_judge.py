@@ -17,8 +17,8 @@ import pytest
 from datasets import load_from_disk
 from feedback_world import FakeJudgeServer, logprob_reply, make_world
 
-from iterative_label_refinement.core.embedder import ApiError
 from iterative_label_refinement.core.evaluator import JudgeEvaluator, debiased_scores
+from iterative_label_refinement.core.http_api import ApiError
 from iterative_label_refinement.core.judge import TEMPLATE_DIR, JudgeEndpoint, judge_template
 from iterative_label_refinement.core.judge_client import JudgeError
 from iterative_label_refinement.core.provenance import read_record

@@ -19,8 +19,8 @@ import pytest
 from datasets import load_from_disk
 from feedback_world import make_world
 
-from iterative_label_refinement.core.embedder import post_json
 from iterative_label_refinement.core.evaluator import JudgeEvaluator
+from iterative_label_refinement.core.http_api import post_json
 from iterative_label_refinement.core.judge import JudgeEndpoint
 from iterative_label_refinement.core.provenance import read_record
 from iterative_label_refinement.experiments import dpo, ilr

@@ -194,6 +194,31 @@ def test_without_a_gpu_or_sizes_there_is_nothing_to_check(capsys, monkeypatch):
         plan.main(pipeline="evaluator", gpus=2)
 
 
+def test_without_a_gpu_device_file_the_plan_asks_torch_nothing(monkeypatch):
+    """No device file: no GPU, and torch (seconds to import, once per pipeline script) stays unimported.
+    With one, torch's CUDA says what there is (here faked: two cards, the smaller one's memory counts)."""
+    import torch
+
+    code = ("import sys; from iterative_label_refinement.experiments import plan; "
+            "plan.gpu_device_files = lambda: False; assert plan.visible_gpus() is None; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    class Props:
+        def __init__(self, i):
+            self.total_memory = [80 * GB, 40 * GB][i]
+
+    monkeypatch.setattr(plan, "gpu_device_files", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", Props)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert plan.visible_gpus() == Hardware(gpus=2, gpu_bytes=40 * GB, bf16=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert plan.visible_gpus() is None
+
+
 def test_the_70b_strong_model_shards_and_its_fix_counts_gpus():
     _, env = plan.script_settings(REPO / "scripts" / "main-experiments" / "run-dpo-gsm8k-70b.sh")
     with pytest.raises(ConfigError) as refused:

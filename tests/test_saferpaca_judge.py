@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from iterative_label_refinement.core.embedder import ApiError, retry_after_seconds
+from iterative_label_refinement.core.http_api import ApiError, retry_after_seconds
 from iterative_label_refinement.core.judge_client import (
     ApiJudge,
     Judge,

@@ -13,7 +13,7 @@ asks both orders, so the score of a proposal replacing the current answer is
     score = 1/2 [P(B better | A=current, B=proposal) + 1 - P(B better | A=proposal, B=current)].
 
 Errors are those of the judge client (`core.judge_client`, shared with the SaferPaca metric):
-bounded retries that honour `Retry-After` (`core.embedder.post_json`); a reply without the first
+bounded retries that honour `Retry-After` (`core.http_api.post_json`); a reply without the first
 token's top log-probs, or that is not JSON, is an error; an error is never cached; and a reply that
 gives neither `A` nor `B` is an error as well, never a tie of 0.5. Replies are cached on disk by
 (base URL, model, the whole prompt): the template, the question and both answers.

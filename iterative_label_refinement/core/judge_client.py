@@ -3,7 +3,7 @@
 A judge reads a conversation that ends by asking for `A` or `B` and answers with the probabilities
 of those two tokens (` A` counts as `A`; a token absent from the judge's top tokens counts 0). Two
 backends: `ApiJudge`, an OpenAI-compatible chat API read through its top log-probs (HTTP through
-`core.embedder.post_json`, with its bounded retries), and `LocalJudge`, a Hugging Face causal LM. A
+`core.http_api.post_json`, with its bounded retries), and `LocalJudge`, a Hugging Face causal LM. A
 reply without log-probabilities, or with one that is not a finite number <= 0, is an error; so is
 any answer that is not two probabilities (finite, >= 0, summing to at most 1): errors are never
 cached and never a score.
@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from iterative_label_refinement.core.embedder import DEFAULT_BASE_URL, api_url, bad_reply, post_json
 from iterative_label_refinement.core.files import write_json
+from iterative_label_refinement.core.http_api import DEFAULT_BASE_URL, api_url, bad_reply, post_json
 from iterative_label_refinement.core.prompts import format_prompt
 from iterative_label_refinement.core.settings import get_cache_path, get_logger, load_env
 

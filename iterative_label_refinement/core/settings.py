@@ -8,8 +8,6 @@ import random
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 def get_logger(name: str = "ilr") -> logging.Logger:
     """A logger with a level from $ILR_LOG_LEVEL (default INFO), printing to stderr."""
@@ -24,6 +22,7 @@ def get_logger(name: str = "ilr") -> logging.Logger:
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np  # here, not at the top: the scripts' many small queries never seed
     import torch
 
     random.seed(seed)

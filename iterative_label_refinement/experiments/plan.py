@@ -13,7 +13,9 @@ nothing to check: one line says so and the pipeline goes on (the CPU demo and CI
 
 from __future__ import annotations
 
+import glob
 import inspect
+import os
 import re
 import shlex
 import sys
@@ -193,8 +195,16 @@ def plan_rows(steps: list[Step], hw: Hardware) -> list[tuple[Step, float, bool]]
     return [(s, step_memory(_arch(s), s, hw)["total"] / GB, fits(_arch(s), s, hw)) for s in steps]
 
 
+def gpu_device_files() -> bool:
+    """Whether Linux shows an NVIDIA or AMD (ROCm) GPU device; elsewhere True (only torch can tell)."""
+    return sys.platform != "linux" or bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
+
+
 def visible_gpus() -> Hardware | None:
-    """The GPUs this process sees (the smallest one's memory), or None without CUDA."""
+    """The GPUs this process sees (the smallest one's memory), or None without CUDA. Without a GPU
+    device file torch is not even imported: every pipeline asks once per script, and it takes seconds."""
+    if not gpu_device_files():
+        return None
     import torch
 
     if not torch.cuda.is_available() or torch.cuda.device_count() == 0:

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from iterative_label_refinement.core.embedder import api_settings
+from iterative_label_refinement.core.http_api import api_settings
 from iterative_label_refinement.core.judge_client import ApiJudge, Judge, LocalJudge, Messages
 from iterative_label_refinement.core.settings import ConfigError, get_logger, load_env
 
