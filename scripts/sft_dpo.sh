@@ -39,11 +39,12 @@ if [ -n "$REFUSAL" ]; then echo "$REFUSAL" >&2; exit 2; fi
 set_total "$STEPS"
 log "SFT+DPO on $DS_NAME: weak $WEAK_MODEL, strong $STRONG_MODEL, $ROUNDS rounds"
 plan_memory sft_dpo
+FEEDBACK=$(feedback_flags)  # asked once (the evaluator's path is a Python query that loads torch)
 
 # dpo_flags ROUND STRONG_RUN: the step that turns round ROUND's samples into pairs, with its flags.
 dpo_flags() {
   echo "${REFINER_COMMAND[*]} --ds_name=$DS_NAME --weak_model_path=$WEAK_DIR --strong_model_path=$2" \
-       "--round_id=$1 --subsample=$SUBSAMPLE --beta=$BETA $(feedback_flags)"
+       "--round_id=$1 --subsample=$SUBSAMPLE --beta=$BETA $FEEDBACK"
 }
 
 weak_run

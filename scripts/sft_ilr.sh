@@ -38,12 +38,13 @@ if [ -n "$REFUSAL" ]; then echo "$REFUSAL" >&2; exit 2; fi
 set_total "$STEPS"
 log "SFT+$REFINER on $DS_NAME: weak $WEAK_MODEL, strong $STRONG_MODEL, $ROUNDS rounds"
 plan_memory sft_ilr
+# The feedback's flags, asked once (the evaluator's path is a Python query that loads torch).
+if [ "$TAKES_FEEDBACK" = 1 ]; then FEEDBACK=$(feedback_flags); else FEEDBACK="--seed=$SEED $(correct_flag)"; fi
 
 # refiner_flags ROUND MODEL1 MODEL2: the flags of round ROUND's refinement step.
 refiner_flags() {
-  local f="--ds_name=$DS_NAME --weak_model_path=$WEAK_DIR --model1_path=$2 --model2_path=$3 --round_id=$1 \
---max_replace=$MAX_REPLACE"
-  if [ "$TAKES_FEEDBACK" = 1 ]; then echo "$f $(feedback_flags)"; else echo "$f --seed=$SEED $(correct_flag)"; fi
+  echo "--ds_name=$DS_NAME --weak_model_path=$WEAK_DIR --model1_path=$2 --model2_path=$3 --round_id=$1" \
+       "--max_replace=$MAX_REPLACE $FEEDBACK"
 }
 
 weak_run
