@@ -22,7 +22,7 @@ import torch
 
 from iterative_label_refinement.core import devices, generation, models
 from iterative_label_refinement.core.generation import GIB, VLLMModel, vllm_memory_share, vllm_need
-from iterative_label_refinement.core.models import load_model, resolve_model_path
+from iterative_label_refinement.core.models import get_model_config, load_model, resolve_model_path
 from iterative_label_refinement.core.settings import ConfigError
 from iterative_label_refinement.experiments import main as main_module
 
@@ -220,10 +220,12 @@ def test_the_dtype_policy_by_capability(monkeypatch, fake_vllm, tmp_path, capabi
     assert {p.dtype for p in lora.parameters() if p.requires_grad} == {torch.float32}
     assert load_model("tiny-random", full_finetune=True).dtype == torch.float32
     # The LoRA evaluator: adapters and its new score head float32; a full fine-tune float32 throughout.
-    evaluator = train_evaluator._model("tiny-random", "classifier", 4, 2)
+    evaluator = train_evaluator._model(get_model_config("tiny-random"), "classifier", 4, 2)
     trained = {n: p.dtype for n, p in evaluator.named_parameters() if p.requires_grad}
     assert any(".score." in n for n in trained) and set(trained.values()) == {torch.float32}, trained
-    assert {p.dtype for p in train_evaluator._model("tiny-random", "classifier", 0, 2).parameters()} == {torch.float32}
+    assert {
+        p.dtype for p in train_evaluator._model(get_model_config("tiny-random"), "classifier", 0, 2).parameters()
+    } == {torch.float32}
     # vLLM serves in the autocast dtype.
     adapter = tmp_path / "adapter"
     adapter.mkdir()
