@@ -305,12 +305,13 @@ def weights_id(model: str | ModelConfig) -> str:
     a tiny model is its recipe-named build (`<name>-<build_id>`, so a new recipe under the same name
     reads as other weights); any other registered model is its name (a packaged copy holds its hub
     model's weights). Cheap: nothing is built or loaded."""
+    name = model if isinstance(model, str) else model.name
+    if is_model_folder(name):  # before any lookup: a folder's entry reads its weights' headers and the models file
+        return os.path.realpath(name)
     cfg = model_config(model)
-    if is_model_folder(cfg.name):
-        return os.path.realpath(cfg.name)
     if cfg.is_tiny:
         return f"{cfg.name}-{cfg.build_id}"
-    return cfg.name
+    return name
 
 
 def resolve_model_path(model: str | ModelConfig) -> str:
@@ -319,9 +320,10 @@ def resolve_model_path(model: str | ModelConfig) -> str:
     A folder is itself; a model with a packaged copy is its hub id while the hub is reachable (or
     the model is in the hub cache), else the converted packaged copy.
     """
+    name = model if isinstance(model, str) else model.name
+    if is_model_folder(name):  # before any lookup, as in `weights_id`
+        return name
     cfg = model_config(model)
-    if is_model_folder(cfg.name):
-        return cfg.name
     if cfg.packaged is not None:
         if _hub_available(cfg.name):
             return cfg.name
