@@ -209,10 +209,15 @@ def parse_method(name: str) -> Method:
         raise ConfigError(message if message.startswith("method ") else f"method {name!r}: {message}") from None
 
 
+def _kind_names() -> str:
+    """The declared kinds as regex alternatives, the longest first (`ilrx` before `ilr`)."""
+    return "|".join(sorted(kinds(), key=len, reverse=True))
+
+
 def split_name(name: str) -> re.Match | None:
     """The parts `cor`, `ora`, `kind` and `rest` (the parameters) of a name spelled [cor][ora]<kind><rest>,
     the longest kind tried first (`ilrx` before `ilr`); None when it starts with no declared kind."""
-    names = "|".join(sorted(kinds(), key=len, reverse=True))
+    names = _kind_names()
     return (
         re.fullmatch(rf"(?P<cor>cor)?(?P<ora>ora)?(?P<kind>{names})(?P<rest>.*)", name)
         if isinstance(name, str)
@@ -223,8 +228,7 @@ def split_name(name: str) -> re.Match | None:
 def _parse(name: str) -> Method:
     match = split_name(name)
     if match is None:
-        names = "|".join(sorted(kinds(), key=len, reverse=True))
-        raise ConfigError(f"method {name!r} is not a method name: expected [cor][ora]({names})<parameters>, "
+        raise ConfigError(f"method {name!r} is not a method name: expected [cor][ora]({_kind_names()})<parameters>, "
                           "e.g. ilr0.15, cornaive0.15, oradpo0.10.15")  # fmt: skip
     spec, rest = _KINDS[match["kind"]], match["rest"]
     values: dict[str, Any] = {}
